@@ -1,0 +1,59 @@
+# The commands the README gives. `make test` and `make lab` create .venv when it is missing and
+# reinstall only when pyproject.toml changed (the stamp file below), so a second run is quick.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.course-installed
+LAB_PORT ?= 8888
+LAB_ARGS ?=
+NOTEBOOKS ?= $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+XDIST  ?= -n 2 --dist loadscope
+NBVAL   = --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: install lab test unit notebooks execute bench doctor lint clean help
+
+help:
+	@echo "make lab      start JupyterLab on the course (installs on first use)"
+	@echo "make test     unit tests, doctests and every notebook in fast mode"
+	@echo "make execute  re-run every notebook in full mode and save its outputs"
+	@echo "make bench    run benchmarks/ and write benchmarks/results/"
+	@echo "make doctor   check this machine for the course and say what to fix"
+
+$(PY):
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 10) else \
+	  "The course needs Python 3.10 or newer; $(PYTHON) is %d.%d (%s).\nInstall a newer Python and run e.g. make PYTHON=python3.12 test" % (v[0], v[1], sys.executable))'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
+	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
+
+unit: $(STAMP)
+	$(PY) -m pytest $(XDIST) --doctest-modules tests course_utils
+
+notebooks: $(STAMP)
+	COURSE_FAST=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(PY) -m pytest $(XDIST) $(NBVAL) $(NOTEBOOKS)
+
+test: unit notebooks
+
+execute: $(STAMP)
+	$(PY) scripts/execute_notebooks.py $(NOTEBOOKS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+doctor: $(STAMP)
+	$(PY) -m course_utils.doctor
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check course_utils tests scripts benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

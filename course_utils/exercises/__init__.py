@@ -1,0 +1,131 @@
+"""Exercise checkers and their worked solutions.
+
+In a notebook, the learner fills in a function and asks the checker::
+
+    from course_utils.exercises import check, solution
+    check("01.1", my_scaled_scores)    # says what is wrong (shape, values, masking) and hints
+    solution("01.1")                    # prints the worked solution, only when asked
+
+Each notebook's exercises live in ``course_utils/exercises/nbNN.py``, which registers them
+with the ``exercise`` decorator::
+
+    @exercise("01.1", title="Scaled dot-product scores", hint="Divide by sqrt(d).",
+              solution=_solution_scores)
+    def check_scores(fn) -> CheckResult:
+        ...
+        return fail("values", "your scores are sqrt(d) times too large: did you forget to scale?")
+
+``check`` never raises on a wrong answer (a wrong answer is a message, not a crash), and a
+function that still raises ``NotImplementedError`` reads as "not attempted yet".
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The verdict of a checker: passed or not, what kind of problem, and what to do."""
+
+    passed: bool
+    message: str
+    kind: str = ""  # "shape", "values", "masking", "dtype", "not attempted", "error", ...
+    hint: str = ""
+
+    def __repr__(self) -> str:
+        if self.passed:
+            return f"✅ {self.message}"
+        text = f"❌ [{self.kind}] {self.message}" if self.kind else f"❌ {self.message}"
+        if self.hint:
+            text += f"\n   Hint: {self.hint}"
+        return text
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+def ok(message: str = "Correct!") -> CheckResult:
+    return CheckResult(True, message)
+
+
+def fail(kind: str, message: str) -> CheckResult:
+    return CheckResult(False, message, kind=kind)
+
+
+@dataclass(frozen=True)
+class Exercise:
+    id: str
+    title: str
+    checker: Callable[..., CheckResult]
+    solution: Callable[..., Any]
+    hint: str
+
+
+_REGISTRY: dict[str, Exercise] = {}
+
+
+def exercise(exercise_id: str, title: str, hint: str, solution: Callable[..., Any]):
+    """Register a checker under ``exercise_id`` (e.g. ``"04.2"``), with its hint and solution."""
+
+    def register(checker: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
+        if exercise_id in _REGISTRY and _REGISTRY[exercise_id].checker is not checker:
+            raise ValueError(f"exercise {exercise_id!r} is registered twice")
+        _REGISTRY[exercise_id] = Exercise(exercise_id, title, checker, solution, hint)
+        return checker
+
+    return register
+
+
+def _load_all() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if module.name.startswith("nb"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def exercises() -> dict[str, Exercise]:
+    """All registered exercises, by id."""
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def _get(exercise_id: str) -> Exercise:
+    known = exercises()
+    if exercise_id not in known:
+        raise KeyError(f"no exercise {exercise_id!r}; known exercises: {', '.join(known) or 'none'}")
+    return known[exercise_id]
+
+
+def check(exercise_id: str, *answer: Any, **kwargs: Any) -> CheckResult:
+    """Check a learner's answer; the result prints as ✅ or ❌ with what is wrong and a hint."""
+    ex = _get(exercise_id)
+    try:
+        result = ex.checker(*answer, **kwargs)
+    except NotImplementedError:
+        result = CheckResult(False, "not attempted yet: fill in the function above and run this cell again",
+                             kind="not attempted")
+    except Exception as exc:  # the learner's code crashed: report it, do not crash the notebook
+        result = CheckResult(False, f"your code raised {type(exc).__name__}: {exc}", kind="error")
+    if not result.passed and not result.hint:
+        result = CheckResult(False, result.message, kind=result.kind, hint=ex.hint)
+    return result
+
+
+def solution(exercise_id: str, show: bool = True) -> str:
+    """Print (and return) the worked solution of ``exercise_id``: only when asked."""
+    ex = _get(exercise_id)
+    source = textwrap.dedent(inspect.getsource(ex.solution))
+    if show:
+        print(f"# Solution to exercise {ex.id}: {ex.title}\n{source}")
+    return source
+
+
+def solution_function(exercise_id: str) -> Callable[..., Any]:
+    """The solution as a callable (the tests pass it to its own checker)."""
+    return _get(exercise_id).solution

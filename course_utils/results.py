@@ -1,0 +1,136 @@
+"""Headline results: asserted against their target, and recorded by full-mode runs.
+
+Every notebook calls ``record_result`` once per headline number. It checks the number
+against the target of the current mode (a learner's run that misses it fails loudly, with
+the size of the miss), and in full mode it writes the number to ``reports/metrics.json``,
+from which ``make execute`` and the README's course map read. Fast-mode runs (CI) check
+but never write, so the file always describes a full run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import math
+import os
+import platform
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .runtime import current_run, fast_mode
+
+
+def reports_dir() -> Path:
+    """``reports/`` at the repository root (or ``$COURSE_REPORTS_DIR`` when set)."""
+    override = os.environ.get("COURSE_REPORTS_DIR")
+    if override:
+        return Path(override)
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").exists():
+        return repo / "reports"
+    return Path.cwd() / "reports"
+
+
+def metrics_path() -> Path:
+    return reports_dir() / "metrics.json"
+
+
+class TargetMissed(AssertionError):
+    """A headline result missed its target; the message says by how much."""
+
+
+def check_target(name: str, value: float, target: float, higher_is_better: bool = True) -> None:
+    """Raise ``TargetMissed`` unless ``value`` meets ``target``.
+
+    >>> check_target("accuracy", 0.99, 0.98)
+    >>> check_target("accuracy", 0.95, 0.98)
+    Traceback (most recent call last):
+    ...
+    course_utils.results.TargetMissed: accuracy = 0.95 missed its target ≥ 0.98 by 0.03
+    """
+    if not math.isfinite(value):
+        raise TargetMissed(f"{name} = {value} is not a finite number (target {target})")
+    ok = value >= target if higher_is_better else value <= target
+    if not ok:
+        sign = "≥" if higher_is_better else "≤"
+        raise TargetMissed(f"{name} = {value:.4g} missed its target {sign} {target:.4g} by {abs(value - target):.3g}")
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock beside ``path``: notebooks running in parallel never lose an entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def load_metrics(path: Path | None = None) -> list[dict[str, Any]]:
+    """The entries of ``reports/metrics.json`` (an empty list when there is none)."""
+    path = path or metrics_path()
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return data.get("results", [])
+
+
+def record_result(
+    name: str,
+    value: float,
+    target: float,
+    higher_is_better: bool = True,
+    unit: str = "",
+    notebook: str | None = None,
+) -> float:
+    """Assert a headline result against its target and record it (full mode only).
+
+    ``target`` is the target of the current mode: pass ``by_mode(full=..., fast=...)`` when the
+    two differ. The entry ``{notebook, name, value, target, ...}`` replaces any earlier entry
+    with the same notebook and name.
+
+    >>> record_result("doctest_value", 0.5, target=1.0, higher_is_better=False, notebook="doctest")
+    doctest_value = 0.5 (target ≤ 1)
+    0.5
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    value = float(value)
+    target = float(target)
+    check_target(name, value, target, higher_is_better)
+    run = current_run()
+    notebook = notebook or (run.name if run else "unknown")
+    sign = "≥" if higher_is_better else "≤"
+    print(f"{name} = {value:.4g}{(' ' + unit) if unit else ''} (target {sign} {target:.4g})")
+    if fast_mode() or notebook == "doctest":
+        return value
+    entry = {
+        "notebook": notebook,
+        "name": name,
+        "value": value,
+        "target": target,
+        "higher_is_better": higher_is_better,
+        "unit": unit,
+        "mode": "full",
+        "device": str(run.device) if run else "unknown",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "wall_time_s": round(run.elapsed(), 1) if run else None,
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = metrics_path()
+    with _locked(path):
+        results = [r for r in load_metrics(path) if (r["notebook"], r["name"]) != (notebook, name)]
+        results.append(entry)
+        results.sort(key=lambda r: (r["notebook"], r["name"]))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"results": results}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    return value

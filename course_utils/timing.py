@@ -1,0 +1,176 @@
+"""Timing done right: warm up, synchronise the GPU, repeat, report the median and spread.
+
+``benchmark`` wraps ``torch.utils.benchmark.Timer``, which already does the hard parts
+(it synchronises CUDA around each measurement, runs blocks of calls so the timer's own
+cost disappears, and fixes the thread count). We add a warm-up, a result with median and
+interquartile range (IQR), and a side-by-side table with ratios.
+
+Why not ``time.time()`` around a call? On a GPU, kernels are launched asynchronously: the
+call returns as soon as the work is *queued*, so the clock measures the launch, not the
+work. Notebook 00 shows the mistake and its fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# torch.utils.benchmark imports torch.utils.cpp_extension, which logs a warning on machines that
+# have a CUDA toolkit installed but no GPU. It says nothing about timing, so keep it out of the
+# notebooks' outputs; real errors still show.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+import torch.utils.benchmark as torch_benchmark  # noqa: E402
+
+
+def _format_seconds(seconds: float) -> str:
+    """Seconds in the unit that reads best.
+
+    >>> _format_seconds(0.0000123), _format_seconds(0.0123), _format_seconds(12.3)
+    ('12.3 µs', '12.3 ms', '12.3 s')
+    """
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """The outcome of ``benchmark``: times in seconds, and the measurement it came from."""
+
+    label: str
+    median: float
+    iqr: float
+    mean: float
+    runs: int
+    num_threads: int
+    measurement: torch_benchmark.Measurement | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.label}: median {_format_seconds(self.median)} "
+            f"(IQR {_format_seconds(self.iqr)}, {self.runs} runs, {self.num_threads} threads)"
+        )
+
+
+def benchmark(
+    fn: Callable[..., Any],
+    *args: Any,
+    label: str | None = None,
+    num_threads: int | None = None,
+    min_run_time: float = 0.2,
+    warmup: int = 2,
+    **kwargs: Any,
+) -> BenchmarkResult:
+    """Time ``fn(*args, **kwargs)``: warm-up calls, then ``torch.utils.benchmark.Timer``.
+
+    ``num_threads`` defaults to ``torch.get_num_threads()`` (``Timer`` alone would use 1).
+    CUDA work is synchronised by ``Timer`` itself.
+
+    >>> x = torch.randn(64, 64)
+    >>> result = benchmark(torch.mm, x, x, label="matmul 64", min_run_time=0.01)
+    >>> result.label, result.median > 0
+    ('matmul 64', True)
+    """
+    if not callable(fn):
+        raise TypeError(f"benchmark needs a callable as its first argument, got {type(fn).__name__}")
+    if min_run_time <= 0:
+        raise ValueError(f"min_run_time must be > 0 seconds, got {min_run_time}")
+    threads = num_threads if num_threads is not None else torch.get_num_threads()
+    label = label or getattr(fn, "__name__", "fn")
+    for _ in range(warmup):
+        fn(*args, **kwargs)
+    timer = torch_benchmark.Timer(
+        stmt="fn(*args, **kwargs)",
+        globals={"fn": fn, "args": args, "kwargs": kwargs},
+        num_threads=threads,
+        label=label,
+    )
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return BenchmarkResult(
+        label=label,
+        median=m.median,
+        iqr=m.iqr,
+        mean=m.mean,
+        runs=len(m.times),
+        num_threads=threads,
+        measurement=m,
+    )
+
+
+def compare(results: Sequence[BenchmarkResult], baseline: str | None = None) -> str:
+    """A side-by-side table of results, with each one's time as a ratio of the baseline's.
+
+    The baseline is the result labelled ``baseline`` (default: the first).
+
+    >>> a = BenchmarkResult("torch", median=1e-3, iqr=1e-5, mean=1e-3, runs=10, num_threads=2)
+    >>> b = BenchmarkResult("ours", median=2e-3, iqr=2e-5, mean=2e-3, runs=10, num_threads=2)
+    >>> print(compare([a, b]))
+    name   median    IQR       runs  × torch
+    torch  1 ms      10 µs       10     1.00
+    ours   2 ms      20 µs       10     2.00
+    """
+    if not results:
+        raise ValueError("compare needs at least one BenchmarkResult, got an empty sequence")
+    by_label = {r.label: r for r in results}
+    base_label = baseline or results[0].label
+    if base_label not in by_label:
+        raise ValueError(f"baseline {base_label!r} is not among the labels {list(by_label)}")
+    base = by_label[base_label].median
+    width = max(len("name"), *(len(r.label) for r in results))
+    lines = [f"{'name':<{width}}  {'median':<8}  {'IQR':<8}  {'runs':>4}  × {base_label}"]
+    for r in results:
+        lines.append(
+            f"{r.label:<{width}}  {_format_seconds(r.median):<8}  {_format_seconds(r.iqr):<8}  "
+            f"{r.runs:>4}  {r.median / base:>7.2f}"
+        )
+    return "\n".join(lines)
+
+
+class CudaTimer:
+    """Time a block of GPU work with CUDA events (recorded on the stream, so no host clock).
+
+    Use it inside a loop that is already warmed up::
+
+        with CudaTimer() as t:
+            y = model(x)
+        print(t.elapsed_ms)
+
+    Without a CUDA device it raises a ``RuntimeError`` that says to use ``benchmark``.
+    """
+
+    def __init__(self) -> None:
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "CudaTimer needs a CUDA GPU and none is available here; "
+                "time CPU code with course_utils.benchmark instead"
+            )
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+        self.elapsed_ms: float | None = None
+
+    def __enter__(self) -> CudaTimer:
+        self._start.record()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._end.record()
+        self._end.synchronize()  # wait for the GPU to reach the end event
+        self.elapsed_ms = self._start.elapsed_time(self._end)
+
+
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait for all queued work on ``device`` (a no-op on the CPU).
+
+    >>> synchronize("cpu")
+    """
+    device = torch.device(device) if device is not None else None
+    if device is None or device.type == "cuda":
+        if torch.cuda.is_available():
+            torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
