@@ -1,0 +1,467 @@
+"""Transformer encoder and decoder blocks, built from :class:`MultiHeadAttention`.
+
+Same constructor arguments, same submodule names and same forward arguments as
+``torch.nn.TransformerEncoderLayer`` / ``TransformerDecoderLayer`` / ``TransformerEncoder`` /
+``TransformerDecoder`` — so weights copy across (``from_torch``) and the tests can prove the
+outputs equal. Differences, on purpose:
+
+* ``batch_first=True`` by default (``(B, T, E)``, as in every notebook of the course);
+* masks follow the course convention: a **boolean** mask means ``True`` = *may attend*
+  (PyTorch's ``nn.Transformer*`` use ``True`` = *not allowed*: pass ``~mask``); float masks are
+  added to the scores in both; ``*_key_padding_mask`` is ``True`` = padding in both;
+* ``is_causal=True`` really builds the causal mask (in PyTorch it is only a hint that the
+  mask you pass is causal);
+* no fused "fast path": one readable code path.
+
+Post-LN or pre-LN? The paper (Vaswani et al., 2017) normalises *after* each residual addition
+("post-LN": ``x = norm(x + sublayer(x))``, ``norm_first=False``). Xiong et al. (2020, "On Layer
+Normalization in the Transformer Architecture") show that with post-LN the gradients near the
+output are large at initialisation, so it needs a learning-rate warm-up; normalising *inside*
+the residual branch ("pre-LN": ``x = x + sublayer(norm(x))``, ``norm_first=True``) keeps an
+identity path from input to output and trains stably without warm-up. GPT-2, ViT and most
+modern models are pre-LN; they then add a final LayerNorm (``norm=`` of the stacks).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_utils.attention import MultiHeadAttention
+
+__all__ = [
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+]
+
+Activation = str | Callable[[torch.Tensor], torch.Tensor]
+
+
+def _get_activation(activation: Activation) -> Callable[[torch.Tensor], torch.Tensor]:
+    if activation == "relu":
+        return F.relu
+    if activation == "gelu":
+        return F.gelu  # the exact (erf) GELU, as in torch and BERT
+    if callable(activation):
+        return activation
+    raise ValueError(f'activation must be "relu", "gelu" or a callable, got {activation!r}')
+
+
+def _check_layer_args(d_model: int, nhead: int, dim_feedforward: int, dropout: float) -> None:
+    for name, n in (("d_model", d_model), ("nhead", nhead), ("dim_feedforward", dim_feedforward)):
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"{name} must be a positive int, got {n!r}")
+    if d_model % nhead != 0:
+        raise ValueError(
+            f"d_model must be divisible by nhead, got d_model={d_model} and nhead={nhead}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+def _check_src(name: str, x: object, d_model: int, batch_first: bool) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3 or x.size(-1) != d_model:
+        layout = "(B, T, E)" if batch_first else "(T, B, E)"
+        raise ValueError(
+            f"{name} must have shape {layout} with E = {d_model}, got {tuple(x.shape)}"
+        )
+
+
+def _torch_activation(module: nn.Module) -> Activation:
+    act = module.activation
+    if act is F.relu or isinstance(act, nn.ReLU):
+        return "relu"
+    if act is F.gelu or (isinstance(act, nn.GELU) and act.approximate == "none"):
+        return "gelu"
+    return act
+
+
+class TransformerEncoderLayer(nn.Module):
+    r"""One encoder block: self-attention, then a position-wise feed-forward network.
+
+    post-LN (``norm_first=False``, the paper)::
+
+        x = norm1(x + dropout1(self_attn(x)))
+        x = norm2(x + dropout2(linear2(dropout(activation(linear1(x))))))
+
+    pre-LN (``norm_first=True``)::
+
+        x = x + dropout1(self_attn(norm1(x)))
+        x = x + dropout2(linear2(dropout(activation(linear1(norm2(x))))))
+
+    ``forward(src, src_mask=None, src_key_padding_mask=None, is_causal=False)``; ``src`` is
+    ``(B, T, E)`` (``(T, B, E)`` if ``batch_first=False``); ``src_mask`` bool (True = may
+    attend) or float, ``(T, T)``, ``(B, T, T)`` or ``(B, H, T, T)``.
+
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> ref = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, batch_first=True).eval()
+    >>> ours = TransformerEncoderLayer.from_torch(ref).eval()
+    >>> x = torch.randn(2, 5, 16)
+    >>> causal = torch.ones(5, 5, dtype=torch.bool).tril()       # True = may attend
+    >>> torch.allclose(ours(x, src_mask=causal), ref(x, src_mask=~causal), atol=1e-5)
+    True
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: Activation = "relu",
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = True,
+        norm_first: bool = False,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_layer_args(d_model, nhead, dim_feedforward, dropout)
+        self.d_model, self.nhead = d_model, nhead
+        self.batch_first, self.norm_first = batch_first, norm_first
+        # inside the layer we always work batch-first; forward() transposes if needed
+        self.self_attn = MultiHeadAttention(d_model, nhead, dropout=dropout, bias=bias)
+        # the feed-forward network: d_model -> dim_feedforward -> d_model, at every position
+        self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.activation = _get_activation(activation)
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        src_key_padding_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        _check_src("src", src, self.d_model, self.batch_first)
+        x = src if self.batch_first else src.transpose(0, 1)  # (B, T, E)
+        if self.norm_first:  # pre-LN: normalise inside the residual branch
+            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
+            x = x + self._ff_block(self.norm2(x))
+        else:  # post-LN (the paper): normalise after the residual addition
+            x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal))
+            x = self.norm2(x + self._ff_block(x))
+        return x if self.batch_first else x.transpose(0, 1)
+
+    def _sa_block(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        key_padding_mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        x, _ = self.self_attn(
+            x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal
+        )
+        return self.dropout1(x)
+
+    def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear2(self.dropout(self.activation(self.linear1(x))))
+        return self.dropout2(x)
+
+    @classmethod
+    def from_torch(cls, module: nn.TransformerEncoderLayer) -> TransformerEncoderLayer:
+        """Copy the configuration and weights of a ``torch.nn.TransformerEncoderLayer``.
+
+        Remember to invert boolean masks: torch's ``src_mask`` True = *not* allowed.
+        """
+        if not isinstance(module, nn.TransformerEncoderLayer):
+            raise TypeError(
+                f"module must be a torch.nn.TransformerEncoderLayer, got {type(module).__name__}"
+            )
+        new = cls(
+            module.self_attn.embed_dim,
+            module.self_attn.num_heads,
+            dim_feedforward=module.linear1.out_features,
+            dropout=module.dropout.p,
+            activation=_torch_activation(module),
+            layer_norm_eps=module.norm1.eps,
+            batch_first=module.self_attn.batch_first,
+            norm_first=module.norm_first,
+            bias=module.linear1.bias is not None,
+        )
+        _copy_common(new, module, n_norms=2)
+        return new
+
+
+class TransformerDecoderLayer(nn.Module):
+    r"""One decoder block: masked self-attention, cross-attention to ``memory``, feed-forward.
+
+    post-LN (``norm_first=False``, the paper)::
+
+        x = norm1(x + dropout1(self_attn(x)))                # usually causal
+        x = norm2(x + dropout2(multihead_attn(x, memory)))   # queries x, keys/values memory
+        x = norm3(x + dropout3(ff(x)))
+
+    pre-LN (``norm_first=True``): ``x = x + dropoutN(sublayer(normN(x)))`` for each.
+
+    ``forward(tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+    memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False)``.
+
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> layer = TransformerDecoderLayer(16, 4, dim_feedforward=32, dropout=0.0)
+    >>> tgt, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)   # (B, T, E), (B, S, E)
+    >>> layer(tgt, memory, tgt_is_causal=True).shape
+    torch.Size([2, 5, 16])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: Activation = "relu",
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = True,
+        norm_first: bool = False,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_layer_args(d_model, nhead, dim_feedforward, dropout)
+        self.d_model, self.nhead = d_model, nhead
+        self.batch_first, self.norm_first = batch_first, norm_first
+        self.self_attn = MultiHeadAttention(d_model, nhead, dropout=dropout, bias=bias)
+        self.multihead_attn = MultiHeadAttention(d_model, nhead, dropout=dropout, bias=bias)
+        self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm3 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+        self.activation = _get_activation(activation)
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        tgt_mask: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        tgt_key_padding_mask: torch.Tensor | None = None,
+        memory_key_padding_mask: torch.Tensor | None = None,
+        tgt_is_causal: bool = False,
+        memory_is_causal: bool = False,
+    ) -> torch.Tensor:
+        _check_src("tgt", tgt, self.d_model, self.batch_first)
+        _check_src("memory", memory, self.d_model, self.batch_first)
+        x = tgt if self.batch_first else tgt.transpose(0, 1)  # (B, T, E)
+        mem = memory if self.batch_first else memory.transpose(0, 1)  # (B, S, E)
+        if self.norm_first:  # pre-LN
+            x = x + self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
+            x = x + self._mha_block(
+                self.norm2(x), mem, memory_mask, memory_key_padding_mask, memory_is_causal
+            )
+            x = x + self._ff_block(self.norm3(x))
+        else:  # post-LN (the paper)
+            x = self.norm1(x + self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal))
+            x = self.norm2(
+                x + self._mha_block(x, mem, memory_mask, memory_key_padding_mask, memory_is_causal)
+            )
+            x = self.norm3(x + self._ff_block(x))
+        return x if self.batch_first else x.transpose(0, 1)
+
+    def _sa_block(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        key_padding_mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        x, _ = self.self_attn(
+            x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal
+        )
+        return self.dropout1(x)
+
+    def _mha_block(
+        self,
+        x: torch.Tensor,
+        mem: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        key_padding_mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        # cross-attention: queries from the decoder, keys and values from the encoder output
+        x, _ = self.multihead_attn(
+            x,
+            mem,
+            mem,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal,
+        )
+        return self.dropout2(x)
+
+    def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear2(self.dropout(self.activation(self.linear1(x))))
+        return self.dropout3(x)
+
+    @classmethod
+    def from_torch(cls, module: nn.TransformerDecoderLayer) -> TransformerDecoderLayer:
+        """Copy the configuration and weights of a ``torch.nn.TransformerDecoderLayer``.
+
+        Remember to invert boolean masks: torch's ``tgt_mask``/``memory_mask`` True = *not*
+        allowed.
+        """
+        if not isinstance(module, nn.TransformerDecoderLayer):
+            raise TypeError(
+                f"module must be a torch.nn.TransformerDecoderLayer, got {type(module).__name__}"
+            )
+        new = cls(
+            module.self_attn.embed_dim,
+            module.self_attn.num_heads,
+            dim_feedforward=module.linear1.out_features,
+            dropout=module.dropout.p,
+            activation=_torch_activation(module),
+            layer_norm_eps=module.norm1.eps,
+            batch_first=module.self_attn.batch_first,
+            norm_first=module.norm_first,
+            bias=module.linear1.bias is not None,
+        )
+        _copy_common(new, module, n_norms=3)
+        new.multihead_attn = _copy_attn(module.multihead_attn)
+        return new
+
+
+def _copy_attn(module: nn.MultiheadAttention) -> MultiHeadAttention:
+    attn = MultiHeadAttention.from_torch(module)
+    attn.batch_first = True  # our layers transpose once at the top, not inside the attention
+    return attn
+
+
+def _copy_common(new: nn.Module, module: nn.Module, n_norms: int) -> None:
+    """Copy self_attn, linear1/2 and norm1..n from a torch layer into ours (in place)."""
+    new.self_attn = _copy_attn(module.self_attn)
+    names = ["linear1", "linear2"] + [f"norm{i}" for i in range(1, n_norms + 1)]
+    for name in names:
+        getattr(new, name).load_state_dict(getattr(module, name).state_dict())
+    ref = module.linear1.weight
+    new.to(device=ref.device, dtype=ref.dtype)
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of ``num_layers`` deep copies of ``encoder_layer``, then an optional ``norm``.
+
+    ``forward(src, mask=None, src_key_padding_mask=None, is_causal=False)`` passes the masks to
+    every layer. (A pre-LN stack usually ends with ``norm=nn.LayerNorm(d_model)``.)
+
+    >>> layer = TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0)
+    >>> enc = TransformerEncoder(layer, num_layers=3)
+    >>> len(enc.layers), enc.layers[0] is not enc.layers[1]
+    (3, True)
+    >>> enc(torch.randn(2, 5, 16)).shape
+    torch.Size([2, 5, 16])
+    """
+
+    def __init__(
+        self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
+            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        self.layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(num_layers))
+        self.num_layers = num_layers
+        self.norm = norm
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        src_key_padding_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        x = src
+        for layer in self.layers:
+            x = layer(
+                x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal
+            )
+        return x if self.norm is None else self.norm(x)
+
+    @classmethod
+    def from_torch(cls, module: nn.TransformerEncoder) -> TransformerEncoder:
+        """Copy a ``torch.nn.TransformerEncoder`` (every layer and the final norm)."""
+        if not isinstance(module, nn.TransformerEncoder):
+            raise TypeError(
+                f"module must be a torch.nn.TransformerEncoder, got {type(module).__name__}"
+            )
+        layers = [TransformerEncoderLayer.from_torch(layer) for layer in module.layers]
+        new = cls(layers[0], len(layers), norm=copy.deepcopy(module.norm))
+        new.layers = nn.ModuleList(layers)
+        return new
+
+
+class TransformerDecoder(nn.Module):
+    """A stack of ``num_layers`` deep copies of ``decoder_layer``, then an optional ``norm``.
+
+    ``forward(tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+    memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False)``: every layer
+    attends to the same ``memory`` (the encoder's output).
+
+    >>> layer = TransformerDecoderLayer(16, 4, dim_feedforward=32, dropout=0.0)
+    >>> dec = TransformerDecoder(layer, num_layers=2, norm=nn.LayerNorm(16))
+    >>> dec(torch.randn(2, 5, 16), torch.randn(2, 7, 16), tgt_is_causal=True).shape
+    torch.Size([2, 5, 16])
+    """
+
+    def __init__(
+        self, decoder_layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
+            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        self.layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(num_layers))
+        self.num_layers = num_layers
+        self.norm = norm
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        tgt_mask: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        tgt_key_padding_mask: torch.Tensor | None = None,
+        memory_key_padding_mask: torch.Tensor | None = None,
+        tgt_is_causal: bool = False,
+        memory_is_causal: bool = False,
+    ) -> torch.Tensor:
+        x = tgt
+        for layer in self.layers:
+            x = layer(
+                x,
+                memory,
+                tgt_mask=tgt_mask,
+                memory_mask=memory_mask,
+                tgt_key_padding_mask=tgt_key_padding_mask,
+                memory_key_padding_mask=memory_key_padding_mask,
+                tgt_is_causal=tgt_is_causal,
+                memory_is_causal=memory_is_causal,
+            )
+        return x if self.norm is None else self.norm(x)
+
+    @classmethod
+    def from_torch(cls, module: nn.TransformerDecoder) -> TransformerDecoder:
+        """Copy a ``torch.nn.TransformerDecoder`` (every layer and the final norm)."""
+        if not isinstance(module, nn.TransformerDecoder):
+            raise TypeError(
+                f"module must be a torch.nn.TransformerDecoder, got {type(module).__name__}"
+            )
+        layers = [TransformerDecoderLayer.from_torch(layer) for layer in module.layers]
+        new = cls(layers[0], len(layers), norm=copy.deepcopy(module.norm))
+        new.layers = nn.ModuleList(layers)
+        return new
