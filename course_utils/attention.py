@@ -240,6 +240,21 @@ def scaled_dot_product_attention(
     if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
 
+    if q.dtype in (torch.float16, torch.bfloat16):
+        # Low precision: bf16 keeps 8 bits of mantissa, so a score of 20 is only known to
+        # about ±0.06, enough to move the softmax visibly. Compute in float32 and round once
+        # at the end (as PyTorch's math backend does on CPU).
+        mask32 = (
+            attn_mask.float()
+            if attn_mask is not None and attn_mask.is_floating_point()
+            else attn_mask
+        )
+        out, weights = scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), mask32, causal, dropout_p, scale, True
+        )
+        out, weights = out.to(q.dtype), weights.to(q.dtype)
+        return (out, weights) if return_weights else out
+
     # ---- the maths ----
     scale = q.size(-1) ** -0.5 if scale is None else scale
     # Why scale? For random unit-variance q, k the dot product has variance D; without 1/√D

@@ -1,0 +1,456 @@
+"""Unit tests of course_utils.attention (the random-shape comparisons with PyTorch are in
+tests/test_attention_properties.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_utils.attention import (
+    AdditiveAttention,
+    MultiHeadAttention,
+    causal_mask,
+    masked_softmax,
+    merge_heads,
+    padding_mask_to_attn_mask,
+    scaled_dot_product_attention,
+    split_heads,
+)
+
+NEG_INF = float("-inf")
+
+
+def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lq,lk", [(4, 4), (3, 5), (5, 3), (1, 1)])
+def test_causal_mask_matches_torch_is_causal(lq: int, lk: int) -> None:
+    q, k, v = randn(2, lq, 4), randn(2, lk, 4, seed=1), randn(2, lk, 3, seed=2)
+    ours = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(lq, lk))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(ours, ref)
+    assert causal_mask(lq, lk).dtype == torch.bool and causal_mask(lq, lk).shape == (lq, lk)
+
+
+def test_padding_mask_to_attn_mask() -> None:
+    pad = torch.tensor([[False, True, False], [True, True, True]])
+    m = padding_mask_to_attn_mask(pad)
+    assert m.shape == (2, 1, 1, 3)
+    assert torch.equal(m[:, 0, 0], ~pad)
+
+
+def test_masked_softmax_zero_rows_and_float_masks() -> None:
+    scores = randn(3, 4)
+    keep = torch.tensor([[True, False, True, True], [False] * 4, [True] * 4])
+    w = masked_softmax(scores, keep)
+    assert torch.equal(w[1], torch.zeros(4)) and w[0, 1] == 0
+    torch.testing.assert_close(w[[0, 2]].sum(-1), torch.ones(2))
+    additive = torch.zeros(3, 4).masked_fill(~keep, NEG_INF)
+    torch.testing.assert_close(masked_softmax(scores, additive), w)
+
+
+# ---------------------------------------------------------------------------------------------
+# scaled_dot_product_attention
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sdpa_by_hand() -> None:
+    """One tiny case computed by hand: two keys, the query matches the first one."""
+    q = torch.tensor([[1.0, 0.0]])
+    k = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    v = torch.tensor([[10.0], [20.0]])
+    out, w = scaled_dot_product_attention(q, k, v, scale=1.0, return_weights=True)
+    e = torch.tensor(1.0).exp()
+    torch.testing.assert_close(w, torch.tensor([[e / (e + 1), 1 / (e + 1)]]))
+    torch.testing.assert_close(out, w @ v)
+
+
+def test_sdpa_scale_default_is_inverse_sqrt_d() -> None:
+    q, k, v = randn(2, 3, 16), randn(2, 5, 16, seed=1), randn(2, 5, 4, seed=2)
+    torch.testing.assert_close(
+        scaled_dot_product_attention(q, k, v),
+        scaled_dot_product_attention(q, k, v, scale=0.25),
+    )
+
+
+def test_sdpa_fully_masked_rows_zero_with_finite_grads() -> None:
+    q = randn(2, 3, 4, 8, dtype=torch.float64).requires_grad_()
+    k = randn(2, 3, 5, 8, seed=1, dtype=torch.float64).requires_grad_()
+    v = randn(2, 3, 5, 6, seed=2, dtype=torch.float64).requires_grad_()
+    mask = torch.ones(2, 1, 4, 5, dtype=torch.bool)
+    mask[0, :, 1] = False  # batch 0, query 1: nothing to attend to
+    mask[1] = False  # batch 1: every query fully masked
+    out, w = scaled_dot_product_attention(q, k, v, attn_mask=mask, return_weights=True)
+    assert (out[0, :, 1] == 0).all() and (w[0, :, 1] == 0).all()
+    assert (out[1] == 0).all() and (w[1] == 0).all()
+    (out.square().sum() + w.sum()).backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+    assert (q.grad[1] == 0).all() and (k.grad[1] == 0).all() and (v.grad[1] == 0).all()
+    assert (q.grad[0, :, 1] == 0).all()
+    # the same with a float mask of -inf
+    fmask = torch.zeros(2, 1, 4, 5, dtype=torch.float64).masked_fill(~mask, NEG_INF)
+    out2 = scaled_dot_product_attention(q, k, v, attn_mask=fmask)
+    torch.testing.assert_close(out2, out)
+
+
+def test_sdpa_gradcheck_float64_with_masks() -> None:
+    q = randn(2, 3, 3, dtype=torch.float64).requires_grad_()
+    k = randn(2, 4, 3, seed=1, dtype=torch.float64).requires_grad_()
+    v = randn(2, 4, 2, seed=2, dtype=torch.float64).requires_grad_()
+    mask = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(3)) < 0.6
+    mask[:, :, 0] = True
+    mask[1, 2] = False  # a fully masked row
+    fmask = randn(3, 4, seed=4, dtype=torch.float64)
+    fmask[1] = NEG_INF  # a fully masked row in a float mask
+    fmask[0, 2] = NEG_INF
+
+    def f(attn_mask, causal=False):
+        return lambda q, k, v: scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, causal=causal, return_weights=True
+        )
+
+    for fn in (f(mask), f(fmask, causal=True)):
+        assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+def test_sdpa_dropout_scales_kept_weights() -> None:
+    q, k, v = randn(4, 6, 8), randn(4, 7, 8, seed=1), randn(4, 7, 5, seed=2)
+    _, w_full = scaled_dot_product_attention(q, k, v, return_weights=True)
+    torch.manual_seed(0)
+    out, w = scaled_dot_product_attention(q, k, v, dropout_p=0.5, return_weights=True)
+    kept = w != 0
+    assert 0.3 < kept.float().mean() < 0.7
+    torch.testing.assert_close(w[kept], w_full[kept] / 0.5)
+    torch.testing.assert_close(out, w @ v)
+
+
+def test_sdpa_causal_with_float_mask() -> None:
+    q, k, v = randn(2, 4, 8), randn(2, 4, 8, seed=1), randn(2, 4, 3, seed=2)
+    bias = randn(4, 4, seed=3)
+    ours = scaled_dot_product_attention(q, k, v, attn_mask=bias, causal=True)
+    ref = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias.masked_fill(~causal_mask(4), NEG_INF)
+    )
+    torch.testing.assert_close(ours, ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# AdditiveAttention
+# ---------------------------------------------------------------------------------------------
+
+
+def additive_by_loops(attn: AdditiveAttention, query, keys, values, pad=None):
+    """score(q, k) = w_v . tanh(W_q q + W_k k), one (batch, query, key) at a time."""
+    b, lq, lk = query.size(0), query.size(1), keys.size(1)
+    scores = torch.empty(b, lq, lk, dtype=query.dtype)
+    for i in range(b):
+        for t in range(lq):
+            for j in range(lk):
+                h = torch.tanh(attn.W_q.weight @ query[i, t] + attn.W_k.weight @ keys[i, j])
+                scores[i, t, j] = attn.w_v.weight[0] @ h
+    if pad is not None:
+        scores = scores.masked_fill(pad[:, None, :], NEG_INF)
+    w = torch.softmax(scores, dim=-1)
+    return w @ values, w
+
+
+def test_additive_attention_equals_formula_3d_and_2d_queries() -> None:
+    torch.manual_seed(0)
+    attn = AdditiveAttention(query_dim=3, key_dim=5, hidden_dim=4, value_dim=2)
+    query, keys, values = randn(2, 3, 3), randn(2, 6, 5, seed=1), randn(2, 6, 2, seed=2)
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+    ctx, w = attn(query, keys, values, key_padding_mask=pad)
+    ref_ctx, ref_w = additive_by_loops(attn, query, keys, values, pad)
+    assert ctx.shape == (2, 3, 2) and w.shape == (2, 3, 6)
+    torch.testing.assert_close(ctx, ref_ctx)
+    torch.testing.assert_close(w, ref_w)
+    assert (w[1, :, 4:] == 0).all()
+    # one decoder step: query (B, Dq) -> context (B, Dv), weights (B, Lk)
+    ctx1, w1 = attn(query[:, 0], keys, values, key_padding_mask=pad)
+    assert ctx1.shape == (2, 2) and w1.shape == (2, 6)
+    torch.testing.assert_close(ctx1, ref_ctx[:, 0])
+    torch.testing.assert_close(w1, ref_w[:, 0])
+
+
+def test_additive_attention_projected_keys_and_default_values() -> None:
+    torch.manual_seed(0)
+    attn = AdditiveAttention(4, 6, 8)
+    query, keys = randn(3, 4), randn(3, 5, 6, seed=1)
+    pk = attn.project_keys(keys)
+    assert pk.shape == (3, 5, 8)
+    ctx, w = attn(query, keys)
+    ctx2, w2 = attn(query, keys, projected_keys=pk)
+    torch.testing.assert_close(ctx, ctx2)
+    torch.testing.assert_close(w, w2)
+    torch.testing.assert_close(ctx, (w[:, :, None] * keys).sum(1))  # values default to keys
+
+
+def test_additive_attention_all_padding_row_and_gradcheck() -> None:
+    torch.manual_seed(0)
+    attn = AdditiveAttention(3, 4, 5).double()
+    query = randn(2, 2, 3, dtype=torch.float64).requires_grad_()
+    keys = randn(2, 4, 4, seed=1, dtype=torch.float64).requires_grad_()
+    values = randn(2, 4, 3, seed=2, dtype=torch.float64).requires_grad_()
+    pad = torch.tensor([[False, False, True, False], [True, True, True, True]])
+    ctx, w = attn(query, keys, values, key_padding_mask=pad)
+    assert (ctx[1] == 0).all() and (w[1] == 0).all()
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: attn(q, k, v, key_padding_mask=pad), (query, keys, values)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# split / merge heads and MultiHeadAttention
+# ---------------------------------------------------------------------------------------------
+
+
+def test_split_heads_takes_contiguous_feature_slices() -> None:
+    x = randn(2, 5, 12)
+    h = split_heads(x, 3)
+    assert h.shape == (2, 3, 5, 4)
+    for i in range(3):
+        torch.testing.assert_close(h[:, i], x[..., 4 * i : 4 * (i + 1)])
+    assert torch.equal(merge_heads(h), x)
+
+
+def test_mha_self_attention_by_hand() -> None:
+    """MHA = concat of per-head attentions on slices of the projections, then out_proj."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2).eval()
+    x = randn(2, 5, 8)
+    q, k, v = mha.q_proj(x), mha.k_proj(x), mha.v_proj(x)
+    heads = [
+        torch.softmax(q[..., s] @ k[..., s].transpose(1, 2) / 2.0, dim=-1) @ v[..., s]
+        for s in (slice(0, 4), slice(4, 8))
+    ]
+    ref = mha.out_proj(torch.cat(heads, dim=-1))
+    out, _ = mha(x)
+    torch.testing.assert_close(out, ref)
+
+
+def test_mha_default_key_value_and_need_weights() -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2, kdim=3, vdim=3).eval()
+    x, mem = randn(2, 4, 8), randn(2, 6, 3, seed=1)
+    out, w = mha(x, mem, need_weights=True)  # value defaults to key
+    assert out.shape == (2, 4, 8) and w.shape == (2, 4, 6)
+    out2, _ = mha(x, mem, mem)
+    torch.testing.assert_close(out, out2)
+    assert mha(x, mem)[1] is None
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+def test_mha_is_causal_and_store_weights(use_sdpa: bool) -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2, use_sdpa=use_sdpa).eval()
+    mha.store_weights = True
+    x = randn(3, 5, 8)
+    out, w = mha(x, is_causal=True, need_weights=True, average_attn_weights=False)
+    assert w.shape == (3, 2, 5, 5)
+    assert (w.triu(diagonal=1) == 0).all()
+    torch.testing.assert_close(out, mha(x, attn_mask=causal_mask(5))[0])
+    assert mha.last_attn_weights is not None and mha.last_attn_weights.shape == (3, 2, 5, 5)
+    assert not mha.last_attn_weights.requires_grad
+    ref = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    ours = MultiHeadAttention.from_torch(ref).eval()
+    ours.use_sdpa = use_sdpa
+    torch.testing.assert_close(
+        ours(x, is_causal=True)[0],
+        ref(x, x, x, attn_mask=~causal_mask(5), need_weights=False)[0],
+        atol=1e-6,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+def test_mha_all_padding_batch_element_is_zero_not_nan(use_sdpa: bool) -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2, use_sdpa=use_sdpa)
+    with torch.no_grad():
+        mha.out_proj.bias.normal_()
+    x = randn(2, 4, 8).requires_grad_()
+    pad = torch.tensor([[False, False, True, False], [True, True, True, True]])
+    out, w = mha(x, key_padding_mask=pad, need_weights=True, average_attn_weights=False)
+    assert torch.isfinite(out).all() and (w[1] == 0).all()
+    # the attention output is zero, so the layer output is just out_proj's bias
+    torch.testing.assert_close(out[1], mha.out_proj.bias.expand(4, 8))
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in mha.parameters())
+
+
+def test_mha_use_sdpa_same_result_and_grads() -> None:
+    torch.manual_seed(0)
+    a = MultiHeadAttention(12, 3, kdim=5, vdim=7)
+    b = MultiHeadAttention(12, 3, kdim=5, vdim=7, use_sdpa=True)
+    b.load_state_dict(a.state_dict())
+    x, k, v = randn(2, 4, 12), randn(2, 6, 5, seed=1), randn(2, 6, 7, seed=2)
+    pad = torch.tensor([[False] * 6, [False] * 3 + [True] * 3])
+    mask = torch.rand(4, 6, generator=torch.Generator().manual_seed(3)) < 0.7
+    oa, wa = a(x, k, v, key_padding_mask=pad, attn_mask=mask, need_weights=True)
+    ob, wb = b(x, k, v, key_padding_mask=pad, attn_mask=mask, need_weights=True)
+    torch.testing.assert_close(oa, ob, atol=1e-6, rtol=0)
+    torch.testing.assert_close(wa, wb)
+    oa.sum().backward()
+    ob.sum().backward()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=0)
+
+
+def test_mha_dropout_only_in_training() -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2, dropout=0.5)
+    x = randn(2, 6, 8)
+    mha.eval()
+    torch.testing.assert_close(mha(x)[0], mha(x)[0])
+    mha.train()
+    assert not torch.allclose(mha(x)[0], mha(x)[0])
+
+
+def test_mha_from_torch_copies_layout_and_flags() -> None:
+    ref = nn.MultiheadAttention(8, 4, kdim=3, vdim=5, batch_first=False, bias=False, dropout=0.1)
+    ours = MultiHeadAttention.from_torch(ref)
+    assert (ours.kdim, ours.vdim, ours.batch_first, ours.dropout) == (3, 5, False, 0.1)
+    assert ours.q_proj.bias is None
+    torch.testing.assert_close(ours.k_proj.weight, ref.k_proj_weight)
+    with pytest.raises(ValueError, match="add_bias_kv"):
+        MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: each message names what was expected and what was received
+# ---------------------------------------------------------------------------------------------
+
+Q, K, V = randn(2, 4, 8, 16), randn(2, 4, 6, 16), randn(2, 4, 6, 5)
+
+BAD_SDPA = [
+    # (kwargs overriding q/k/v/..., exception, regex the message must match)
+    (dict(q=randn(16)), ValueError, r"q must have at least 2 dims, got shape \(16,\)"),
+    (
+        dict(k=randn(2, 4, 8, 32)),
+        ValueError,
+        r"q and k must have the same last dim \(head dim\), got q \(2, 4, 8, 16\) and "
+        r"k \(2, 4, 8, 32\)",
+    ),
+    (
+        dict(v=randn(2, 4, 7, 5)),
+        ValueError,
+        r"number of keys Lk.*got k \(2, 4, 6, 16\) and v \(2, 4, 7, 5\)",
+    ),
+    (
+        dict(attn_mask=torch.ones(8, 5, dtype=torch.bool)),
+        ValueError,
+        r"attn_mask must broadcast to .* \(2, 4, 8, 6\), got attn_mask \(8, 5\)",
+    ),
+    (
+        dict(attn_mask=torch.ones(8, 6, dtype=torch.int64)),
+        TypeError,
+        r"attn_mask must be a bool tensor .* got dtype torch.int64",
+    ),
+    (dict(dropout_p=1.0), ValueError, r"dropout_p must be a float in \[0, 1\), got 1.0"),
+    (dict(dropout_p=-0.1), ValueError, r"dropout_p must be a float in \[0, 1\), got -0.1"),
+    (
+        dict(q=Q.double()),
+        TypeError,
+        r"same dtype, got q torch.float64, k torch.float32, v torch.float32",
+    ),
+    (dict(q=Q.long()), TypeError, r"q must be a floating-point tensor, got dtype torch.int64"),
+    (dict(k=[[1.0]]), TypeError, r"k must be a torch.Tensor, got list"),
+    (
+        dict(k=randn(3, 4, 6, 16), v=randn(3, 4, 6, 5)),
+        ValueError,
+        r"must broadcast, got q \(2, 4, 8, 16\), k \(3, 4, 6, 16\), v \(3, 4, 6, 5\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("override,exc,msg", BAD_SDPA)
+def test_sdpa_bad_input(override: dict, exc: type, msg: str) -> None:
+    kwargs = dict(q=Q, k=K, v=V) | override
+    with pytest.raises(exc, match=msg):
+        scaled_dot_product_attention(**kwargs)
+
+
+def test_mha_bad_input() -> None:
+    with pytest.raises(ValueError, match=r"embed_dim=10 and num_heads=4"):
+        MultiHeadAttention(10, 4)
+    mha = MultiHeadAttention(8, 2, kdim=3, vdim=3)
+    x = randn(2, 5, 8)
+    with pytest.raises(
+        ValueError, match=r"query must have shape \(B, T, E\) with E = 8, got \(2, 5, 6\)"
+    ):
+        mha(randn(2, 5, 6), randn(2, 4, 3))
+    with pytest.raises(
+        ValueError, match=r"key must have shape \(B, T, E\) with E = 3, got \(2, 4, 8\)"
+    ):
+        mha(x, randn(2, 4, 8))
+    with pytest.raises(
+        ValueError, match=r"key_padding_mask must have shape \(B, Lk\) = \(2, 4\), got \(2, 5\)"
+    ):
+        mha(x, randn(2, 4, 3), key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(
+        TypeError, match=r"key_padding_mask must be a bool tensor .* got dtype torch.float32"
+    ):
+        mha(x, randn(2, 4, 3), key_padding_mask=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"attn_mask must have shape .*\(5, 4\).* got \(4, 5\)"):
+        mha(x, randn(2, 4, 3), attn_mask=torch.ones(4, 5, dtype=torch.bool))
+    with pytest.raises(
+        TypeError, match=r"attn_mask must be a bool tensor .* got dtype torch.int32"
+    ):
+        mha(x, randn(2, 4, 3), attn_mask=torch.ones(5, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"batch size.*query \(2, 5, 8\), key \(3, 4, 3\)"):
+        mha(x, randn(3, 4, 3))
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.5"):
+        MultiHeadAttention(8, 2, dropout=1.5)
+    with pytest.raises(TypeError, match=r"torch.nn.MultiheadAttention, got Linear"):
+        MultiHeadAttention.from_torch(nn.Linear(2, 2))
+
+
+def test_split_heads_bad_input() -> None:
+    with pytest.raises(
+        ValueError, match=r"last dim of x \(10\) must be divisible by num_heads \(4\)"
+    ):
+        split_heads(randn(2, 3, 10), 4)
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., H, T, D\), got \(2, 3\)"):
+        merge_heads(randn(2, 3))
+
+
+def test_additive_attention_bad_input() -> None:
+    attn = AdditiveAttention(query_dim=4, key_dim=6, hidden_dim=8, value_dim=3)
+    keys, values = randn(2, 5, 6), randn(2, 5, 3)
+    with pytest.raises(
+        ValueError, match=r"query must have shape \(B, query_dim=4\) .* got \(2, 5\)"
+    ):
+        attn(randn(2, 5), keys, values)
+    with pytest.raises(
+        ValueError, match=r"keys must have shape \(B, Lk, key_dim=6\), got \(2, 5, 4\)"
+    ):
+        attn(randn(2, 4), randn(2, 5, 4), values)
+    with pytest.raises(ValueError, match=r"values must have last dim value_dim=3, got \(2, 5, 2\)"):
+        attn(randn(2, 4), keys, randn(2, 5, 2))
+    with pytest.raises(
+        ValueError, match=r"values must have shape \(B, Lk, Dv\) with \(B, Lk\) = \(2, 5\)"
+    ):
+        attn(randn(2, 4), keys, randn(2, 7, 3))
+    with pytest.raises(
+        ValueError, match=r"projected_keys must have shape .* = \(2, 5, 8\), got \(2, 5, 7\)"
+    ):
+        attn(randn(2, 4), keys, values, projected_keys=randn(2, 5, 7))
+    with pytest.raises(
+        ValueError, match=r"key_padding_mask must have shape \(B, Lk\) = \(2, 5\), got \(2, 4\)"
+    ):
+        attn(randn(2, 4), keys, values, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(
+        ValueError, match=r"same batch size, got query \(3, 4\) and keys \(2, 5, 6\)"
+    ):
+        attn(randn(3, 4), keys, values)
