@@ -1,0 +1,638 @@
+"""Reinforcement learning with attention: PPO on CartPole without velocities (notebook 11).
+
+The pieces, in the order the notebook meets them:
+
+* :class:`NoVelocityObservation` — a ``gymnasium.ObservationWrapper`` that keeps the cart
+  position and the pole angle of ``CartPole-v1`` and drops both velocities, so that one
+  observation is not enough to balance the pole (the task becomes partially observable).
+  :class:`BlankedObservation` additionally hides whole observations at random (the variant
+  task). :func:`make_vector_env` builds ``gymnasium.vector.SyncVectorEnv`` of either.
+* :class:`HistoryBuffer` — the last ``K`` observations of every environment of a vector env,
+  with a validity mask. Gymnasium 1.x vector environments reset an environment on the step
+  *after* its episode ended (``AutoresetMode.NEXT_STEP``): that step ignores the action,
+  returns the first observation of the new episode and reward 0. The buffer clears the
+  history of exactly those environments, so that no window mixes two episodes.
+* Three policies with the same interface ``policy(obs (B, K, D), valid (B, K)) ->
+  (logits (B, A), value (B,))``: :class:`MLPPolicy` with ``frames=1`` (memoryless),
+  :class:`MLPPolicy` with ``frames=K`` (frame stacking) and :class:`AttentionPolicy` (causal
+  self-attention over the last ``K`` observations, built from the course's
+  :class:`~course_utils.transformer.TransformerEncoderLayer`).
+* :func:`compute_gae` (generalised advantage estimation, bootstrapping at time-limit
+  truncation), :func:`train_ppo` (one PPO loop for every policy) and :func:`evaluate`
+  (greedy or stochastic returns).
+
+References: Schulman et al. (2017), *Proximal Policy Optimization Algorithms*; Schulman et al.
+(2016), *High-Dimensional Continuous Control Using Generalized Advantage Estimation*;
+Huang et al. (2022), *The 37 Implementation Details of Proximal Policy Optimization*.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .positional import LearnedPositionalEmbedding
+from .transformer import TransformerEncoder, TransformerEncoderLayer
+
+__all__ = [
+    "AttentionPolicy",
+    "BlankedObservation",
+    "HistoryBuffer",
+    "MLPPolicy",
+    "NoVelocityObservation",
+    "PPOConfig",
+    "TrainResult",
+    "compute_gae",
+    "evaluate",
+    "make_vector_env",
+    "record_episode",
+    "train_ppo",
+]
+
+# CartPole ends an episode when |x| > 2.4 or |theta| > 12 degrees: natural scales for the inputs.
+CARTPOLE_SCALE = (2.4, 12 * 2 * np.pi / 360)
+
+
+# ---------------------------------------------------------------------------------------------
+# Environments
+# ---------------------------------------------------------------------------------------------
+
+
+class NoVelocityObservation(gym.ObservationWrapper):
+    """CartPole without velocities: ``(x, x_dot, theta, theta_dot) -> (x, theta)``.
+
+    One observation says where the pole is, not where it is going: a policy that sees only
+    the current observation cannot balance it for long. Two consecutive observations are
+    enough to estimate the velocities (a finite difference), so memory solves the task.
+
+    >>> env = NoVelocityObservation(gym.make("CartPole-v1"))
+    >>> obs, _ = env.reset(seed=0)
+    >>> obs.shape, env.observation_space.shape
+    ((2,), (2,))
+    """
+
+    KEEP = (0, 2)  # cart position, pole angle
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        box = env.observation_space
+        if not isinstance(box, gym.spaces.Box) or box.shape != (4,):
+            raise ValueError(
+                f"NoVelocityObservation expects CartPole's Box(4,) observations, got {box}"
+            )
+        keep = list(self.KEEP)
+        self.observation_space = gym.spaces.Box(box.low[keep], box.high[keep], dtype=np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return observation[list(self.KEEP)].astype(np.float32)
+
+
+class BlankedObservation(gym.ObservationWrapper):
+    """Hide each observation with probability ``blank_prob`` (the variant task).
+
+    The output is ``(*obs, seen)``: the observation (zeros when hidden) and a flag, 1 when the
+    observation is real, 0 when it was blanked. The first observation of an episode is never
+    hidden. The blanking uses its own random generator, seeded by ``reset(seed=...)``.
+
+    >>> env = BlankedObservation(NoVelocityObservation(gym.make("CartPole-v1")), blank_prob=1.0)
+    >>> obs, _ = env.reset(seed=0)
+    >>> obs[-1], env.step(0)[0].tolist()      # the first is seen, then everything is blanked
+    (np.float32(1.0), [0.0, 0.0, 0.0])
+    """
+
+    def __init__(self, env: gym.Env, blank_prob: float) -> None:
+        super().__init__(env)
+        if not 0.0 <= blank_prob <= 1.0:
+            raise ValueError(f"blank_prob must be in [0, 1], got {blank_prob!r}")
+        box = env.observation_space
+        self.blank_prob = blank_prob
+        self.observation_space = gym.spaces.Box(
+            np.append(box.low, 0.0).astype(np.float32),
+            np.append(box.high, 1.0).astype(np.float32),
+            dtype=np.float32,
+        )
+        self._rng = np.random.default_rng()
+        self._first = True
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed + 1_000_003)
+        self._first = True
+        return super().reset(seed=seed, options=options)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        seen = self._first or self._rng.random() >= self.blank_prob
+        self._first = False
+        out = np.append(observation, 1.0).astype(np.float32)
+        return out if seen else np.zeros_like(out)
+
+
+def make_vector_env(num_envs: int, seed: int | None = None, blank_prob: float = 0.0) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` no-velocity CartPoles in one ``SyncVectorEnv`` (gymnasium's default autoreset,
+    ``NEXT_STEP``). ``blank_prob > 0`` adds :class:`BlankedObservation`. If ``seed`` is given the
+    environments are reset with seeds ``seed, seed + 1, ...``.
+
+    >>> envs = make_vector_env(4, seed=0)
+    >>> obs, _ = envs.reset(seed=0)
+    >>> obs.shape
+    (4, 2)
+    """
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs <= 0:
+        raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+
+    def make() -> gym.Env:
+        env: gym.Env = NoVelocityObservation(gym.make("CartPole-v1"))
+        if blank_prob > 0:
+            env = BlankedObservation(env, blank_prob)
+        return env
+
+    return gym.vector.SyncVectorEnv([make for _ in range(num_envs)])
+
+
+# ---------------------------------------------------------------------------------------------
+# The history window
+# ---------------------------------------------------------------------------------------------
+
+
+class HistoryBuffer:
+    """The last ``window`` observations of each of ``num_envs`` environments, oldest first.
+
+    ``obs`` is ``(N, K, D)`` and ``valid`` is ``(N, K)`` (True = a real observation of the
+    current episode). Slots before the start of the episode hold zeros and ``valid=False``.
+
+    ``push(obs, new_episode)`` appends the newest observations. ``new_episode`` (N,) says which
+    environments *start a new episode with this observation*; with gymnasium 1.x's
+    ``NEXT_STEP`` autoreset that is every environment whose **previous** ``step`` returned
+    ``terminated or truncated`` (the observation returned *with* the done flag is still the
+    last one of the old episode).
+
+    >>> buf = HistoryBuffer(num_envs=2, window=3, obs_dim=1)
+    >>> buf.reset(torch.tensor([[1.0], [10.0]]))
+    >>> buf.push(torch.tensor([[2.0], [11.0]]), new_episode=torch.tensor([False, False]))
+    >>> buf.push(torch.tensor([[3.0], [0.0]]), new_episode=torch.tensor([False, True]))
+    >>> buf.obs[..., 0]
+    tensor([[1., 2., 3.],
+            [0., 0., 0.]])
+    >>> buf.valid
+    tensor([[ True,  True,  True],
+            [False, False,  True]])
+    """
+
+    def __init__(self, num_envs: int, window: int, obs_dim: int, device: torch.device | str = "cpu") -> None:
+        for name, n in (("num_envs", num_envs), ("window", window), ("obs_dim", obs_dim)):
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        self.num_envs, self.window, self.obs_dim = num_envs, window, obs_dim
+        self.obs = torch.zeros(num_envs, window, obs_dim, device=device)  # (N, K, D)
+        self.valid = torch.zeros(num_envs, window, dtype=torch.bool, device=device)  # (N, K)
+
+    def _as_tensor(self, obs: torch.Tensor | np.ndarray) -> torch.Tensor:
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.obs.device)
+        if obs.shape != (self.num_envs, self.obs_dim):
+            raise ValueError(
+                f"obs must have shape (num_envs, obs_dim) = {(self.num_envs, self.obs_dim)}, "
+                f"got {tuple(obs.shape)}"
+            )
+        return obs
+
+    def reset(self, obs: torch.Tensor | np.ndarray) -> None:
+        """Start every environment afresh with its first observation ``obs (N, D)``."""
+        obs = self._as_tensor(obs)
+        self.obs.zero_()
+        self.valid.zero_()
+        self.obs[:, -1] = obs
+        self.valid[:, -1] = True
+
+    def push(self, obs: torch.Tensor | np.ndarray, new_episode: torch.Tensor | np.ndarray) -> None:
+        """Append ``obs (N, D)``; clear the older slots where ``new_episode (N,)`` is True."""
+        obs = self._as_tensor(obs)
+        new = torch.as_tensor(new_episode, dtype=torch.bool, device=self.obs.device)
+        if new.shape != (self.num_envs,):
+            raise ValueError(f"new_episode must have shape ({self.num_envs},), got {tuple(new.shape)}")
+        self.obs = torch.cat([self.obs[:, 1:], obs[:, None]], dim=1)  # shift left: oldest drops out
+        self.valid = torch.cat([self.valid[:, 1:], torch.ones_like(self.valid[:, :1])], dim=1)
+        if new.any():
+            self.obs[new, :-1] = 0.0
+            self.valid[new, :-1] = False
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(obs (N, K, D), valid (N, K))`` — copies, safe to store."""
+        return self.obs.clone(), self.valid.clone()
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies: (obs (B, K, D), valid (B, K)) -> (logits (B, A), value (B,))
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_policy_input(obs: torch.Tensor, valid: torch.Tensor, window: int, obs_dim: int) -> None:
+    if obs.dim() != 3 or obs.size(-1) != obs_dim or obs.size(1) < window:
+        raise ValueError(
+            f"obs must have shape (B, K >= {window}, obs_dim={obs_dim}), got {tuple(obs.shape)}"
+        )
+    if valid.shape != obs.shape[:2] or valid.dtype != torch.bool:
+        raise ValueError(
+            f"valid must be a bool tensor of shape (B, K) = {tuple(obs.shape[:2])}, got "
+            f"{tuple(valid.shape)} {valid.dtype}"
+        )
+
+
+def _mlp(inp: int, hidden: int, out: int, out_gain: float) -> nn.Sequential:
+    """Two tanh hidden layers, orthogonal initialisation (PPO implementation detail #2)."""
+    layers = [nn.Linear(inp, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out)]
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            gain = out_gain if layer.out_features == out else np.sqrt(2)
+            nn.init.orthogonal_(layer.weight, gain)
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class MLPPolicy(nn.Module):
+    """Actor and critic MLPs on the last ``frames`` observations, flattened.
+
+    ``frames=1`` is the memoryless baseline; ``frames=K`` is frame stacking (the validity bits
+    of the frames are inputs too, so the network can tell "no frame yet" from "a frame of
+    zeros"). Observations are divided by ``obs_scale`` (CartPole's termination thresholds).
+
+    >>> policy = MLPPolicy(obs_dim=2, n_actions=2, frames=4)
+    >>> logits, value = policy(torch.randn(5, 4, 2), torch.ones(5, 4, dtype=torch.bool))
+    >>> logits.shape, value.shape
+    (torch.Size([5, 2]), torch.Size([5]))
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, frames: int = 1, hidden: int = 64,
+                 obs_scale: tuple[float, ...] | None = CARTPOLE_SCALE) -> None:
+        super().__init__()
+        self.obs_dim, self.n_actions, self.window = obs_dim, n_actions, frames
+        inp = frames * obs_dim + (frames if frames > 1 else 0)
+        self.actor = _mlp(inp, hidden, n_actions, out_gain=0.01)
+        self.critic = _mlp(inp, hidden, 1, out_gain=1.0)
+        self.register_buffer("obs_scale", _scale(obs_scale, obs_dim), persistent=False)
+
+    def features(self, obs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        _check_policy_input(obs, valid, self.window, self.obs_dim)
+        obs, valid = obs[:, -self.window:] / self.obs_scale, valid[:, -self.window:]  # (B, F, D)
+        x = obs.flatten(1)  # (B, F*D)
+        return torch.cat([x, valid.float()], dim=1) if self.window > 1 else x
+
+    def forward(self, obs: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.features(obs, valid)
+        return self.actor(x), self.critic(x).squeeze(-1)
+
+
+def _scale(obs_scale: tuple[float, ...] | None, obs_dim: int) -> torch.Tensor:
+    scale = torch.ones(obs_dim)
+    if obs_scale is not None:
+        n = min(len(obs_scale), obs_dim)
+        scale[:n] = torch.tensor(obs_scale[:n], dtype=torch.float32)
+    return scale
+
+
+class AttentionPolicy(nn.Module):
+    r"""Causal self-attention over the last ``window`` observations, then actor and critic heads.
+
+    ``obs (B, K, D)`` -> linear embedding + learned position embedding ``(B, K, d_model)`` ->
+    ``num_layers`` pre-LN :class:`~course_utils.transformer.TransformerEncoderLayer` with a
+    causal mask (position ``i`` sees ``j <= i``) and a key-padding mask (slots before the
+    episode started) -> LayerNorm -> the feature of the **newest** position -> two MLP heads.
+
+    Set ``store_attention = True`` (or call :meth:`attention_weights`) to keep each layer's
+    weights ``(B, H, K, K)``.
+
+    >>> policy = AttentionPolicy(obs_dim=2, n_actions=2, window=8)
+    >>> obs, valid = torch.randn(5, 8, 2), torch.ones(5, 8, dtype=torch.bool)
+    >>> logits, value = policy(obs, valid)
+    >>> logits.shape, value.shape
+    (torch.Size([5, 2]), torch.Size([5]))
+    >>> [w.shape for w in policy.attention_weights(obs, valid)]   # one (B, H, K, K) per layer
+    [torch.Size([5, 4, 8, 8])]
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, window: int = 8, d_model: int = 32,
+                 nhead: int = 4, num_layers: int = 1, dim_feedforward: int = 64, hidden: int = 64,
+                 obs_scale: tuple[float, ...] | None = CARTPOLE_SCALE) -> None:
+        super().__init__()
+        self.obs_dim, self.n_actions, self.window = obs_dim, n_actions, window
+        self.embed = nn.Linear(obs_dim, d_model)
+        self.pos = LearnedPositionalEmbedding(window, d_model)
+        layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward=dim_feedforward,
+                                        dropout=0.0, activation="gelu", norm_first=True)
+        self.encoder = TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(d_model))
+        self.actor = _mlp(d_model, hidden, n_actions, out_gain=0.01)
+        self.critic = _mlp(d_model, hidden, 1, out_gain=1.0)
+        self.register_buffer("obs_scale", _scale(obs_scale, obs_dim), persistent=False)
+
+    @property
+    def store_attention(self) -> bool:
+        return self.encoder.layers[0].self_attn.store_weights
+
+    @store_attention.setter
+    def store_attention(self, value: bool) -> None:
+        for layer in self.encoder.layers:
+            layer.self_attn.store_weights = value
+
+    def encode(self, obs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Per-position features ``(B, K, d_model)``; position ``i`` depends on frames ``<= i`` only."""
+        _check_policy_input(obs, valid, self.window, self.obs_dim)
+        obs, valid = obs[:, -self.window:], valid[:, -self.window:]
+        x = self.pos(self.embed(obs / self.obs_scale))  # (B, K, d_model)
+        return self.encoder(x, src_key_padding_mask=~valid, is_causal=True)  # (B, K, d_model)
+
+    def forward(self, obs: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encode(obs, valid)[:, -1]  # (B, d_model): the newest position
+        return self.actor(h), self.critic(h).squeeze(-1)
+
+    @torch.no_grad()
+    def attention_weights(self, obs: torch.Tensor, valid: torch.Tensor) -> list[torch.Tensor]:
+        """The weights ``(B, H, K, K)`` of every layer for this input (rows: queries)."""
+        before = self.store_attention
+        self.store_attention = True
+        try:
+            self.encode(obs, valid)
+            return [layer.self_attn.last_attn_weights for layer in self.encoder.layers]
+        finally:
+            self.store_attention = before
+
+
+# ---------------------------------------------------------------------------------------------
+# Generalised advantage estimation
+# ---------------------------------------------------------------------------------------------
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor,
+                truncated: torch.Tensor, gamma: float = 0.99, lam: float = 0.95,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Advantages and returns by GAE (Schulman et al., 2016), time along dim 0.
+
+    ``rewards``, ``terminated``, ``truncated`` are ``(T, ...)``: step ``t`` went from the
+    observation ``s_t`` to ``s_{t+1}``. ``values`` is ``(T+1, ...)``: ``values[t] = V(s_t)``,
+    where ``s_{t+1}`` is the observation *returned by* step ``t`` — when the episode ended
+    there, the final observation (gymnasium's ``NEXT_STEP`` autoreset returns it).
+
+    .. math::
+        \delta_t = r_t + \gamma V(s_{t+1})(1 - \text{terminated}_t) - V(s_t), \qquad
+        A_t = \delta_t + \gamma\lambda (1 - \text{done}_t) A_{t+1}
+
+    A **terminated** episode (the pole fell) has no future: no bootstrap. A **truncated** one
+    (the 500-step time limit) would have gone on: bootstrap with ``V`` of the final
+    observation. In both cases the advantage does not flow back across the episode boundary.
+
+    >>> r = torch.tensor([1.0, 1.0])
+    >>> v = torch.tensor([0.5, 0.5, 2.0])
+    >>> no = torch.tensor([False, False])
+    >>> adv, ret = compute_gae(r, v, terminated=no, truncated=torch.tensor([False, True]),
+    ...                        gamma=0.5, lam=1.0)
+    >>> ret                                    # 1 + 0.5 * (1 + 0.5 * 2.0)
+    tensor([2., 2.])
+    """
+    if values.shape[0] != rewards.shape[0] + 1 or values.shape[1:] != rewards.shape[1:]:
+        raise ValueError(
+            f"values must have shape (T+1, ...) for rewards (T, ...) = {tuple(rewards.shape)}, "
+            f"got {tuple(values.shape)}"
+        )
+    not_term = 1.0 - terminated.float()
+    not_done = 1.0 - (terminated | truncated).float()
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * values[t + 1] * not_term[t] - values[t]
+        last = delta + gamma * lam * not_done[t] * last
+        advantages[t] = last
+    return advantages, advantages + values[:-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PPOConfig:
+    """PPO's settings (defaults tuned for no-velocity CartPole, after RL Zoo's)."""
+
+    total_steps: int = 200_000
+    num_envs: int = 8
+    rollout_len: int = 32  # steps per environment between updates
+    epochs: int = 10
+    minibatch_size: int = 256
+    lr: float = 1e-3  # annealed linearly to 0
+    gamma: float = 0.98
+    gae_lambda: float = 0.8
+    clip: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    blank_prob: float = 0.0  # > 0: the variant task with blanked observations
+    threads: int | None = 1  # torch threads while training (small nets: 1 is fastest)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_ppo` returns: the curve, the wall time and the settings."""
+
+    steps: list[int] = field(default_factory=list)  # env steps at each update
+    returns: list[float] = field(default_factory=list)  # mean return of episodes finished so far (last 20)
+    wall_time_s: float = 0.0
+    episodes: int = 0
+    config: dict = field(default_factory=dict)
+
+
+def _forward_sample(policy: nn.Module, obs: torch.Tensor, valid: torch.Tensor, greedy: bool = False):
+    logits, value = policy(obs, valid)
+    dist = torch.distributions.Categorical(logits=logits)
+    action = logits.argmax(-1) if greedy else dist.sample()
+    return action, dist.log_prob(action), value
+
+
+def train_ppo(policy: nn.Module, config: PPOConfig | None = None, seed: int = 0,
+              desc: str = "PPO", progress: bool | None = None) -> TrainResult:
+    """Train ``policy`` with PPO on no-velocity CartPole; return the learning curve.
+
+    One loop for every policy: it only needs ``policy.window`` (how many observations it
+    reads) and ``policy.obs_dim``. The rollout handles the ``NEXT_STEP`` autoreset: the step
+    taken on an episode's final observation is a no-op for the environment, so it is stored
+    but excluded from the loss (``valid_step``), and the history of the environment is
+    cleared when its new episode starts.
+
+    >>> policy = MLPPolicy(obs_dim=2, n_actions=2)
+    >>> result = train_ppo(policy, PPOConfig(total_steps=512, num_envs=4, rollout_len=64,
+    ...                                      epochs=1), progress=False)
+    >>> result.steps
+    [256, 512]
+    """
+    cfg = config or PPOConfig()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    start = time.perf_counter()
+    try:
+        return _train(policy, cfg, seed, desc, progress, start)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(policy, cfg: PPOConfig, seed: int, desc: str, progress: bool | None, start: float) -> TrainResult:
+    n, t_len, k = cfg.num_envs, cfg.rollout_len, policy.window
+    envs = make_vector_env(n, blank_prob=cfg.blank_prob)
+    obs, _ = envs.reset(seed=seed)
+    hist = HistoryBuffer(n, k, policy.obs_dim)
+    hist.reset(obs)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
+    batch = n * t_len
+    num_updates = max(1, cfg.total_steps // batch)
+    result = TrainResult(config=asdict(cfg))
+
+    last_done = torch.zeros(n, dtype=torch.bool)  # did the previous step end each episode?
+    ep_return = np.zeros(n)
+    finished: list[float] = []
+    buf_obs = torch.zeros(t_len, n, k, policy.obs_dim)  # (T, N, K, D)
+    buf_valid = torch.zeros(t_len, n, k, dtype=torch.bool)  # (T, N, K)
+    buf_act = torch.zeros(t_len, n, dtype=torch.long)
+    buf_logp = torch.zeros(t_len, n)
+    buf_val = torch.zeros(t_len + 1, n)
+    buf_rew = torch.zeros(t_len, n)
+    buf_term = torch.zeros(t_len, n, dtype=torch.bool)
+    buf_trunc = torch.zeros(t_len, n, dtype=torch.bool)
+    buf_step_ok = torch.zeros(t_len, n, dtype=torch.bool)  # False on the autoreset no-op steps
+
+    bar = tqdm(range(num_updates), desc=desc, disable=progress is False, leave=False)
+    for update in bar:
+        for g in optimizer.param_groups:
+            g["lr"] = cfg.lr * (1.0 - update / num_updates)
+        # ---- collect t_len steps from each of the n environments ----
+        policy.eval()
+        with torch.no_grad():
+            for t in range(t_len):
+                x, m = hist.obs, hist.valid
+                action, logp, value = _forward_sample(policy, x, m)
+                buf_obs[t], buf_valid[t], buf_act[t], buf_logp[t], buf_val[t] = x, m, action, logp, value
+                buf_step_ok[t] = ~last_done  # acting on a final observation does nothing
+                obs, reward, term, trunc, _ = envs.step(action.numpy())
+                buf_rew[t] = torch.from_numpy(reward).float()
+                buf_term[t], buf_trunc[t] = torch.from_numpy(term), torch.from_numpy(trunc)
+                ep_return += reward
+                done = term | trunc
+                for i in np.flatnonzero(done):
+                    finished.append(float(ep_return[i]))
+                ep_return[done] = 0.0
+                hist.push(obs, new_episode=last_done)  # new episode iff the *previous* step ended one
+                last_done = torch.from_numpy(done)
+            buf_val[t_len] = policy(hist.obs, hist.valid)[1]  # bootstrap value of the next observation
+        adv, ret = compute_gae(buf_rew, buf_val, buf_term, buf_trunc, cfg.gamma, cfg.gae_lambda)
+
+        # ---- PPO update on the real (non-no-op) steps ----
+        policy.train()
+        ok = buf_step_ok.flatten()
+        b_obs, b_valid = buf_obs.flatten(0, 1)[ok], buf_valid.flatten(0, 1)[ok]
+        b_act, b_logp = buf_act.flatten()[ok], buf_logp.flatten()[ok]
+        b_adv, b_ret = adv.flatten()[ok], ret.flatten()[ok]
+        size = b_act.numel()
+        stats = {}
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(size)
+            for lo in range(0, size, cfg.minibatch_size):
+                idx = perm[lo:lo + cfg.minibatch_size]
+                logits, value = policy(b_obs[idx], b_valid[idx])
+                dist = torch.distributions.Categorical(logits=logits)
+                logp = dist.log_prob(b_act[idx])
+                a = b_adv[idx]
+                a = (a - a.mean()) / (a.std() + 1e-8) if a.numel() > 1 else a
+                ratio = (logp - b_logp[idx]).exp()
+                pg_loss = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
+                v_loss = 0.5 * F.mse_loss(value, b_ret[idx])
+                entropy = dist.entropy().mean()
+                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                stats = {"loss": loss.item(), "entropy": entropy.item()}
+        if not np.isfinite(stats.get("loss", 0.0)):
+            raise FloatingPointError(f"PPO loss became {stats['loss']} at update {update}")
+        result.steps.append((update + 1) * batch)
+        recent = finished[-20:]
+        result.returns.append(float(np.mean(recent)) if recent else float("nan"))
+        bar.set_postfix(ret=f"{result.returns[-1]:.0f}", refresh=False)
+    bar.close()
+    envs.close()
+    policy.eval()
+    result.episodes = len(finished)
+    result.wall_time_s = time.perf_counter() - start
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(policy: nn.Module, episodes: int = 20, greedy: bool = True, seed: int = 10_000,
+             blank_prob: float = 0.0, max_steps: int = 500) -> np.ndarray:
+    """Returns of ``episodes`` episodes (run side by side, one per environment).
+
+    ``greedy=True`` takes the most likely action; ``False`` samples from the policy, as in
+    training. Evaluation seeds (default from 10 000) differ from the training seeds.
+
+    >>> returns = evaluate(MLPPolicy(obs_dim=2, n_actions=2), episodes=3)
+    >>> returns.shape
+    (3,)
+    """
+    policy.eval()
+    envs = make_vector_env(episodes, blank_prob=blank_prob)
+    obs, _ = envs.reset(seed=seed)
+    hist = HistoryBuffer(episodes, policy.window, policy.obs_dim)
+    hist.reset(obs)
+    total = np.zeros(episodes)
+    running = np.ones(episodes, dtype=bool)
+    for _ in range(max_steps):
+        action, _, _ = _forward_sample(policy, hist.obs, hist.valid, greedy=greedy)
+        obs, reward, term, trunc, _ = envs.step(action.numpy())
+        total += reward * running
+        running &= ~(term | trunc)
+        if not running.any():
+            break
+        hist.push(obs, new_episode=torch.zeros(episodes, dtype=torch.bool))
+    envs.close()
+    return total
+
+
+@torch.no_grad()
+def record_episode(policy: AttentionPolicy, seed: int = 20_000, blank_prob: float = 0.0,
+                   max_steps: int = 500) -> dict[str, np.ndarray]:
+    """Run one greedy episode and keep, at every step, what the newest position attended to.
+
+    Returns ``{"obs": (T, D), "attention": (T, H, K)}`` — the last layer's weights of the newest
+    query over the window (slot ``K-1`` is the current observation, ``K-2`` the one before, ...).
+
+    >>> ep = record_episode(AttentionPolicy(obs_dim=2, n_actions=2, window=4), max_steps=5)
+    >>> ep["attention"].shape[1:]
+    (4, 4)
+    """
+    policy.eval()
+    envs = make_vector_env(1, blank_prob=blank_prob)
+    obs, _ = envs.reset(seed=seed)
+    hist = HistoryBuffer(1, policy.window, policy.obs_dim)
+    hist.reset(obs)
+    seen, attention = [], []
+    for _ in range(max_steps):
+        weights = policy.attention_weights(hist.obs, hist.valid)[-1]  # (1, H, K, K)
+        attention.append(weights[0, :, -1].numpy())  # (H, K): the newest query's row
+        seen.append(hist.obs[0, -1].numpy())
+        action, _, _ = _forward_sample(policy, hist.obs, hist.valid, greedy=True)
+        obs, _, term, trunc, _ = envs.step(action.numpy())
+        if term[0] or trunc[0]:
+            break
+        hist.push(obs, new_episode=torch.zeros(1, dtype=torch.bool))
+    envs.close()
+    return {"obs": np.stack(seen), "attention": np.stack(attention)}
