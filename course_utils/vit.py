@@ -1,0 +1,370 @@
+"""The course's Vision Transformer (Dosovitskiy et al., 2021), built from ``course_utils`` blocks.
+
+An image is cut into ``patch_size × patch_size`` patches; each patch becomes a token (a linear
+map of its pixels — :class:`PatchEmbedding`); a learned class token is put in front; learned
+position embeddings are added; a pre-LN :class:`~course_utils.transformer.TransformerEncoder`
+mixes the tokens; the class token's final state goes through a linear head::
+
+    x (B, C, H, W) -> patches (B, N, C·p·p) -> tokens (B, N, dim) -> [cls; tokens] + pos (B, 1+N, dim)
+      -> encoder (B, 1+N, dim) -> norm -> z[:, 0] (B, dim) -> head (B, num_classes)
+
+Also here:
+
+* :func:`patchify` — the patches themselves (for pictures and for the unfold+linear embedding);
+* :func:`attention_rollout` — Abnar & Zuidema (2020): how much each input token flows into each
+  output token through all layers;
+* :meth:`ViT.from_transformers` — copy the weights of a Hugging Face ``ViTModel`` /
+  ``ViTForImageClassification`` so the outputs match (tested to 1e-5);
+* :class:`TokenMixingMLP` — the "no attention" ablation: MLP-Mixer token mixing in place of
+  self-attention (``ViT(..., token_mixing="mlp")``);
+* :func:`random_shift` — augmentation for digits: small shifts with zero padding, no flips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_utils.positional import LearnedPositionalEmbedding
+from course_utils.transformer import TransformerEncoder, TransformerEncoderLayer
+
+__all__ = [
+    "PatchEmbedding",
+    "TokenMixingMLP",
+    "ViT",
+    "attention_rollout",
+    "count_parameters",
+    "patchify",
+    "random_shift",
+]
+
+
+def _check_images(x: object, channels: int, size: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.size(1) != channels or x.size(2) != size or x.size(3) != size:
+        raise ValueError(
+            f"images must have shape (B, {channels}, {size}, {size}), got {tuple(x.shape)}"
+        )
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Cut ``(B, C, H, W)`` images into non-overlapping patches ``(B, N, C·p·p)``, row by row.
+
+    Each patch is flattened channel-first, then row, then column: the order of
+    ``Conv2d.weight.flatten(1)``, so a linear layer on these patches equals a strided conv.
+
+    >>> x = torch.arange(16.0).view(1, 1, 4, 4)
+    >>> patchify(x, 2)[0]            # 4 patches of 2×2 pixels
+    tensor([[ 0.,  1.,  4.,  5.],
+            [ 2.,  3.,  6.,  7.],
+            [ 8.,  9., 12., 13.],
+            [10., 11., 14., 15.]])
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"image size {h}×{w} is not divisible by patch_size={patch_size}")
+    cols = F.unfold(images, kernel_size=patch_size, stride=patch_size)  # (B, C·p·p, N)
+    return cols.transpose(1, 2)  # (B, N, C·p·p)
+
+
+class PatchEmbedding(nn.Module):
+    """Patches to tokens: a ``Conv2d`` with kernel = stride = ``patch_size`` (``proj``).
+
+    ``forward(x, method="conv")`` runs the convolution; ``method="unfold"`` cuts the patches with
+    :func:`patchify` and applies the *same* weights as a linear layer — the two are equal,
+    because a conv whose stride equals its kernel sees each pixel exactly once.
+
+    >>> emb = PatchEmbedding(image_size=8, patch_size=4, in_channels=1, dim=16)
+    >>> x = torch.randn(2, 1, 8, 8)
+    >>> emb(x).shape                 # (B, N, dim), N = (8 / 4)²
+    torch.Size([2, 4, 16])
+    >>> torch.allclose(emb(x, method="conv"), emb(x, method="unfold"), atol=1e-6)
+    True
+    """
+
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int) -> None:
+        super().__init__()
+        for name, n in (("image_size", image_size), ("patch_size", patch_size),
+                        ("in_channels", in_channels), ("dim", dim)):
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        if image_size % patch_size:
+            raise ValueError(
+                f"image_size must be divisible by patch_size, got {image_size} and {patch_size}"
+            )
+        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
+        self.grid_size = image_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor, method: str = "conv") -> torch.Tensor:
+        _check_images(x, self.in_channels, self.image_size)
+        if method == "conv":
+            return self.proj(x).flatten(2).transpose(1, 2)  # (B, dim, g, g) -> (B, N, dim)
+        if method == "unfold":
+            weight = self.proj.weight.flatten(1)  # (dim, C·p·p)
+            return F.linear(patchify(x, self.patch_size), weight, self.proj.bias)  # (B, N, dim)
+        raise ValueError(f'method must be "conv" or "unfold", got {method!r}')
+
+
+class TokenMixingMLP(nn.Module):
+    """MLP-Mixer's token mixing (Tolstikhin et al., 2021): an MLP *across tokens*, no attention.
+
+    Each channel is mixed over the ``num_tokens`` positions with weights that depend on the
+    position only, never on the content. It has the call signature of
+    :class:`~course_utils.attention.MultiHeadAttention` (returns ``(out, None)``), so it can
+    replace ``self_attn`` in a :class:`~course_utils.transformer.TransformerEncoderLayer`.
+
+    >>> mix = TokenMixingMLP(num_tokens=5, hidden_dim=8)
+    >>> out, w = mix(torch.randn(2, 5, 16))
+    >>> out.shape, w
+    (torch.Size([2, 5, 16]), None)
+    """
+
+    def __init__(self, num_tokens: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.fc1 = nn.Linear(num_tokens, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, num_tokens)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, *args: object, **kwargs: object) -> tuple[torch.Tensor, None]:
+        if query.dim() != 3 or query.size(1) != self.num_tokens:
+            raise ValueError(
+                f"query must have shape (B, T={self.num_tokens}, E), got {tuple(query.shape)}"
+            )
+        x = query.transpose(1, 2)  # (B, E, T): mix along the tokens
+        x = self.fc2(self.dropout(F.gelu(self.fc1(x))))  # (B, E, T)
+        return x.transpose(1, 2), None  # (B, T, E)
+
+
+class ViT(nn.Module):
+    """A Vision Transformer: patch embedding, class token, learned positions, pre-LN encoder, head.
+
+    ``ViT(image_size, patch_size, in_channels, num_classes, dim, depth, heads, mlp_dim,
+    dropout=0.0)``. ``forward(x (B, C, H, W)) -> logits (B, num_classes)``;
+    ``forward_features`` gives the normalised tokens ``(B, 1 + N, dim)`` (token 0 is the class
+    token). ``num_classes=0`` makes the head the identity (the model returns the class token's
+    features). Keyword-only extras: ``layer_norm_eps`` and ``token_mixing="mlp"`` (the
+    no-attention ablation: :class:`TokenMixingMLP` instead of self-attention).
+
+    >>> model = ViT(image_size=8, patch_size=4, in_channels=1, num_classes=10,
+    ...             dim=32, depth=2, heads=4, mlp_dim=64)
+    >>> model(torch.randn(3, 1, 8, 8)).shape
+    torch.Size([3, 10])
+    >>> model.attention_maps(torch.randn(3, 1, 8, 8)).shape   # (depth, B, heads, 1+N, 1+N)
+    torch.Size([2, 3, 4, 5, 5])
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        in_channels: int,
+        num_classes: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        dropout: float = 0.0,
+        *,
+        layer_norm_eps: float = 1e-6,
+        token_mixing: str = "attention",
+    ) -> None:
+        super().__init__()
+        if token_mixing not in ("attention", "mlp"):
+            raise ValueError(f'token_mixing must be "attention" or "mlp", got {token_mixing!r}')
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+        self.config = dict(image_size=image_size, patch_size=patch_size, in_channels=in_channels,
+                           num_classes=num_classes, dim=dim, depth=depth, heads=heads,
+                           mlp_dim=mlp_dim, dropout=dropout, layer_norm_eps=layer_norm_eps,
+                           token_mixing=token_mixing)
+        self.patch_embed = PatchEmbedding(image_size, patch_size, in_channels, dim)
+        self.num_tokens = self.patch_embed.num_patches + 1
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = LearnedPositionalEmbedding(self.num_tokens, dim)  # N(0, 0.02²)
+        self.dropout = nn.Dropout(dropout)
+        layer = TransformerEncoderLayer(dim, heads, dim_feedforward=mlp_dim, dropout=dropout,
+                                        activation="gelu", layer_norm_eps=layer_norm_eps,
+                                        norm_first=True)
+        if token_mixing == "mlp":
+            layer.self_attn = TokenMixingMLP(self.num_tokens, mlp_dim, dropout)
+        self.encoder = TransformerEncoder(layer, depth, norm=nn.LayerNorm(dim, eps=layer_norm_eps))
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):  # as in ViT/timm: truncated normal, zero bias
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` to the encoder's input tokens ``(B, 1 + N, dim)``."""
+        tokens = self.patch_embed(x)  # (B, N, dim)
+        cls = self.cls_token.expand(x.size(0), -1, -1).to(tokens.dtype)  # (B, 1, dim)
+        return self.dropout(self.pos_embed(torch.cat([cls, tokens], dim=1)))  # (B, 1+N, dim)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised output tokens ``(B, 1 + N, dim)``; token 0 is the class token."""
+        return self.encoder(self.embed(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x)[:, 0])  # (B, num_classes)
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Every layer's attention weights ``(depth, B, heads, 1 + N, 1 + N)`` for images ``x``."""
+        attns = [layer.self_attn for layer in self.encoder.layers]
+        if not all(hasattr(a, "last_attn_weights") for a in attns):
+            raise ValueError("this model has no attention (token_mixing='mlp'): no attention maps")
+        for a in attns:
+            a.store_weights = True
+        try:
+            self.forward_features(x)
+            return torch.stack([a.last_attn_weights for a in attns])
+        finally:
+            for a in attns:
+                a.store_weights = False
+                a.last_attn_weights = None
+
+    # -- interop with Hugging Face transformers --
+
+    @classmethod
+    def from_transformers(cls, hf_model: nn.Module) -> ViT:
+        """A :class:`ViT` holding a copy of a ``transformers`` ViT's weights (outputs match).
+
+        ``hf_model`` is a ``ViTModel`` (then ``num_classes=0``: the head is the identity, and
+        ``forward_features`` equals its ``last_hidden_state``) or a ``ViTForImageClassification``
+        (the classifier becomes ``head``; logits match). Works with the module names of
+        transformers 4.x (``encoder.layer.N.attention.attention.query``) and 5.x
+        (``layers.N.attention.q_proj``). The pooler of a ``ViTModel``, if any, is not copied.
+        """
+        cfg = getattr(hf_model, "config", None)
+        if cfg is None or getattr(cfg, "model_type", None) != "vit":
+            raise TypeError(
+                f"hf_model must be a transformers ViTModel or ViTForImageClassification, got "
+                f"{type(hf_model).__name__}"
+            )
+        if cfg.hidden_act != "gelu":
+            raise ValueError(f"only hidden_act='gelu' is supported, got {cfg.hidden_act!r}")
+        if not getattr(cfg, "qkv_bias", True):
+            raise ValueError("only qkv_bias=True is supported")
+        image_size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
+        patch_size = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
+        state = hf_model.state_dict()
+        classifier = state.get("classifier.weight")
+        num_classes = 0 if classifier is None else classifier.size(0)
+        model = cls(image_size, patch_size, cfg.num_channels, num_classes, cfg.hidden_size,
+                    cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size,
+                    dropout=cfg.hidden_dropout_prob, layer_norm_eps=cfg.layer_norm_eps)
+        model.load_state_dict(_convert_hf_state_dict(state, cfg.num_hidden_layers))
+        ref = next(hf_model.parameters())
+        return model.to(device=ref.device, dtype=ref.dtype)
+
+
+def _convert_hf_state_dict(state: Mapping[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """Rename a transformers ViT state dict to ours (both 4.x and 5.x layouts)."""
+    prefix = "vit." if any(k.startswith("vit.") for k in state) else ""
+    out = {
+        "cls_token": state[f"{prefix}embeddings.cls_token"],
+        "pos_embed.weight": state[f"{prefix}embeddings.position_embeddings"][0],
+        "patch_embed.proj.weight": state[f"{prefix}embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": state[f"{prefix}embeddings.patch_embeddings.projection.bias"],
+        "encoder.norm.weight": state[f"{prefix}layernorm.weight"],
+        "encoder.norm.bias": state[f"{prefix}layernorm.bias"],
+    }
+    v5 = f"{prefix}layers.0.attention.q_proj.weight" in state
+    ours_to_theirs = (
+        {"self_attn.q_proj": "attention.q_proj", "self_attn.k_proj": "attention.k_proj",
+         "self_attn.v_proj": "attention.v_proj", "self_attn.out_proj": "attention.o_proj",
+         "linear1": "mlp.fc1", "linear2": "mlp.fc2"}
+        if v5 else
+        {"self_attn.q_proj": "attention.attention.query", "self_attn.k_proj": "attention.attention.key",
+         "self_attn.v_proj": "attention.attention.value", "self_attn.out_proj": "attention.output.dense",
+         "linear1": "intermediate.dense", "linear2": "output.dense"}
+    )
+    ours_to_theirs |= {"norm1": "layernorm_before", "norm2": "layernorm_after"}
+    layers = f"{prefix}layers" if v5 else f"{prefix}encoder.layer"
+    for i in range(depth):
+        for ours, theirs in ours_to_theirs.items():
+            for p in ("weight", "bias"):
+                out[f"encoder.layers.{i}.{ours}.{p}"] = state[f"{layers}.{i}.{theirs}.{p}"]
+    if "classifier.weight" in state:
+        out["head.weight"], out["head.bias"] = state["classifier.weight"], state["classifier.bias"]
+    return out
+
+
+def attention_rollout(attentions: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
+    r"""Attention rollout (Abnar & Zuidema, 2020): attention flow from inputs to outputs.
+
+    ``attentions`` is ``(depth, B, heads, T, T)`` (as :meth:`ViT.attention_maps` returns) or
+    ``(depth, B, T, T)``. Heads are averaged; the residual connection is modelled by mixing in the
+    identity, :math:`\hat A_l = (1 - r) A_l + r I` (rows renormalised); the layers are multiplied,
+    :math:`R = \hat A_L \cdots \hat A_1`. Returns ``R`` ``(B, T, T)``; every row sums to 1.
+    ``R[:, 0, 1:]`` is how much each patch contributes to the class token.
+
+    >>> att = torch.softmax(torch.randn(2, 3, 4, 5, 5), dim=-1)   # (depth, B, heads, T, T)
+    >>> r = attention_rollout(att)
+    >>> r.shape, torch.allclose(r.sum(-1), torch.ones(3, 5))
+    (torch.Size([3, 5, 5]), True)
+    """
+    if attentions.dim() == 5:
+        attentions = attentions.mean(dim=2)  # average the heads: (depth, B, T, T)
+    if attentions.dim() != 4 or attentions.size(-1) != attentions.size(-2):
+        raise ValueError(
+            f"attentions must be (depth, B, heads, T, T) or (depth, B, T, T), got {tuple(attentions.shape)}"
+        )
+    if not 0.0 <= residual <= 1.0:
+        raise ValueError(f"residual must be in [0, 1], got {residual}")
+    t = attentions.size(-1)
+    eye = torch.eye(t, dtype=attentions.dtype, device=attentions.device)
+    rollout = eye.expand_as(attentions[0]).clone()  # (B, T, T)
+    for a in attentions.float() if attentions.dtype != torch.float64 else attentions:
+        a_hat = (1.0 - residual) * a + residual * eye
+        a_hat = a_hat / a_hat.sum(dim=-1, keepdim=True)
+        rollout = a_hat.to(rollout.dtype) @ rollout  # later layers multiply from the left
+    return rollout
+
+
+def random_shift(images: torch.Tensor, max_shift: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` pixels in x and y, filling with zeros (no flips).
+
+    Digits are not symmetric (a flipped 2 is not a 2), so shifts are the safe augmentation.
+
+    >>> x = torch.zeros(1, 1, 4, 4); x[0, 0, 1, 1] = 1.0
+    >>> y = random_shift(x, max_shift=1, generator=torch.Generator().manual_seed(0))
+    >>> y.shape, y.sum().item()          # same size, the pixel moved by at most one
+    (torch.Size([1, 1, 4, 4]), 1.0)
+    """
+    if max_shift == 0:
+        return images
+    b, _, h, w = images.shape
+    m = max_shift
+    padded = F.pad(images, (m, m, m, m))  # (B, C, H + 2m, W + 2m)
+    dy = torch.randint(0, 2 * m + 1, (b,), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * m + 1, (b,), generator=generator).to(images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))  # (B, H)
+    cols = (dx[:, None] + torch.arange(w, device=images.device))  # (B, W)
+    idx_b = torch.arange(b, device=images.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """The number of trainable parameters.
+
+    >>> count_parameters(nn.Linear(3, 2))
+    8
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
