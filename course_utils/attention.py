@@ -147,7 +147,13 @@ def masked_softmax(
     tensor([[0.5000, 0.5000, 0.0000],
             [0.0000, 0.0000, 0.0000]])
     """
+    _check_tensor("scores", scores, min_dim=1)
     if mask is not None:
+        _check_mask_dtype("mask", mask)
+        if not _broadcasts_to(_shape(mask), _shape(scores)):
+            raise ValueError(
+                f"mask must broadcast to the scores shape {_shape(scores)}, got {_shape(mask)}"
+            )
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, _NEG_INF)
         else:
@@ -563,7 +569,6 @@ class MultiHeadAttention(nn.Module):
         b: int,
         lq: int,
         lk: int,
-        dtype: torch.dtype,
         device: torch.device,
     ) -> torch.Tensor | None:
         h = self.num_heads
@@ -587,8 +592,6 @@ class MultiHeadAttention(nn.Module):
                     f"attn_mask must have shape {expected} = {(lq, lk)}, {(b, lq, lk)} or "
                     f"{(b, h, lq, lk)}, got {_shape(attn_mask)}"
                 )
-            if mask.is_floating_point():
-                mask = mask.to(dtype)
         if key_padding_mask is not None:
             if isinstance(key_padding_mask, torch.Tensor) and _shape(key_padding_mask) != (b, lk):
                 raise ValueError(
@@ -637,13 +640,18 @@ class MultiHeadAttention(nn.Module):
         v = split_heads(self.v_proj(value), self.num_heads)  # (B, H, Lk, D)
 
         mask = self._build_mask(
-            attn_mask, key_padding_mask, is_causal, b, lq, lk, q.dtype, q.device
+            attn_mask, key_padding_mask, is_causal, b, lq, lk, q.device
         )  # (B|1, H|1, Lq|1, Lk) or None
         p = self.dropout if self.training else 0.0
         want_weights = need_weights or self.store_weights
 
         weights = None
-        if self.use_sdpa:
+        if self.use_sdpa and is_causal and attn_mask is None and key_padding_mask is None:
+            # only the causal mask: let PyTorch pick a kernel that never builds it
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            if want_weights:
+                _, weights = scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)
+        elif self.use_sdpa:
             out = _sdpa_no_nan(q, k, v, mask, dropout_p=p)  # (B, H, Lq, D)
             if want_weights:  # the fused kernel never materialises the weights: recompute
                 _, weights = scaled_dot_product_attention(q, k, v, mask, return_weights=True)
@@ -745,6 +753,6 @@ def _sdpa_no_nan(
         mask = mask | dead
     else:
         dead = mask.amax(dim=-1, keepdim=True) == _NEG_INF
-        mask = mask.masked_fill(dead, 0.0)
+        mask = mask.masked_fill(dead, 0.0).to(q.dtype)  # PyTorch wants the dtype of q
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     return out.masked_fill(dead, 0.0)

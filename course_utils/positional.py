@@ -149,6 +149,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     >>> rotate_half(torch.tensor([1., 2., 3., 4.]))
     tensor([-3., -4.,  1.,  2.])
     """
+    if x.size(-1) % 2 != 0:
+        raise ValueError(f"the last dim of x must be even, got x {tuple(x.shape)}")
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 

@@ -454,3 +454,25 @@ def test_additive_attention_bad_input() -> None:
         ValueError, match=r"same batch size, got query \(3, 4\) and keys \(2, 5, 6\)"
     ):
         attn(randn(3, 4), keys, values)
+
+
+def test_masked_softmax_bad_input() -> None:
+    with pytest.raises(
+        ValueError, match=r"mask must broadcast to the scores shape \(2, 3\), got \(4,\)"
+    ):
+        masked_softmax(torch.zeros(2, 3), torch.ones(4, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor .* got dtype torch.uint8"):
+        masked_softmax(torch.zeros(2, 3), torch.ones(3, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+def test_mha_bfloat16_close_to_float32(use_sdpa: bool) -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, use_sdpa=use_sdpa).eval()
+    x = randn(2, 6, 16)
+    bias = randn(6, 6, seed=1)  # a float (additive) mask stays float32 on our path
+    pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    ref, _ = mha(x, attn_mask=bias, key_padding_mask=pad)
+    out, _ = mha.bfloat16()(x.bfloat16(), attn_mask=bias, key_padding_mask=pad)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=5e-2 * ref.abs().max().item(), rtol=0)
