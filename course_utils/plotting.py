@@ -166,10 +166,16 @@ def plot_attention_overlay(
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
-    if window <= 1 or len(values) < window:
+    """Trailing moving average that keeps the length (the first points average what exists).
+
+    >>> _smooth(np.array([0.0, 2.0, 4.0, 6.0]), 2).tolist()
+    [0.0, 1.0, 3.0, 5.0]
+    """
+    if window <= 1:
         return values
-    kernel = np.ones(window) / window
-    return np.convolve(values, kernel, mode="valid")
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.arange(len(values)) + 1 - counts]) / counts
 
 
 def plot_learning_curves(
@@ -183,7 +189,7 @@ def plot_learning_curves(
 ):
     """One line per named curve: values, or ``(x, y)`` pairs; optional shaded ``band`` (low, high).
 
-    ``smooth`` averages over a moving window (for noisy per-step losses).
+    ``smooth`` is a trailing moving-average window (for noisy per-step losses).
 
     >>> fig = plot_learning_curves({"train": [3.0, 2.0, 1.5], "valid": ([0, 2], [2.8, 1.9])})
     >>> fig.axes[0].get_ylabel()
@@ -199,9 +205,7 @@ def plot_learning_curves(
         else:
             y = _to_numpy(data)
             x = np.arange(len(y), dtype=float)
-        ys = _smooth(y, smooth)
-        xs = x[len(x) - len(ys):]
-        ax.plot(xs, ys, styles[i % len(styles)], label=name)
+        ax.plot(x, _smooth(y, smooth), styles[i % len(styles)], label=name)
         if band is not None and name in band:
             low, high = band[name]
             ax.fill_between(x, _to_numpy(low), _to_numpy(high), alpha=0.2)

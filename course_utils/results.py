@@ -89,7 +89,7 @@ def record_result(
     higher_is_better: bool = True,
     unit: str = "",
     notebook: str | None = None,
-) -> float:
+) -> None:
     """Assert a headline result against its target and record it (full mode only).
 
     ``target`` is the target of the current mode: pass ``by_mode(full=..., fast=...)`` when the
@@ -98,7 +98,6 @@ def record_result(
 
     >>> record_result("doctest_value", 0.5, target=1.0, higher_is_better=False, notebook="doctest")
     doctest_value = 0.5 (target ≤ 1)
-    0.5
     """
     if isinstance(value, torch.Tensor):
         value = value.item()
@@ -110,7 +109,7 @@ def record_result(
     sign = "≥" if higher_is_better else "≤"
     print(f"{name} = {value:.4g}{(' ' + unit) if unit else ''} (target {sign} {target:.4g})")
     if fast_mode() or notebook == "doctest":
-        return value
+        return
     entry = {
         "notebook": notebook,
         "name": name,
@@ -133,4 +132,3 @@ def record_result(
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"results": results}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)
-    return value

@@ -13,7 +13,11 @@ work. Notebook 00 shows the mistake and its fix.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,3 +178,59 @@ def synchronize(device: torch.device | str | None = None) -> None:
             torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+# Lines that PyTorch's Kineto profiler backend prints straight to the process's stderr (not through
+# Python) on every run: stage markers, and a CUDA probe that fails on machines without a GPU.
+_KINETO_CHATTER = ("USDT:", "STAGE:", "gpuGetDeviceCount failed")
+
+
+@contextmanager
+def _filtered_stderr():
+    """Capture file descriptor 2 during the block and re-emit every line except Kineto's chatter."""
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if line.strip() and not any(marker in line for marker in _KINETO_CHATTER):
+                    print(line, file=sys.stderr)
+
+
+def profile_table(
+    fn: Callable[[], Any],
+    steps: int = 3,
+    sort_by: str = "self_cpu_time_total",
+    row_limit: int = 8,
+    device: torch.device | str | None = None,
+) -> str:
+    """Run ``fn()`` ``steps`` times under ``torch.profiler`` and return its operator table.
+
+    CPU activity is always recorded, CUDA activity too on a GPU. Kineto's start/stop log lines
+    are kept out of the output; everything else it prints still shows.
+
+    >>> table = profile_table(lambda: torch.ones(8, 8) @ torch.ones(8, 8), steps=1, row_limit=3)
+    >>> "aten::mm" in table
+    True
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with _filtered_stderr():
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                fn()
+            synchronize(device)
+    return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit, max_name_column_width=28)

@@ -32,8 +32,14 @@ sys.path.insert(0, str(REPO))
 from course_utils.results import load_metrics, reports_dir  # noqa: E402
 
 
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+
 def execute(path: Path, timeout: int) -> float:
     nb = nbformat.read(path, as_version=4)
+    # Notebooks drafted in another tool (e.g. jupytext) get the standard kernel and lose its metadata.
+    nb.metadata.pop("jupytext", None)
+    nb.metadata["kernelspec"] = KERNELSPEC
     client = NotebookClient(
         nb,
         timeout=timeout,

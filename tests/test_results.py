@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import pytest
+
+from course_utils import record_result, setup_notebook
+from course_utils.results import TargetMissed, load_metrics, metrics_path
+
+
+def test_full_mode_records_and_replaces(capsys):
+    setup_notebook("00_test", quiet=True, device="cpu")
+    record_result("accuracy", 0.9, target=0.8)
+    record_result("accuracy", 0.95, target=0.8)
+    record_result("loss", 0.1, target=0.2, higher_is_better=False)
+    entries = load_metrics()
+    assert [(e["name"], e["value"]) for e in entries] == [("accuracy", 0.95), ("loss", 0.1)]
+    entry = entries[0]
+    assert entry["notebook"] == "00_test" and entry["mode"] == "full" and entry["device"] == "cpu"
+    for key in ("target", "torch", "wall_time_s", "timestamp", "machine"):
+        assert key in entry
+    assert "accuracy = 0.95 (target ≥ 0.8)" in capsys.readouterr().out
+
+
+def test_fast_mode_asserts_but_never_writes(monkeypatch):
+    monkeypatch.setenv("COURSE_FAST", "1")
+    setup_notebook("00_test", quiet=True, device="cpu")
+    record_result("accuracy", 0.9, target=0.5)
+    assert not metrics_path().exists()
+    with pytest.raises(TargetMissed):
+        record_result("accuracy", 0.4, target=0.5)
+
+
+def test_missed_target_says_by_how_much():
+    with pytest.raises(TargetMissed, match=r"accuracy = 0.9 missed its target ≥ 0.975 by 0.075"):
+        record_result("accuracy", 0.9, target=0.975, notebook="x")
+    with pytest.raises(TargetMissed, match=r"time = 3 missed its target ≤ 2 by 1"):
+        record_result("time", 3.0, target=2.0, higher_is_better=False, notebook="x")
+    assert load_metrics() == []  # a miss is never recorded
+
+
+def test_nan_is_a_miss():
+    with pytest.raises(TargetMissed, match="not a finite number"):
+        record_result("loss", float("nan"), target=1.0, higher_is_better=False, notebook="x")
+
+
+def _write(i: int, reports_dir: str) -> None:
+    import os
+
+    os.environ["COURSE_REPORTS_DIR"] = reports_dir
+    from course_utils import record_result as rr
+
+    rr(f"m{i}", float(i), target=0.0, notebook=f"nb{i % 3}")
+
+
+def test_parallel_writers_lose_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_REPORTS_DIR", str(tmp_path))
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        pool.starmap(_write, [(i, str(tmp_path)) for i in range(12)])
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert sorted(e["name"] for e in data["results"]) == sorted(f"m{i}" for i in range(12))
