@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 from course_utils.results import load_metrics, reports_dir  # noqa: E402
 
 
@@ -130,6 +131,9 @@ def main() -> int:
         tqdm.write(f"{name}: {status} in {elapsed:.0f} s")
     print()
     print(write_summary(times))
+    from update_readme import main as update_readme
+
+    update_readme()
     return 1 if failures else 0
 
 
