@@ -6,6 +6,8 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.course-installed
 LAB_PORT ?= 8888
 LAB_ARGS ?=
+# Jupyter refuses to run as root unless told; containers and CI often are root.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS ?= $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 XDIST  ?= -n 2 --dist loadscope
 NBVAL   = --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
@@ -33,7 +35,7 @@ install: $(STAMP)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
-	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
+	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(LAB_ROOT) $(LAB_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest $(XDIST) --doctest-modules tests course_utils
