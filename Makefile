@@ -10,6 +10,9 @@ LAB_ARGS ?=
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS ?= $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 XDIST  ?= -n 2 --dist loadscope
+# Every process of the test run (xdist workers, Jupyter kernels, torchrun workers) imports
+# tests/offline/sitecustomize.py, which refuses connections beyond loopback and names the host.
+OFFLINE = PYTHONPATH="$(CURDIR)/tests/offline"
 NBVAL   = --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: install lab test unit notebooks execute bench doctor lint clean help
@@ -38,10 +41,10 @@ lab: $(STAMP)
 	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(LAB_ROOT) $(LAB_ARGS)
 
 unit: $(STAMP)
-	$(PY) -m pytest $(XDIST) --doctest-modules tests course_utils
+	$(OFFLINE) $(PY) -m pytest $(XDIST) --doctest-modules tests course_utils
 
 notebooks: $(STAMP)
-	COURSE_FAST=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(PY) -m pytest $(XDIST) $(NBVAL) $(NOTEBOOKS)
+	$(OFFLINE) COURSE_FAST=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(PY) -m pytest $(XDIST) $(NBVAL) $(NOTEBOOKS)
 
 test: unit notebooks
 
