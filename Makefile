@@ -1,6 +1,7 @@
 # The commands the README gives. `make test` and `make lab` create .venv when it is missing and
 # reinstall only when pyproject.toml changed (the stamp file below), so a second run is quick.
 PYTHON ?= python3
+MIN_PYTHON = 3.10
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.course-installed
@@ -25,8 +26,8 @@ help:
 	@echo "make doctor   check this machine for the course and say what to fix"
 
 $(PY):
-	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 10) else \
-	  "The course needs Python 3.10 or newer; $(PYTHON) is %d.%d (%s).\nInstall a newer Python and run e.g. make PYTHON=python3.12 test" % (v[0], v[1], sys.executable))'
+	@$(PYTHON) -c 'import sys; need = tuple(map(int, "$(MIN_PYTHON)".split("."))); v = sys.version_info[:2]; \
+	  sys.exit(0 if v >= need else "The course needs Python $(MIN_PYTHON) or newer; $(PYTHON) is %d.%d (%s).\nInstall a newer Python and run e.g.: make PYTHON=python3.12 test" % (v + (sys.executable,)))'
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
