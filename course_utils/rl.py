@@ -324,7 +324,7 @@ class AttentionPolicy(nn.Module):
         self.embed = nn.Linear(obs_dim, d_model)
         self.pos = LearnedPositionalEmbedding(window, d_model)
         layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward=dim_feedforward,
-                                        dropout=0.0, activation="gelu", norm_first=True)
+                                        dropout=0.0, activation="gelu", norm_first=True)  # pre-LN
         self.encoder = TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(d_model))
         self.actor = _mlp(d_model, hidden, n_actions, out_gain=0.01)
         self.critic = _mlp(d_model, hidden, 1, out_gain=1.0)
@@ -346,8 +346,33 @@ class AttentionPolicy(nn.Module):
         x = self.pos(self.embed(obs / self.obs_scale))  # (B, K, d_model)
         return self.encoder(x, src_key_padding_mask=~valid, is_causal=True)  # (B, K, d_model)
 
+    def newest(self, obs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``encode(obs, valid)[:, -1]`` (B, d_model), computing only the row the heads read.
+
+        In the last layer only the newest position's output is used, and the newest position
+        may attend to every earlier one (the causal mask removes nothing from its row). So
+        the last layer runs one query against the ``K`` keys instead of ``K`` queries, and the
+        feed-forward block on one position instead of ``K``: several times cheaper in training,
+        and equal to the full causal computation (``tests/test_rl.py`` checks it).
+        """
+        _check_policy_input(obs, valid, self.window, self.obs_dim)
+        obs, valid = obs[:, -self.window:], valid[:, -self.window:]
+        pad = ~valid  # (B, K), True = no observation there
+        x = self.pos(self.embed(obs / self.obs_scale))  # (B, K, d_model)
+        *lower, last = self.encoder.layers
+        for layer in lower:
+            x = layer(x, src_key_padding_mask=pad, is_causal=True)
+        kv = last.norm1(x)  # pre-LN: (B, K, d_model)
+        attn, _ = last.self_attn(kv[:, -1:], kv, kv, key_padding_mask=pad)  # (B, 1, d_model)
+        h = x[:, -1:] + last.dropout1(attn)
+        ff = last.linear2(last.dropout(last.activation(last.linear1(last.norm2(h)))))
+        h = h + last.dropout2(ff)  # (B, 1, d_model)
+        if self.encoder.norm is not None:
+            h = self.encoder.norm(h)
+        return h[:, 0]
+
     def forward(self, obs: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encode(obs, valid)[:, -1]  # (B, d_model): the newest position
+        h = self.newest(obs, valid)  # (B, d_model): the newest position
         return self.actor(h), self.critic(h).squeeze(-1)
 
     @torch.no_grad()
@@ -441,6 +466,7 @@ class TrainResult:
     steps: list[int] = field(default_factory=list)  # env steps at each update
     returns: list[float] = field(default_factory=list)  # mean return of episodes finished so far (last 20)
     wall_time_s: float = 0.0
+    rollout_time_s: float = 0.0  # of which: collecting experience (env + policy forward)
     episodes: int = 0
     config: dict = field(default_factory=dict)
 
@@ -510,6 +536,7 @@ def _train(policy, cfg: PPOConfig, seed: int, desc: str, progress: bool | None, 
         for g in optimizer.param_groups:
             g["lr"] = cfg.lr * (1.0 - update / num_updates)
         # ---- collect t_len steps from each of the n environments ----
+        t0 = time.perf_counter()
         policy.eval()
         with torch.no_grad():
             for t in range(t_len):
@@ -529,6 +556,7 @@ def _train(policy, cfg: PPOConfig, seed: int, desc: str, progress: bool | None, 
                 last_done = torch.from_numpy(done)
             buf_val[t_len] = policy(hist.obs, hist.valid)[1]  # bootstrap value of the next observation
         adv, ret = compute_gae(buf_rew, buf_val, buf_term, buf_trunc, cfg.gamma, cfg.gae_lambda)
+        result.rollout_time_s += time.perf_counter() - t0
 
         # ---- PPO update on the real (non-no-op) steps ----
         policy.train()
@@ -612,8 +640,10 @@ def record_episode(policy: AttentionPolicy, seed: int = 20_000, blank_prob: floa
                    max_steps: int = 500) -> dict[str, np.ndarray]:
     """Run one greedy episode and keep, at every step, what the newest position attended to.
 
-    Returns ``{"obs": (T, D), "attention": (T, H, K)}`` — the last layer's weights of the newest
-    query over the window (slot ``K-1`` is the current observation, ``K-2`` the one before, ...).
+    Returns ``{"obs": (T, D), "state": (T, 4), "features": (T, d_model), "attention": (T, H, K)}``:
+    what the agent saw, the true CartPole state (with the hidden velocities), the feature of the
+    newest position (what the heads read) and the last layer's weights of the newest query over
+    the window (slot ``K-1`` is the current observation, ``K-2`` the one before, ...).
 
     >>> ep = record_episode(AttentionPolicy(obs_dim=2, n_actions=2, window=4), max_steps=5)
     >>> ep["attention"].shape[1:]
@@ -624,15 +654,21 @@ def record_episode(policy: AttentionPolicy, seed: int = 20_000, blank_prob: floa
     obs, _ = envs.reset(seed=seed)
     hist = HistoryBuffer(1, policy.window, policy.obs_dim)
     hist.reset(obs)
-    seen, attention = [], []
+    seen, states, features, attention = [], [], [], []
+    before = policy.store_attention
+    policy.store_attention = True
     for _ in range(max_steps):
-        weights = policy.attention_weights(hist.obs, hist.valid)[-1]  # (1, H, K, K)
+        features.append(policy.encode(hist.obs, hist.valid)[0, -1].numpy())  # (d_model,)
+        weights = policy.encoder.layers[-1].self_attn.last_attn_weights  # (1, H, K, K)
         attention.append(weights[0, :, -1].numpy())  # (H, K): the newest query's row
         seen.append(hist.obs[0, -1].numpy())
+        states.append(np.array(envs.envs[0].unwrapped.state, dtype=np.float32))
         action, _, _ = _forward_sample(policy, hist.obs, hist.valid, greedy=True)
         obs, _, term, trunc, _ = envs.step(action.numpy())
         if term[0] or trunc[0]:
             break
         hist.push(obs, new_episode=torch.zeros(1, dtype=torch.bool))
     envs.close()
-    return {"obs": np.stack(seen), "attention": np.stack(attention)}
+    policy.store_attention = before
+    return {"obs": np.stack(seen), "state": np.stack(states), "features": np.stack(features),
+            "attention": np.stack(attention)}

@@ -216,6 +216,20 @@ def test_attention_is_causal_future_frames_cannot_influence_the_past():
     torch.testing.assert_close(w[0].sum(-1), torch.ones(4, 4, 6))
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_attention_fast_newest_row_equals_the_full_causal_encoder(num_layers):
+    torch.manual_seed(0)
+    policy = AttentionPolicy(2, 2, window=6, d_model=16, nhead=4, num_layers=num_layers)
+    obs, valid = torch.randn(5, 6, 2), torch.ones(5, 6, dtype=torch.bool)
+    valid[0, :4] = False
+    valid[1, :1] = False
+    full = policy.encode(obs, valid)[:, -1]
+    torch.testing.assert_close(policy.newest(obs, valid), full, atol=1e-5, rtol=1e-5)
+    logits, value = policy(obs, valid)
+    torch.testing.assert_close(logits, policy.actor(full), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(value, policy.critic(full).squeeze(-1), atol=1e-5, rtol=1e-5)
+
+
 def test_attention_ignores_padding_slots():
     torch.manual_seed(0)
     policy = AttentionPolicy(2, 2, window=5, d_model=16, nhead=2)
