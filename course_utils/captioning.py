@@ -1,0 +1,724 @@
+"""Image captioning with visual attention (notebook 10): Show, Attend and Tell, then a transformer.
+
+The pieces, in the order the notebook builds them:
+
+1. :class:`GridEncoder` — a small CNN applied to each cell of a ``grid × grid`` partition of the
+   image *separately* (patch-local), plus a learned embedding of the cell's position. Feature
+   vector ``i`` describes cell ``i`` and nothing else, so an attention map over the features is
+   a map over the image that does not mislead.
+2. Decoders, all with the same ``init_state`` / ``step`` interface (so one greedy decoder and
+   one beam search serve them all):
+
+   * :class:`AttentionLSTMDecoder` — Xu et al. (2015): at every word an LSTM asks additive
+     (Bahdanau) attention for a context vector over the grid, with the gating scalar β and the
+     *doubly stochastic* regulariser ``λ Σ_i (1 − Σ_t α_ti)²`` (:func:`doubly_stochastic_penalty`);
+   * :class:`PooledLSTMDecoder` — the baselines without attention: the mean of the grid
+     features (``pool="mean"``, the straw man) or the whole flattened grid (``pool="flat"``,
+     the honest one) sets the LSTM's initial state, and the LSTM never sees the image again;
+   * :class:`TransformerCaptionDecoder` — the course's :class:`~course_utils.transformer.
+     TransformerDecoderLayer` blocks: causal self-attention over the words, cross-attention
+     over the grid (its maps are read from ``MultiHeadAttention.last_attn_weights``).
+
+3. :func:`greedy_decode` and :func:`beam_search`.
+4. Metrics: :func:`bleu4` (sacrebleu), :func:`exact_match`, :func:`slot_accuracy` and the
+   grounding score (:func:`grounding_hits`, :func:`grounding_score`): for each generated
+   colour or shape word, does the attention peak fall on the object that word names?
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import AdditiveAttention
+from .datasets.scenes import COLOURS, SHAPES, SceneDataset, Vocab, parse_caption, parse_relations
+from .positional import LearnedPositionalEmbedding
+from .training import TrainHistory, train_steps
+from .transformer import TransformerDecoder, TransformerDecoderLayer
+
+__all__ = [
+    "AttentionLSTMDecoder",
+    "Captioner",
+    "Decoded",
+    "GridEncoder",
+    "PooledLSTMDecoder",
+    "TransformerCaptionDecoder",
+    "beam_search",
+    "bleu4",
+    "caption_loss",
+    "doubly_stochastic_penalty",
+    "evaluate",
+    "exact_match",
+    "greedy_decode",
+    "grounding_hits",
+    "grounding_score",
+    "slot_accuracy",
+    "train_captioner",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder
+# ---------------------------------------------------------------------------------------------
+
+
+class GridEncoder(nn.Module):
+    """A patch-local CNN: ``images (B, 3, H, W) -> features (B, grid*grid, dim)``.
+
+    Every convolution has kernel = stride (2×2, stride 2, no padding), so the receptive fields
+    never overlap: after three of them, output cell ``(r, c)`` of a 32×32 image has seen exactly
+    the 8×8 patch of pixels of cell ``(r, c)`` and nothing else. No feature leaks across cells,
+    so an attention map over the features *is* a map over the image. A learned embedding of
+    each cell's position is added, so the decoder can tell where a feature comes from (it needs
+    that for "left of" / "above").
+
+    >>> enc = GridEncoder(dim=32, grid=4, image_size=32)
+    >>> enc(torch.rand(2, 3, 32, 32)).shape                 # (B, N = 4*4, D)
+    torch.Size([2, 16, 32])
+    """
+
+    def __init__(self, dim: int = 128, grid: int = 4, image_size: int = 32, channels: int = 32) -> None:
+        super().__init__()
+        if image_size % grid:
+            raise ValueError(f"image_size must be a multiple of grid, got {image_size} and {grid}")
+        patch = image_size // grid
+        if patch & (patch - 1):
+            raise ValueError(f"the cell size image_size / grid must be a power of 2, got {patch}")
+        self.dim, self.grid, self.image_size = dim, grid, image_size
+        layers: list[nn.Module] = []
+        c_in, c_out = 3, channels
+        for _ in range(int(math.log2(patch))):  # each halves the resolution: (C, H/2, W/2)
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=2, stride=2), nn.ReLU()]
+            c_in, c_out = c_out, min(2 * c_out, dim)
+        layers.append(nn.Conv2d(c_in, dim, kernel_size=1))  # (B, D, grid, grid)
+        self.cnn = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(dim)  # per cell, so still local; keeps the attention's tanh unsaturated
+        self.pos = nn.Parameter(torch.randn(grid * grid, dim) * 0.02)  # (N, D)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
+            raise ValueError(
+                f"images must have shape (B, 3, {self.image_size}, {self.image_size}), "
+                f"got {tuple(images.shape)}"
+            )
+        feats = self.cnn(images)  # (B, D, grid, grid)
+        feats = self.norm(feats.flatten(2).transpose(1, 2))  # (B, N, D), cells in reading order
+        return feats + self.pos
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoders: init_state(feats) -> state (a dict of tensors, batch first); step(tokens, state) ->
+# (logits (B, V), new state, attention over the grid (B, N) or None)
+# ---------------------------------------------------------------------------------------------
+
+
+class AttentionLSTMDecoder(nn.Module):
+    r"""Show, Attend and Tell (Xu et al., 2015), soft attention.
+
+    At step t, with the previous state :math:`h_{t-1}` and the grid features :math:`a_i`:
+
+    .. math::
+        e_{ti} = w^\top \tanh(W_a a_i + W_h h_{t-1}),\quad
+        \alpha_t = \operatorname{softmax}(e_t),\quad
+        z_t = \beta_t \sum_i \alpha_{ti} a_i,\quad \beta_t = \sigma(f_\beta(h_{t-1}))
+
+    then :math:`h_t = \mathrm{LSTM}([E y_{t-1}; z_t], h_{t-1})` and the word logits come
+    from :math:`[h_t; z_t; E y_{t-1}]`. The initial state is an MLP of the mean feature.
+
+    >>> dec = AttentionLSTMDecoder(vocab_size=10, feat_dim=16, hidden_dim=24)
+    >>> feats, tokens = torch.randn(2, 16, 16), torch.randint(0, 10, (2, 5))
+    >>> logits, alphas = dec(feats, tokens)
+    >>> logits.shape, alphas.shape                      # (B, T, V), (B, T, N)
+    (torch.Size([2, 5, 10]), torch.Size([2, 5, 16]))
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        feat_dim: int = 128,
+        embed_dim: int = 64,
+        hidden_dim: int = 128,
+        attn_dim: int = 128,
+        dropout: float = 0.1,
+        gate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.attention = AdditiveAttention(hidden_dim, feat_dim, attn_dim)
+        self.init_h = nn.Linear(feat_dim, hidden_dim)
+        self.init_c = nn.Linear(feat_dim, hidden_dim)
+        self.f_beta = nn.Linear(hidden_dim, 1) if gate else None
+        self.cell = nn.LSTMCell(embed_dim + feat_dim, hidden_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_dim + feat_dim + embed_dim, vocab_size)
+
+    def init_state(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        mean = feats.mean(dim=1)  # (B, D)
+        return {
+            "h": torch.tanh(self.init_h(mean)),  # (B, Hd)
+            "c": torch.tanh(self.init_c(mean)),  # (B, Hd)
+            "feats": feats,  # (B, N, D)
+            "keys": self.attention.project_keys(feats),  # (B, N, A): W_a a_i, once per image
+        }
+
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
+        h, c, feats = state["h"], state["c"], state["feats"]
+        context, alpha = self.attention(h, feats, projected_keys=state["keys"])  # (B, D), (B, N)
+        if self.f_beta is not None:
+            context = torch.sigmoid(self.f_beta(h)) * context  # the gating scalar β
+        emb = self.embed(tokens)  # (B, E)
+        h, c = self.cell(torch.cat([emb, context], dim=-1), (h, c))
+        logits = self.out(self.dropout(torch.cat([h, context, emb], dim=-1)))  # (B, V)
+        return logits, {**state, "h": h, "c": c}, alpha
+
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: ``tokens (B, T)`` are the inputs; returns logits ``(B, T, V)`` and
+        the attention maps ``(B, T, N)`` (map ``t`` is the one used to predict word ``t``)."""
+        state = self.init_state(feats)
+        h, c, keys = state["h"], state["c"], state["keys"]
+        emb = self.embed(tokens)  # (B, T, E): all the inputs are known, embed them at once
+        hs, contexts, alphas = [], [], []
+        for t in range(tokens.size(1)):  # the same maths as step(), with the output layer hoisted
+            context, alpha = self.attention(h, feats, projected_keys=keys)  # (B, D), (B, N)
+            if self.f_beta is not None:
+                context = torch.sigmoid(self.f_beta(h)) * context
+            h, c = self.cell(torch.cat([emb[:, t], context], dim=-1), (h, c))
+            hs.append(h)
+            contexts.append(context)
+            alphas.append(alpha)
+        hidden = torch.cat([torch.stack(hs, 1), torch.stack(contexts, 1), emb], dim=-1)
+        return self.out(self.dropout(hidden)), torch.stack(alphas, 1)  # (B, T, V), (B, T, N)
+
+
+class PooledLSTMDecoder(nn.Module):
+    """The no-attention baselines: the image only sets the LSTM's initial state.
+
+    ``pool="mean"`` — the mean of the grid features (positions averaged away: the straw man);
+    ``pool="flat"`` — the whole grid, flattened, through a linear layer (the honest baseline:
+    it sees everything, but has to squeeze the scene into one state vector).
+
+    >>> dec = PooledLSTMDecoder(vocab_size=10, feat_dim=16, grid_cells=16, pool="flat")
+    >>> logits, alphas = dec(torch.randn(2, 16, 16), torch.randint(0, 10, (2, 5)))
+    >>> logits.shape, alphas is None
+    (torch.Size([2, 5, 10]), True)
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        feat_dim: int = 128,
+        grid_cells: int = 16,
+        pool: str = "flat",
+        embed_dim: int = 64,
+        hidden_dim: int = 128,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if pool not in ("mean", "flat"):
+            raise ValueError(f"pool must be 'mean' or 'flat', got {pool!r}")
+        self.pool = pool
+        in_dim = feat_dim * grid_cells if pool == "flat" else feat_dim
+        self.init_hc = nn.Linear(in_dim, 2 * hidden_dim)
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden_dim, batch_first=True)  # no attention: one call
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_dim, vocab_size)
+
+    def init_state(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = feats.mean(dim=1) if self.pool == "mean" else feats.flatten(1)  # (B, D | N*D)
+        h, c = torch.tanh(self.init_hc(pooled)).chunk(2, dim=-1)  # (B, Hd) each
+        return {"h": h, "c": c}
+
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
+        hc = (state["h"][None].contiguous(), state["c"][None].contiguous())  # (1, B, Hd)
+        y, (h, c) = self.lstm(self.embed(tokens)[:, None], hc)  # y (B, 1, Hd)
+        return self.out(self.dropout(y[:, 0])), {"h": h[0], "c": c[0]}, None
+
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+        state = self.init_state(feats)
+        hc = (state["h"][None].contiguous(), state["c"][None].contiguous())
+        y, _ = self.lstm(self.embed(tokens), hc)  # (B, T, Hd)
+        return self.out(self.dropout(y)), None
+
+
+class TransformerCaptionDecoder(nn.Module):
+    """A transformer decoder over the words with cross-attention to the grid (the memory).
+
+    Built from the course's :class:`TransformerDecoderLayer` (pre-LN). Every layer's
+    cross-attention keeps its per-head weights (``store_weights``), read back by
+    :meth:`cross_attention` as ``(B, layers, heads, T, N)``.
+
+    >>> dec = TransformerCaptionDecoder(vocab_size=10, feat_dim=16, d_model=16, nhead=2, num_layers=2)
+    >>> logits, maps = dec(torch.randn(2, 16, 16), torch.randint(0, 10, (2, 5)))
+    >>> logits.shape, maps.shape                # maps: last layer, mean over heads (B, T, N)
+    (torch.Size([2, 5, 10]), torch.Size([2, 5, 16]))
+    >>> dec.cross_attention().shape             # (B, layers, heads, T, N)
+    torch.Size([2, 2, 2, 5, 16])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        feat_dim: int = 128,
+        d_model: int = 128,
+        nhead: int = 4,
+        num_layers: int = 2,
+        dim_feedforward: int = 256,
+        dropout: float = 0.1,
+        max_len: int = 40,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.pos = LearnedPositionalEmbedding(max_len, d_model)
+        self.memory_proj = nn.Linear(feat_dim, d_model) if feat_dim != d_model else nn.Identity()
+        layer = TransformerDecoderLayer(
+            d_model, nhead, dim_feedforward=dim_feedforward, dropout=dropout, norm_first=True
+        )
+        self.decoder = TransformerDecoder(layer, num_layers, norm=nn.LayerNorm(d_model))
+        for lyr in self.decoder.layers:
+            lyr.multihead_attn.store_weights = True  # keep (B, H, T, N) of the last call
+        self.out = nn.Linear(d_model, vocab_size)
+        self.d_model = d_model
+
+    def cross_attention(self) -> torch.Tensor:
+        """The cross-attention weights of the last call: ``(B, layers, heads, T, N)``."""
+        maps = [lyr.multihead_attn.last_attn_weights for lyr in self.decoder.layers]
+        if any(m is None for m in maps):
+            raise RuntimeError("no cross-attention weights yet: run the decoder first")
+        return torch.stack(maps, dim=1)
+
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        memory = self.memory_proj(feats)  # (B, N, d)
+        x = self.pos(self.embed(tokens) * math.sqrt(self.d_model))  # (B, T, d)
+        y = self.decoder(x, memory, tgt_is_causal=True)  # (B, T, d)
+        maps = self.decoder.layers[-1].multihead_attn.last_attn_weights.mean(dim=1)  # (B, T, N)
+        return self.out(y), maps
+
+    def init_state(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"feats": feats, "prefix": feats.new_zeros(feats.size(0), 0, dtype=torch.long)}
+
+    def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
+        # No KV cache (notebook 07 builds one): re-run the short prefix each step.
+        prefix = torch.cat([state["prefix"], tokens[:, None]], dim=1)  # (B, t)
+        logits, maps = self(state["feats"], prefix)
+        return logits[:, -1], {**state, "prefix": prefix}, maps[:, -1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The captioner and its loss
+# ---------------------------------------------------------------------------------------------
+
+
+class Captioner(nn.Module):
+    """``encoder`` + ``decoder``; ``forward(images, tokens_in) -> (logits, attention | None)``."""
+
+    def __init__(self, encoder: GridEncoder, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+        return self.decoder(self.encoder(images), tokens)
+
+
+def doubly_stochastic_penalty(alphas: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Xu et al.'s regulariser :math:`\sum_i (1 - \sum_t \alpha_{ti})^2`, averaged over the batch.
+
+    ``alphas (B, T, N)`` are the attention maps, ``mask (B, T)`` True for real words (the maps
+    of padding steps are left out). It pushes every cell to receive a total attention of 1 over
+    the caption: "pay equal attention to every part of the image".
+
+    >>> a = torch.zeros(1, 2, 2); a[0, :, 0] = 1.0           # both words look at cell 0
+    >>> doubly_stochastic_penalty(a)                        # (1 - 2)² + (1 - 0)²
+    tensor(2.)
+    """
+    if alphas.dim() != 3:
+        raise ValueError(f"alphas must have shape (B, T, N), got {tuple(alphas.shape)}")
+    if mask is not None:
+        alphas = alphas * mask[..., None].to(alphas.dtype)
+    return ((1.0 - alphas.sum(dim=1)) ** 2).sum(dim=1).mean()
+
+
+def caption_loss(
+    model: Captioner, images: torch.Tensor, tokens: torch.Tensor, pad: int = 0, ds_weight: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """Cross-entropy of next-word prediction (teacher forcing), plus ``ds_weight`` times the
+    doubly stochastic penalty when the decoder returns attention maps."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T)
+    logits, alphas = model(images, inputs)  # (B, T, V), (B, T, N) | None
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad)
+    out = {"loss": ce, "ce": ce.detach()}
+    if ds_weight and alphas is not None:
+        reg = doubly_stochastic_penalty(alphas, targets != pad)
+        out["loss"] = ce + ds_weight * reg
+        out["ds_penalty"] = reg.detach()
+    return out
+
+
+def train_captioner(
+    model: Captioner,
+    data: SceneDataset,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    ds_weight: float = 0.0,
+    seed: int = 0,
+    desc: str = "training",
+    clip: float = 5.0,
+) -> TrainHistory:
+    """Adam with a cosine learning-rate decay, random batches drawn with ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1)))
+    )
+    pad = data.vocab.pad
+    model.train()
+
+    def step(i: int):
+        idx = torch.randint(len(data), (batch_size,), generator=gen)
+        tokens = data.tokens[idx]
+        tokens = tokens[:, : int((tokens != pad).sum(1).max())]  # trim the padding columns
+        out = caption_loss(model, data.images[idx].to(device), tokens.to(device), pad, ds_weight)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        sched.step()
+        return out
+
+    history = train_steps(step, steps, desc=desc)
+    model.eval()
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decoded:
+    """``tokens (B, T)`` without ``<bos>``, ``<pad>`` after ``<eos>``; ``attention (B, T, N)``
+    (the map used to predict each token; zeros after ``<eos>``) or None."""
+
+    tokens: torch.Tensor
+    attention: torch.Tensor | None
+
+
+def _select(state: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v.index_select(0, idx) for k, v in state.items()}
+
+
+@torch.no_grad()
+def greedy_decode(model: Captioner, images: torch.Tensor, vocab: Vocab, max_len: int = 30) -> Decoded:
+    """Pick the most likely word at every step until ``<eos>`` (or ``max_len`` words).
+
+    >>> model = Captioner(GridEncoder(16), AttentionLSTMDecoder(len(Vocab()), 16, hidden_dim=16))
+    >>> out = greedy_decode(model.eval(), torch.rand(3, 3, 32, 32), Vocab(), max_len=6)
+    >>> out.tokens.shape, out.attention.shape
+    (torch.Size([3, 6]), torch.Size([3, 6, 16]))
+    """
+    feats = model.encoder(images)
+    b = feats.size(0)
+    state = model.decoder.init_state(feats)
+    token = torch.full((b,), vocab.bos, dtype=torch.long, device=feats.device)
+    done = torch.zeros(b, dtype=torch.bool, device=feats.device)
+    tokens, maps = [], []
+    for _ in range(max_len):
+        logits, state, alpha = model.decoder.step(token, state)
+        token = logits.argmax(dim=-1).masked_fill(done, vocab.pad)  # (B,)
+        tokens.append(token)
+        if alpha is not None:
+            maps.append(alpha.masked_fill(done[:, None], 0.0))
+        done = done | (token == vocab.eos)
+        if bool(done.all()):
+            break
+    attention = torch.stack(maps, 1) if maps else None
+    return Decoded(torch.stack(tokens, 1), attention)
+
+
+@torch.no_grad()
+def beam_search(
+    model: Captioner,
+    images: torch.Tensor,
+    vocab: Vocab,
+    beam_size: int = 3,
+    max_len: int = 30,
+    length_penalty: float = 0.0,
+) -> Decoded:
+    """Keep the ``beam_size`` most likely partial captions per image (batched over images).
+
+    A finished beam (it emitted ``<eos>``) keeps its score and only extends with ``<pad>`` at
+    no cost. The best beam is chosen by ``log p / length ** length_penalty`` (0 = raw log p).
+    With ``beam_size=1`` this is exactly greedy decoding.
+
+    >>> model = Captioner(GridEncoder(16), AttentionLSTMDecoder(len(Vocab()), 16, hidden_dim=16))
+    >>> out = beam_search(model.eval(), torch.rand(2, 3, 32, 32), Vocab(), beam_size=3, max_len=6)
+    >>> out.tokens.shape, out.attention.shape
+    (torch.Size([2, 6]), torch.Size([2, 6, 16]))
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    feats = model.encoder(images)
+    b, k, dev = feats.size(0), beam_size, feats.device
+    state = _select(model.decoder.init_state(feats), torch.arange(b, device=dev).repeat_interleave(k))
+    token = torch.full((b * k,), vocab.bos, dtype=torch.long, device=dev)
+    scores = torch.zeros(b, k, device=dev)
+    scores[:, 1:] = float("-inf")  # all beams start identical: keep only one alive at first
+    done = torch.zeros(b * k, dtype=torch.bool, device=dev)
+    lengths = torch.zeros(b * k, device=dev)
+    history = torch.zeros(b * k, 0, dtype=torch.long, device=dev)
+    maps = None
+    for _ in range(max_len):
+        logits, state, alpha = model.decoder.step(token, state)
+        logp = F.log_softmax(logits.float(), dim=-1)  # (B*K, V)
+        v = logp.size(-1)
+        logp[done] = float("-inf")
+        logp[done, vocab.pad] = 0.0  # a finished beam extends with <pad> for free
+        total = (scores.reshape(-1, 1) + logp).reshape(b, k * v)  # (B, K*V)
+        scores, flat = total.topk(k, dim=1)  # (B, K)
+        beam = flat // v
+        word = (flat % v).reshape(-1)  # (B*K,)
+        src = (torch.arange(b, device=dev)[:, None] * k + beam).reshape(-1)  # (B*K,)
+        state = _select(state, src)
+        was_done = done[src]
+        history = torch.cat([history[src], word[:, None]], dim=1)
+        if alpha is not None:
+            a = alpha[src].masked_fill(was_done[:, None], 0.0)[:, None]  # (B*K, 1, N)
+            maps = a if maps is None else torch.cat([maps[src], a], dim=1)
+        lengths = lengths[src] + (~was_done).float()
+        done = was_done | (word == vocab.eos)
+        token = word
+        if bool(done.all()):
+            break
+    final = scores / lengths.reshape(b, k).clamp(min=1) ** length_penalty
+    best = final.argmax(dim=1)  # (B,)
+    rows = torch.arange(b, device=dev) * k + best
+    return Decoded(history[rows], None if maps is None else maps[rows])
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU-4 (0–100) with sacrebleu, one reference per hypothesis.
+
+    >>> round(bleu4(["a small red circle"], ["a small red circle"]), 6)
+    100.0
+    """
+    import sacrebleu
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"got {len(hypotheses)} hypotheses for {len(references)} references")
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of captions that are exactly the reference.
+
+    >>> exact_match(["a b", "a c"], ["a b", "a b"])
+    0.5
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"got {len(hypotheses)} hypotheses for {len(references)} references")
+    return sum(h == r for h, r in zip(hypotheses, references, strict=True)) / max(len(references), 1)
+
+
+def slot_accuracy(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Per-slot accuracy: object ``k``'s size, colour and shape, and relation ``k``, compared
+    position by position with the reference (a slot the hypothesis lacks counts as wrong).
+
+    >>> slot_accuracy(["a small red circle above a large blue cross"],
+    ...               ["a small red circle left of a large blue square"])
+    {'size': 1.0, 'colour': 1.0, 'shape': 0.5, 'relation': 0.0, 'count': 1.0}
+    """
+    hits = {"size": 0, "colour": 0, "shape": 0, "relation": 0, "count": 0}
+    totals = {"size": 0, "colour": 0, "shape": 0, "relation": 0, "count": 0}
+    for hyp, ref in zip(hypotheses, references, strict=True):
+        h_obj, r_obj = parse_caption(hyp), parse_caption(ref)
+        for k, robj in enumerate(r_obj):
+            for j, slot in enumerate(("size", "colour", "shape")):
+                totals[slot] += 1
+                hits[slot] += int(k < len(h_obj) and h_obj[k][j] == robj[j])
+        h_rel, r_rel = parse_relations(hyp), parse_relations(ref)
+        for k, rel in enumerate(r_rel):
+            totals["relation"] += 1
+            hits["relation"] += int(k < len(h_rel) and h_rel[k] == rel)
+        totals["count"] += 1
+        hits["count"] += int(len(h_obj) == len(r_obj))
+    return {s: hits[s] / totals[s] if totals[s] else float("nan") for s in hits}
+
+
+def _named_object(word: str, phrase: int, said: Sequence[tuple[str, str, str]],
+                  objects: Sequence[tuple[str, str, str]]) -> int | None:
+    """The index of the scene object a colour/shape ``word`` of object phrase ``phrase`` names."""
+    slot = 1 if word in COLOURS else 2
+    candidates = [i for i, o in enumerate(objects) if o[slot] == word]
+    if not candidates:
+        return None  # the word names nothing in the scene (a hallucination)
+    if phrase in candidates:
+        return phrase  # the object at the same place in the caption: the usual case
+    # otherwise the candidate that agrees best with the whole generated phrase
+    desc = said[phrase] if phrase < len(said) else ("?", "?", "?")
+    return max(candidates, key=lambda i: sum(a == b for a, b in zip(objects[i], desc, strict=True)))
+
+
+def grounding_hits(
+    words: Sequence[str],
+    attention: torch.Tensor,
+    objects: Sequence[tuple[str, str, str]],
+    cells: torch.Tensor,
+    criterion: str = "peak",
+) -> list[bool]:
+    """For each colour or shape word of a caption: does its attention land on the object it names?
+
+    * ``words`` — the generated caption (without ``<bos>``/``<eos>``);
+    * ``attention`` — ``(T, N)`` or ``(T, gh, gw)``: row ``t`` is the map used to predict word ``t``;
+    * ``objects`` — the scene's objects as ``(size, colour, shape)``, in caption (reading) order;
+    * ``cells`` — ``(K, gh, gw)`` bool, the grid cells each object covers;
+    * ``criterion`` — ``"peak"``: the most attended cell is one of the object's cells;
+      ``"mass"``: at least half of the attention lies on the object's cells.
+
+    A word that names no object of the scene counts as a miss.
+
+    >>> objects = [("small", "red", "circle"), ("large", "blue", "square")]
+    >>> cells = torch.zeros(2, 2, 2, dtype=torch.bool)
+    >>> cells[0, 0, 0] = True                     # the red circle is in the top-left cell
+    >>> cells[1, 1, 1] = True                     # the blue square in the bottom-right one
+    >>> words = "a small red circle above a large blue square".split()
+    >>> att = torch.zeros(len(words), 2, 2)       # (T, gh, gw), one map per word
+    >>> att[2, 0, 0] = att[3, 0, 0] = 1.0         # "red", "circle": on the circle
+    >>> att[7, 0, 0] = 1.0                        # "blue": on the circle, a miss
+    >>> att[8, 1, 1] = 1.0                        # "square": on the square
+    >>> grounding_hits(words, att, objects, cells)
+    [True, True, False, True]
+    """
+    if criterion not in ("peak", "mass"):
+        raise ValueError(f"criterion must be 'peak' or 'mass', got {criterion!r}")
+    att = attention.reshape(attention.size(0), -1)  # (T, N)
+    cell = cells.reshape(cells.size(0), -1)  # (K, N)
+    if att.size(1) != cell.size(1):
+        raise ValueError(f"attention has {att.size(1)} cells but the object masks have {cell.size(1)}")
+    said = parse_caption(words)
+    hits, phrase = [], -1
+    for t, w in enumerate(words):
+        if w == "a":
+            phrase += 1
+        if w not in COLOURS and w not in SHAPES:
+            continue
+        if t >= att.size(0):
+            hits.append(False)
+            continue
+        obj = _named_object(w, max(phrase, 0), said, objects)
+        if obj is None:
+            hits.append(False)
+        elif criterion == "peak":
+            hits.append(bool(cell[obj, int(att[t].argmax())]))
+        else:
+            hits.append(bool(att[t][cell[obj]].sum() >= 0.5))
+    return hits
+
+
+def grounding_score(
+    captions: Sequence[Sequence[str]],
+    attention: torch.Tensor,
+    data: SceneDataset,
+    criterion: str = "peak",
+) -> float:
+    """Fraction of generated colour/shape words whose attention lands on the named object.
+
+    ``captions`` are the generated word lists, ``attention (B, T, N)`` their maps, ``data``
+    the scenes they describe (same order).
+    """
+    hits: list[bool] = []
+    for i, words in enumerate(captions):
+        n = int(data.num_objects[i])
+        objects = [o.description for o in data.objects[i]]
+        hits += grounding_hits(words, attention[i], objects, data.cells[i, :n], criterion)
+    return sum(hits) / max(len(hits), 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: Captioner,
+    data: SceneDataset,
+    beam_size: int = 1,
+    batch_size: int = 500,
+    max_len: int = 30,
+) -> dict:
+    """Caption ``data`` (greedy when ``beam_size == 1``) and score it.
+
+    Returns ``{"bleu4", "exact", "size", "colour", "shape", "relation", "count", "grounding",
+    "grounding_mass", "hypotheses", "words", "attention"}``; the grounding entries are NaN for
+    a decoder without attention maps. For a transformer the maps are the last layer's, averaged
+    over heads (:func:`transformer_grounding` gives every layer and head).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    words, maps = [], []
+    for start in range(0, len(data), batch_size):
+        images = data.images[start : start + batch_size].to(device)
+        out = (greedy_decode(model, images, data.vocab, max_len) if beam_size == 1
+               else beam_search(model, images, data.vocab, beam_size, max_len))
+        vocab = data.vocab
+        for i, row in enumerate(out.tokens.cpu().tolist()):
+            # the words up to <eos>, and the map that predicted each of them (an untrained model
+            # may emit <bos>/<pad> mid-caption: drop those words and their maps together)
+            end = row.index(vocab.eos) if vocab.eos in row else len(row)
+            keep = [t for t in range(end) if row[t] not in (vocab.pad, vocab.bos)]
+            words.append([vocab.itos[row[t]] for t in keep])
+            if out.attention is not None:
+                m = torch.zeros(max_len, out.attention.size(-1))
+                m[: len(keep)] = out.attention[i, keep].cpu()
+                maps.append(m)
+    hyps = [" ".join(w) for w in words]
+    result: dict = {"bleu4": bleu4(hyps, data.captions), "exact": exact_match(hyps, data.captions)}
+    result.update(slot_accuracy(hyps, data.captions))
+    attention = torch.stack(maps) if maps else None
+    if attention is not None:
+        result["grounding"] = grounding_score(words, attention, data, "peak")
+        result["grounding_mass"] = grounding_score(words, attention, data, "mass")
+    else:
+        result["grounding"] = result["grounding_mass"] = float("nan")
+    result.update(hypotheses=hyps, words=words, attention=attention)
+    return result
+
+
+@torch.no_grad()
+def transformer_grounding(
+    model: Captioner, data: SceneDataset, words: Sequence[Sequence[str]], batch_size: int = 500,
+    criterion: str = "peak",
+) -> torch.Tensor:
+    """Grounding score of every cross-attention head: ``(layers, heads + 1)``, the last column
+    for the maps averaged over the heads. ``words`` are the generated captions (from
+    :func:`evaluate`); they are fed back with teacher forcing to read the maps."""
+    if not isinstance(model.decoder, TransformerCaptionDecoder):
+        raise TypeError(f"model.decoder must be a TransformerCaptionDecoder, got {type(model.decoder).__name__}")
+    vocab, device = data.vocab, next(model.parameters()).device
+    model.eval()
+    length = max(len(w) for w in words) + 1
+    tokens = torch.full((len(words), length), vocab.pad, dtype=torch.long)
+    tokens[:, 0] = vocab.bos
+    for i, w in enumerate(words):
+        if w:
+            tokens[i, 1 : len(w) + 1] = torch.tensor([vocab.stoi[x] for x in w])
+    chunks = []
+    for start in range(0, len(words), batch_size):
+        model(data.images[start : start + batch_size].to(device), tokens[start : start + batch_size].to(device))
+        chunks.append(model.decoder.cross_attention().cpu())  # (b, L, H, T, N)
+    maps = torch.cat(chunks)  # (B, L, H, T, N): query t predicts word t
+    maps = torch.cat([maps, maps.mean(dim=2, keepdim=True)], dim=2)  # + head mean
+    layers, heads = maps.shape[1:3]
+    score = torch.zeros(layers, heads)
+    for li in range(layers):
+        for hi in range(heads):
+            score[li, hi] = grounding_score(words, maps[:, li, hi], data, criterion)
+    return score
