@@ -1,0 +1,531 @@
+"""Scaling out: the pieces that ``scripts/train_distributed.py``, notebook 12 and the tests share.
+
+The course does not launch processes itself: PyTorch's ``torchrun`` starts one process per
+device and tells each its ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` through the environment.
+This module reads them and wraps ``torch.distributed``:
+
+* :func:`choose_backend`, :func:`init_distributed`, :func:`cleanup_distributed` — NCCL on
+  GPUs, gloo on CPUs, chosen automatically; a single process without ``torchrun`` works too;
+* :func:`rank_zero_print`, :func:`progress` — only rank 0 talks (one progress bar, not N);
+* :func:`save_checkpoint`, :func:`load_checkpoint` — state dicts + config + versions, loaded
+  with ``weights_only=True``;
+* :func:`flat_parameters`, :func:`ranks_identical`, :func:`all_reduce_mean` — checks and
+  logging across ranks;
+* :func:`training_memory` — the memory arithmetic of DDP against FSDP (ZeRO stage 3);
+* :func:`torchrun_command` — the single-node and multi-node command lines;
+* :class:`SlowDigits`, :func:`loader_throughput` — data-loading throughput experiments;
+* :func:`saved_activation_bytes` — how much memory autograd keeps for the backward pass.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "DistContext",
+    "MemoryEstimate",
+    "SlowDigits",
+    "all_reduce_mean",
+    "choose_backend",
+    "cleanup_distributed",
+    "flat_parameters",
+    "free_port",
+    "init_distributed",
+    "load_checkpoint",
+    "loader_throughput",
+    "progress",
+    "rank_zero_print",
+    "ranks_identical",
+    "save_checkpoint",
+    "saved_activation_bytes",
+    "torchrun_command",
+    "training_memory",
+    "unwrap",
+    "versions",
+]
+
+
+# -- process group ---------------------------------------------------------------------------
+
+
+def choose_backend(device: torch.device | str | None = None) -> str:
+    """``"nccl"`` for CUDA devices (when PyTorch has NCCL), ``"gloo"`` otherwise.
+
+    With no ``device``, the best device of this machine decides.
+
+    >>> choose_backend("cpu")
+    'gloo'
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and dist.is_nccl_available():
+        return "nccl"
+    if not dist.is_gloo_available():
+        raise RuntimeError("this PyTorch build has neither NCCL (for GPUs) nor gloo (for CPUs)")
+    return "gloo"
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: its rank, the number of processes, its device and backend.
+
+    >>> ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    >>> ctx.is_main, ctx.distributed
+    (True, False)
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that logs, writes files and shows progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when a process group is running (``torchrun`` with any number of processes)."""
+        return dist.is_available() and dist.is_initialized()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def init_distributed(
+    backend: str | None = None, device: str | None = None, timeout_s: float = 120.0
+) -> DistContext:
+    """Join the process group that ``torchrun`` set up (or run alone when there is none).
+
+    Reads ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (set by ``torchrun``). The device is
+    ``cuda:LOCAL_RANK`` when CUDA is there (each process owns one GPU), else the CPU; the backend
+    follows it (:func:`choose_backend`). ``timeout_s`` bounds every collective: a rank that
+    waits longer for its peers raises instead of hanging forever.
+
+    Without ``torchrun`` (a plain ``python script.py``) this is a single process, rank 0 of 1,
+    and no process group is created.
+
+    >>> ctx = init_distributed(device="cpu")     # no torchrun here: one process
+    >>> ctx.rank, ctx.world_size, ctx.distributed
+    (0, 1, False)
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s}")
+    rank = _env_int("RANK", 0)
+    world_size = _env_int("WORLD_SIZE", 1)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} was requested but CUDA is not available here")
+        torch.cuda.set_device(dev)
+    backend = backend or choose_backend(dev)
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            timeout=_dt.timedelta(seconds=timeout_s),
+            device_id=dev if dev.type == "cuda" else None,
+        )
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, backend=backend)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (a no-op when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on ``host`` (for ``--rdzv-endpoint`` in tests).
+
+    >>> 0 < free_port() < 65536
+    True
+    """
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# -- rank-aware logging ------------------------------------------------------------------------
+
+
+def _is_main() -> bool:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return _env_int("RANK", 0) == 0
+
+
+def rank_zero_print(*args: Any, **kwargs: Any) -> None:
+    """``print`` on rank 0 only (every rank runs the same code; one of them should talk).
+
+    >>> rank_zero_print("hello from rank 0")
+    hello from rank 0
+    """
+    if _is_main():
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
+
+
+def progress(iterable: Iterable[Any] | None = None, **kwargs: Any):
+    """A ``tqdm`` progress bar shown on rank 0 only (``disable`` on the other ranks).
+
+    >>> sum(progress(range(3), disable=True))
+    3
+    """
+    from tqdm.auto import tqdm
+
+    if not _is_main():
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)
+
+
+# -- model state across ranks ----------------------------------------------------------------
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` (or ``torch.compile``) wrapper.
+
+    >>> m = nn.Linear(2, 2)
+    >>> unwrap(m) is m
+    True
+    """
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def flat_parameters(model: nn.Module) -> torch.Tensor:
+    """Every parameter of ``model``, flattened into one float32 CPU vector (in ``named_parameters`` order).
+
+    >>> flat_parameters(nn.Linear(3, 2)).shape     # 3·2 weights + 2 biases
+    torch.Size([8])
+    """
+    params = [p.detach().reshape(-1).to("cpu", torch.float32) for p in unwrap(model).parameters()]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no parameters")
+    return torch.cat(params)
+
+
+def ranks_identical(model: nn.Module) -> bool:
+    """True when every rank holds bit-identical parameters (a collective: call it on all ranks).
+
+    Each rank gathers everybody's parameters and compares them with ``torch.equal``: exact
+    equality, not a tolerance. With a single process it is trivially True.
+
+    >>> ranks_identical(nn.Linear(2, 2))
+    True
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    mine = flat_parameters(model)
+    backend_device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    mine = mine.to(backend_device)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    same = torch.tensor([all(torch.equal(gathered[0], g) for g in gathered[1:])], device=backend_device)
+    return bool(same.item())
+
+
+def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
+    """The mean of ``value`` over all ranks (its own value with a single process).
+
+    >>> all_reduce_mean(2.5)
+    2.5
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.item() / dist.get_world_size()
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    """The versions a checkpoint records, so a learner can tell why an old file does not load.
+
+    >>> sorted(versions())
+    ['course_utils', 'platform', 'python', 'torch']
+    """
+    from . import __version__
+
+    return {
+        "course_utils": str(__version__),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": str(torch.__version__),
+    }
+
+
+def save_checkpoint(path: str | Path, *, model_state: Mapping[str, Any], optimizer_state: Mapping[str, Any],
+                    step: int, config: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a training checkpoint with ``torch.save``: state dicts, step, config and versions.
+
+    Only plain data goes in (tensors, numbers, strings, lists, dicts), so
+    :func:`load_checkpoint` can read it back with ``weights_only=True``. The file is written to
+    a temporary name and renamed, so a crash while saving never leaves a half-written checkpoint.
+    Call it on rank 0 only (for DDP every rank holds the same state).
+
+    >>> import tempfile
+    >>> m = nn.Linear(2, 1); opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = save_checkpoint(f"{d}/ckpt.pt", model_state=m.state_dict(),
+    ...                         optimizer_state=opt.state_dict(), step=7, config={"lr": 0.1})
+    ...     ckpt = load_checkpoint(p)
+    >>> ckpt["step"], ckpt["config"], torch.equal(ckpt["model"]["weight"], m.weight)
+    (7, {'lr': 0.1}, True)
+    """
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": dict(model_state),
+        "optimizer": dict(optimizer_state),
+        "step": step,
+        "config": dict(config),
+        "versions": versions(),
+        "extra": dict(extra or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``torch.load(..., weights_only=True)``).
+
+    A missing file raises ``FileNotFoundError`` naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    missing = {"model", "optimizer", "step", "config"} - set(ckpt)
+    if missing:
+        raise ValueError(f"{path} is not a course checkpoint: it lacks {sorted(missing)}")
+    return ckpt
+
+
+# -- memory arithmetic -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per GPU for the model states of mixed-precision Adam training (activations not included)."""
+
+    strategy: str
+    world_size: int
+    params: float
+    grads: float
+    optimizer: float
+
+    @property
+    def total(self) -> float:
+        return self.params + self.grads + self.optimizer
+
+    def __str__(self) -> str:
+        gb = 1e9
+        return (f"{self.strategy} on {self.world_size} GPU(s): params {self.params / gb:.1f} GB + grads "
+                f"{self.grads / gb:.1f} GB + optimizer {self.optimizer / gb:.1f} GB = {self.total / gb:.1f} GB per GPU")
+
+
+def training_memory(num_params: int, world_size: int = 1, strategy: str = "ddp") -> MemoryEstimate:
+    """Per-GPU memory of the *model states* for mixed-precision Adam, as in the ZeRO paper.
+
+    Per parameter: 2 bytes of 16-bit weights, 2 bytes of 16-bit gradients, and 12 bytes of
+    optimizer state (a float32 master copy of the weight, Adam's first and second moments):
+    16 bytes. ``"ddp"`` keeps all of it on every GPU; ``"fsdp"`` (ZeRO stage 3, PyTorch's
+    ``FULL_SHARD``) splits all three over ``world_size`` GPUs, gathering one layer's weights at
+    a time only while that layer runs (not counted here).
+
+    >>> print(training_memory(7_000_000_000, 1, "ddp"))
+    ddp on 1 GPU(s): params 14.0 GB + grads 14.0 GB + optimizer 84.0 GB = 112.0 GB per GPU
+    >>> print(training_memory(7_000_000_000, 8, "fsdp"))
+    fsdp on 8 GPU(s): params 1.8 GB + grads 1.8 GB + optimizer 10.5 GB = 14.0 GB per GPU
+    """
+    if isinstance(num_params, bool) or not isinstance(num_params, int) or num_params <= 0:
+        raise ValueError(f"num_params must be a positive int, got {num_params!r}")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size <= 0:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+    share = 1.0 / world_size if strategy == "fsdp" else 1.0
+    return MemoryEstimate(strategy, world_size, params=2.0 * num_params * share,
+                          grads=2.0 * num_params * share, optimizer=12.0 * num_params * share)
+
+
+# -- command lines -----------------------------------------------------------------------------
+
+
+def torchrun_command(script: str, script_args: Iterable[str] = (), nproc_per_node: int = 2, nnodes: int = 1,
+                     rdzv_endpoint: str | None = None, rdzv_id: str = "course-job") -> list[str]:
+    """The ``torchrun`` command line: ``--standalone`` on one machine, c10d rendezvous on several.
+
+    Run the same multi-node command on every node; they meet at ``rdzv_endpoint`` (host:port
+    of any one of them, reachable from all).
+
+    >>> print(shlex.join(torchrun_command("scripts/train_distributed.py", ["--steps", "100"])))
+    torchrun --standalone --nproc_per_node=2 scripts/train_distributed.py --steps 100
+    >>> print(shlex.join(torchrun_command("train.py", nproc_per_node=8, nnodes=2,
+    ...                                   rdzv_endpoint="node0.example.org:29500")))
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=node0.example.org:29500 --rdzv-id=course-job train.py
+    """
+    if nproc_per_node < 1 or nnodes < 1:
+        raise ValueError(f"nproc_per_node and nnodes must be >= 1, got {nproc_per_node} and {nnodes}")
+    if nnodes == 1 and rdzv_endpoint is None:
+        launcher = ["torchrun", "--standalone", f"--nproc_per_node={nproc_per_node}"]
+    else:
+        if rdzv_endpoint is None:
+            raise ValueError("a multi-node job needs rdzv_endpoint='host:port' (a node every node can reach)")
+        launcher = ["torchrun", f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}", "--rdzv-backend=c10d",
+                    f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id}"]
+    return [*launcher, script, *script_args]
+
+
+# -- data loading ------------------------------------------------------------------------------
+
+
+class SlowDigits(torch.utils.data.Dataset):
+    """Digits that cost something to load: a simulated storage latency plus real CPU preprocessing.
+
+    Real datasets read a file (waiting on the disk or network) and decode and augment it (CPU
+    work) for every sample. ``SlowDigits`` does both on the 8×8 digits: it sleeps
+    ``latency_s`` (the read), then upsamples to ``size × size``, shifts at random and normalises.
+
+    >>> ds = SlowDigits(torch.rand(4, 1, 8, 8), torch.arange(4), size=16, latency_s=0.0)
+    >>> x, y = ds[1]
+    >>> x.shape, int(y)
+    (torch.Size([1, 16, 16]), 1)
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int = 32, latency_s: float = 0.001) -> None:
+        if images.dim() != 4 or len(images) != len(labels):
+            raise ValueError(f"images must be (N, C, H, W) with N labels, got {tuple(images.shape)} and {len(labels)} labels")
+        if latency_s < 0:
+            raise ValueError(f"latency_s must be >= 0, got {latency_s}")
+        self.images, self.labels, self.size, self.latency_s = images, labels, size, latency_s
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.latency_s:
+            time.sleep(self.latency_s)  # the "read from storage"
+        x = self.images[i : i + 1]  # (1, C, 8, 8)
+        x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        shift = torch.randint(-2, 3, (2,))
+        x = torch.roll(x, shifts=(int(shift[0]), int(shift[1])), dims=(2, 3))
+        x = (x - x.mean()) / (x.std() + 1e-6)
+        return x[0], self.labels[i]  # (C, size, size), ()
+
+
+def loader_throughput(dataset: torch.utils.data.Dataset, batch_size: int = 32, num_workers: int = 0,
+                      pin_memory: bool = False, persistent_workers: bool = False, epochs: int = 2,
+                      device: torch.device | str = "cpu") -> float:
+    """Samples per second for reading ``epochs`` epochs through a ``DataLoader`` (and copying to ``device``).
+
+    Each epoch starts the workers again unless ``persistent_workers`` (which needs
+    ``num_workers > 0``); ``pin_memory`` only makes sense with a GPU to copy to.
+
+    >>> ds = torch.utils.data.TensorDataset(torch.rand(64, 3))
+    >>> loader_throughput(ds, batch_size=16) > 0
+    True
+    """
+    device = torch.device(device)
+    if pin_memory and device.type != "cuda":
+        raise ValueError(f"pin_memory=True only helps copies to a GPU; the device here is {device}")
+    if persistent_workers and num_workers == 0:
+        raise ValueError("persistent_workers=True needs num_workers > 0")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                                         pin_memory=pin_memory, persistent_workers=persistent_workers)
+    seen = 0
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            batch[0].to(device, non_blocking=pin_memory)
+            seen += len(batch[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    del loader  # stops persistent workers
+    return seen / elapsed
+
+
+# -- activation memory -------------------------------------------------------------------------
+
+
+def saved_activation_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves for the backward pass while ``fn()`` runs.
+
+    This is the activation memory of training, measured the same way on every device (via
+    ``torch.autograd.graph.saved_tensors_hooks``); a tensor saved twice is counted once, and the
+    parameters themselves (which exist anyway) are not counted.
+
+    >>> w = torch.randn(100, 100, requires_grad=True)
+    >>> saved_activation_bytes(lambda: (torch.randn(8, 100) @ w).sum())   # the (8, 100) input
+    3200
+    """
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.is_leaf and t.requires_grad:  # a parameter, kept anyway: not an activation
+            return t
+        key = t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t)
+        seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in the unit that reads best.
+
+    >>> format_bytes(3200), format_bytes(5 * 2**20)
+    ('3.1 KiB', '5.0 MiB')
+    """
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def shlex_join(command: Iterable[str]) -> str:
+    """A command line, quoted for a shell (for printing what a notebook runs)."""
+    return shlex.join([str(c) for c in command])
