@@ -68,12 +68,14 @@ def benchmark(
     num_threads: int | None = None,
     min_run_time: float = 0.2,
     warmup: int = 2,
+    min_blocks: int = 7,
     **kwargs: Any,
 ) -> BenchmarkResult:
     """Time ``fn(*args, **kwargs)``: warm-up calls, then ``torch.utils.benchmark.Timer``.
 
     ``num_threads`` defaults to ``torch.get_num_threads()`` (``Timer`` alone would use 1).
-    CUDA work is synchronised by ``Timer`` itself.
+    CUDA work is synchronised by ``Timer`` itself. ``Timer`` times blocks of calls; the median
+    and IQR are over at least ``min_blocks`` blocks (``runs`` counts them).
 
     >>> x = torch.randn(64, 64)
     >>> result = benchmark(torch.mm, x, x, label="matmul 64", min_run_time=0.01)
@@ -95,6 +97,11 @@ def benchmark(
         label=label,
     )
     m = timer.blocked_autorange(min_run_time=min_run_time)
+    # A median and an IQR need several blocks: slow functions fill min_run_time with one or two,
+    # so time more blocks of the same size until there are min_blocks.
+    extra = [timer.timeit(m.number_per_run) for _ in range(max(0, min_blocks - len(m.times)))]
+    if extra:
+        m = torch_benchmark.Measurement.merge([m, *extra])[0]
     return BenchmarkResult(
         label=label,
         median=m.median,
