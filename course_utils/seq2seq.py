@@ -1,0 +1,488 @@
+"""Sequence-to-sequence translation for notebook 08: GRU encoder–decoders and a transformer.
+
+Three models share one interface, so one decoder, one beam search and one BLEU work for all:
+
+* :class:`GRUSeq2Seq` with ``attention=False`` — Cho et al. (2014) / Sutskever et al. (2014): the
+  encoder squeezes the whole source into **one fixed vector** ``c`` that the decoder reads at
+  every step;
+* :class:`GRUSeq2Seq` with ``attention=True`` — Bahdanau et al. (2015): the decoder looks back at
+  every encoder state through :class:`course_utils.attention.AdditiveAttention`;
+* :class:`TransformerSeq2Seq` — Vaswani et al. (2017), from the course's
+  :mod:`course_utils.transformer` blocks.
+
+Teacher-forced training is **batched over time**: no Python loop over target positions. The
+GRU decoder is two stacked GRUs; the first reads the previous target words, its states query the
+attention (all positions at once, with the keys projected once per sentence), and the second GRU
+reads ``[state; context]``, so the attended context still flows through a recurrence. Decoding
+runs the very same modules one step at a time (:meth:`step`).
+
+Decoding: :func:`greedy_decode` and :func:`beam_search` (beam width a parameter; width 1 is
+greedy). Evaluation: :func:`corpus_bleu` (sacrebleu) and :func:`bleu_by_length`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from course_utils.attention import AdditiveAttention, MultiHeadAttention
+from course_utils.datasets.translation import Vocab, detokenize, length_bucket, tokenize
+from course_utils.positional import SinusoidalPositionalEncoding
+from course_utils.training import train_steps
+from course_utils.transformer import (
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
+
+__all__ = [
+    "Batch",
+    "BatchIterator",
+    "GRUSeq2Seq",
+    "TransformerSeq2Seq",
+    "beam_search",
+    "bleu_by_length",
+    "corpus_bleu",
+    "greedy_decode",
+    "train_seq2seq",
+    "translate",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """``src (B, S)``, ``src_pad (B, S)`` (True = padding), ``tgt_in (B, T)`` = ``<bos> y``,
+    ``tgt_out (B, T)`` = ``y <eos>`` (padded with ``<pad>``)."""
+
+    src: torch.Tensor
+    src_pad: torch.Tensor
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in (self.src, self.src_pad, self.tgt_in, self.tgt_out)))
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def make_batch(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
+               src_vocab: Vocab, tgt_vocab: Vocab) -> Batch:
+    """Pad id lists (without specials) into a :class:`Batch`; ``<eos>`` ends every source.
+
+    >>> v = Vocab(["a", "b"])
+    >>> b = make_batch([[4], [4, 5]], [[5, 4, 4], [4]], v, v)
+    >>> b.src.tolist(), b.tgt_in.tolist(), b.tgt_out.tolist()
+    ([[4, 2, 0], [4, 5, 2]], [[1, 5, 4, 4], [1, 4, 0, 0]], [[5, 4, 4, 2], [4, 2, 0, 0]])
+    """
+    src = _pad([list(s) + [src_vocab.eos] for s in src_ids], src_vocab.pad)
+    tgt_in = _pad([[tgt_vocab.bos] + list(t) for t in tgt_ids], tgt_vocab.pad)
+    tgt_out = _pad([list(t) + [tgt_vocab.eos] for t in tgt_ids], tgt_vocab.pad)
+    return Batch(src, src == src_vocab.pad, tgt_in, tgt_out)
+
+
+class BatchIterator:
+    """Endless random batches of similar-length pairs (little padding, so less wasted compute).
+
+    Every ``pool`` batches' worth of pairs is drawn at random, sorted by length, cut into batches,
+    and the batches are shuffled. Seeded: the same seed gives the same batches.
+
+    >>> v = Vocab(["a"])
+    >>> it = BatchIterator([[4]] * 12, [[4, 4]] * 12, v, v, batch_size=4, seed=0)
+    >>> next(it).src.shape
+    torch.Size([4, 2])
+    """
+
+    def __init__(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
+                 src_vocab: Vocab, tgt_vocab: Vocab, batch_size: int = 64, seed: int = 0,
+                 pool: int = 50) -> None:
+        if len(src_ids) != len(tgt_ids) or not src_ids:
+            raise ValueError(f"need as many sources as targets (and at least one), got "
+                             f"{len(src_ids)} and {len(tgt_ids)}")
+        self.src_ids, self.tgt_ids = list(src_ids), list(tgt_ids)
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.batch_size, self.pool = batch_size, pool
+        self.rng = random.Random(seed)
+        self._queue: list[list[int]] = []
+
+    def _refill(self) -> None:
+        order = list(range(len(self.src_ids)))
+        self.rng.shuffle(order)
+        size = self.batch_size * self.pool
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start : start + size], key=lambda i: len(self.src_ids[i]))
+            batches = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            self.rng.shuffle(batches)
+            self._queue += batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        if not self._queue:
+            self._refill()
+        idx = self._queue.pop(0)
+        return make_batch([self.src_ids[i] for i in idx], [self.tgt_ids[i] for i in idx],
+                          self.src_vocab, self.tgt_vocab)
+
+
+# ---------------------------------------------------------------------------------------------
+# GRU encoder–decoder, with or without attention
+# ---------------------------------------------------------------------------------------------
+
+
+class GRUSeq2Seq(nn.Module):
+    r"""Bidirectional GRU encoder; two-layer GRU decoder with a fixed context or with attention.
+
+    Encoder: ``h_j = [→h_j; ←h_j]`` (the annotations, ``(B, S, 2·enc_hidden)``) and the summary
+    ``c = [→h_S; ←h_1]``. Decoder at target step ``t`` (``y_{t-1}`` the previous word):
+
+    * ``s¹_t = GRU₁(s¹_{t-1}, [E y_{t-1}; c])`` without attention, ``GRU₁(s¹_{t-1}, E y_{t-1})`` with;
+    * ``c_t = c`` (fixed vector) or ``c_t = Σ_j α_tj h_j``, ``α_t = softmax_j(w_vᵀ tanh(W_q s¹_t + W_k h_j))``;
+    * ``s²_t = GRU₂(s²_{t-1}, [s¹_t; c_t])``, ``p(y_t) = softmax(W_o [s²_t; c_t; E y_{t-1}])``.
+
+    ``forward(src, src_pad, tgt_in, return_attention=False)`` → logits ``(B, T, V)`` (and the
+    weights ``(B, T, S)``): all target positions at once (teacher forcing), no loop over time.
+
+    >>> m = GRUSeq2Seq(20, 30, emb_dim=8, enc_hidden=8, dec_hidden=16, attention=True)
+    >>> src, tgt = torch.randint(4, 20, (2, 7)), torch.randint(4, 30, (2, 5))
+    >>> logits, w = m(src, src == 0, tgt, return_attention=True)
+    >>> logits.shape, w.shape
+    (torch.Size([2, 5, 30]), torch.Size([2, 5, 7]))
+    """
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, emb_dim: int = 128,
+                 enc_hidden: int = 128, dec_hidden: int = 256, attention: bool = True,
+                 attn_dim: int | None = None, dropout: float = 0.1, pad_id: int = 0) -> None:
+        super().__init__()
+        self.attention = attention
+        self.pad_id = pad_id
+        ctx = 2 * enc_hidden
+        self.src_emb = nn.Embedding(src_vocab_size, emb_dim, padding_idx=pad_id)
+        self.tgt_emb = nn.Embedding(tgt_vocab_size, emb_dim, padding_idx=pad_id)
+        self.encoder = nn.GRU(emb_dim, enc_hidden, batch_first=True, bidirectional=True)
+        self.init = nn.Linear(ctx, 2 * dec_hidden)  # s¹_0, s²_0 = tanh(W c)
+        self.gru1 = nn.GRU(emb_dim + (0 if attention else ctx), dec_hidden, batch_first=True)
+        self.attn = AdditiveAttention(dec_hidden, ctx, attn_dim or dec_hidden) if attention else None
+        self.gru2 = nn.GRU(dec_hidden + ctx, dec_hidden, batch_first=True)
+        self.out = nn.Linear(dec_hidden + ctx + emb_dim, tgt_vocab_size)
+        self.drop = nn.Dropout(dropout)
+
+    # -- encoder --
+    def encode(self, src: torch.Tensor, src_pad: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``src (B, S)`` → annotations ``(B, S, 2He)``, summary ``c (B, 2He)``, projected keys."""
+        lengths = (~src_pad).sum(1).cpu()
+        x = self.drop(self.src_emb(src))  # (B, S, E)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, h = self.encoder(packed)  # h (2, B, He): last forward state, last backward state
+        ann, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))  # (B, S, 2He)
+        c = torch.cat([h[0], h[1]], dim=-1)  # (B, 2He)
+        memory = {"ann": ann, "c": c, "src_pad": src_pad}
+        if self.attn is not None:
+            memory["keys"] = self.attn.project_keys(ann)  # W_k h_j, once per sentence
+        return memory
+
+    def init_state(self, memory: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        s1, s2 = torch.tanh(self.init(memory["c"])).chunk(2, dim=-1)  # (B, H) each
+        return s1[None].contiguous(), s2[None].contiguous()  # (1, B, H): nn.GRU's layout
+
+    def _decode(self, y: torch.Tensor, state, memory):
+        """Teacher-forced or one-step decoding of ``y (B, T)``: logits, new state, weights."""
+        s1_0, s2_0 = state
+        e = self.drop(self.tgt_emb(y))  # (B, T, E)
+        t = y.size(1)
+        if self.attn is None:
+            c = memory["c"][:, None, :].expand(-1, t, -1)  # (B, T, 2He): the same c at every step
+            s1, s1_n = self.gru1(torch.cat([e, c], -1), s1_0)  # (B, T, H)
+            weights = None
+        else:
+            s1, s1_n = self.gru1(e, s1_0)  # (B, T, H)
+            c, weights = self.attn(s1, memory["ann"], key_padding_mask=memory["src_pad"],
+                                   projected_keys=memory["keys"])  # (B, T, 2He), (B, T, S)
+        s2, s2_n = self.gru2(torch.cat([s1, c], -1), s2_0)  # (B, T, H)
+        logits = self.out(self.drop(torch.cat([s2, c, e], -1)))  # (B, T, V)
+        return logits, (s1_n, s2_n), weights
+
+    def forward(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor,
+                return_attention: bool = False):
+        memory = self.encode(src, src_pad)
+        logits, _, weights = self._decode(tgt_in, self.init_state(memory), memory)
+        return (logits, weights) if return_attention else logits
+
+    # -- one step at a time, for greedy and beam search --
+    def step(self, y_prev: torch.Tensor, state, memory):
+        """``y_prev (B,)`` → log-probabilities ``(B, V)``, new state, weights ``(B, S)`` or None."""
+        logits, state, weights = self._decode(y_prev[:, None], state, memory)
+        return logits[:, 0].log_softmax(-1), state, None if weights is None else weights[:, 0]
+
+    @staticmethod
+    def reorder_state(state, index: torch.Tensor):
+        return tuple(s.index_select(1, index) for s in state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer encoder–decoder
+# ---------------------------------------------------------------------------------------------
+
+
+class TransformerSeq2Seq(nn.Module):
+    """Encoder–decoder transformer from :mod:`course_utils.transformer` (pre-LN, sinusoidal positions).
+
+    Embeddings are scaled by √d_model (Vaswani et al. 2017, section 3.4); the decoder's
+    self-attention is causal; padding in the source is masked in the encoder and in the
+    cross-attention. ``forward(src, src_pad, tgt_in)`` → logits ``(B, T, V)``.
+
+    >>> m = TransformerSeq2Seq(20, 30, d_model=16, nhead=2, num_layers=1, dim_feedforward=32)
+    >>> src, tgt = torch.randint(4, 20, (2, 7)), torch.randint(4, 30, (2, 5))
+    >>> m(src, src == 0, tgt).shape
+    torch.Size([2, 5, 30])
+    """
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 128,
+                 nhead: int = 4, num_layers: int = 3, dim_feedforward: int = 256,
+                 dropout: float = 0.1, max_len: int = 256, pad_id: int = 0) -> None:
+        super().__init__()
+        self.d_model, self.pad_id = d_model, pad_id
+        self.src_emb = nn.Embedding(src_vocab_size, d_model, padding_idx=pad_id)
+        self.tgt_emb = nn.Embedding(tgt_vocab_size, d_model, padding_idx=pad_id)
+        self.pos = SinusoidalPositionalEncoding(d_model, max_len, dropout)
+        enc_layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, norm_first=True)
+        dec_layer = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, norm_first=True)
+        self.encoder = TransformerEncoder(enc_layer, num_layers, norm=nn.LayerNorm(d_model))
+        self.decoder = TransformerDecoder(dec_layer, num_layers, norm=nn.LayerNorm(d_model))
+        self.generator = nn.Linear(d_model, tgt_vocab_size)
+        for m in self.modules():  # fused attention kernels: same result, faster
+            if isinstance(m, MultiHeadAttention):
+                m.use_sdpa = True
+
+    def encode(self, src: torch.Tensor, src_pad: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.pos(self.src_emb(src) * math.sqrt(self.d_model))  # (B, S, D)
+        return {"memory": self.encoder(x, src_key_padding_mask=src_pad), "src_pad": src_pad}
+
+    def _decode(self, tgt_in: torch.Tensor, memory: dict[str, torch.Tensor]) -> torch.Tensor:
+        y = self.pos(self.tgt_emb(tgt_in) * math.sqrt(self.d_model))  # (B, T, D)
+        h = self.decoder(y, memory["memory"], tgt_is_causal=True,
+                         memory_key_padding_mask=memory["src_pad"])
+        return self.generator(h)  # (B, T, V)
+
+    def forward(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        return self._decode(tgt_in, self.encode(src, src_pad))
+
+    def init_state(self, memory: dict[str, torch.Tensor]) -> torch.Tensor:
+        return memory["memory"].new_zeros(memory["memory"].size(0), 0, dtype=torch.long)
+
+    def step(self, y_prev: torch.Tensor, state: torch.Tensor, memory):
+        """The state is the prefix so far; the decoder re-reads it (no KV cache, for clarity)."""
+        prefix = torch.cat([state, y_prev[:, None]], dim=1)  # (B, t)
+        logits = self._decode(prefix, memory)[:, -1]  # (B, V): only the newest position
+        return logits.log_softmax(-1), prefix, None
+
+    @staticmethod
+    def reorder_state(state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return state.index_select(0, index)
+
+    def cross_attention(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor,
+                        layer: int = -1) -> torch.Tensor:
+        """Head-averaged cross-attention weights ``(B, T, S)`` of one decoder layer (teacher forced)."""
+        mha = self.decoder.layers[layer].multihead_attn
+        mha.store_weights = True
+        try:
+            self.forward(src, src_pad, tgt_in)
+            return mha.last_attn_weights.mean(dim=1)
+        finally:
+            mha.store_weights = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------
+
+
+def _expand(memory: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    return {name: t.repeat_interleave(k, dim=0) for name, t in memory.items()}
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor, max_len: int,
+                  bos: int = 1, eos: int = 2, pad: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pick the most likely word at every step: tokens ``(B, ≤max_len)`` (after ``<eos>``: pad)
+    and, for attention GRUs, the weights ``(B, T, S)``."""
+    memory = model.encode(src, src_pad)
+    state = model.init_state(memory)
+    b = src.size(0)
+    y = torch.full((b,), bos, dtype=torch.long, device=src.device)
+    done = torch.zeros(b, dtype=torch.bool, device=src.device)
+    tokens, weights = [], []
+    for _ in range(max_len):
+        logp, state, w = model.step(y, state, memory)
+        logp[:, [pad, bos]] = float("-inf")  # never emit <pad> or <bos> as a word
+        y = logp.argmax(-1).masked_fill(done, pad)  # (B,)
+        tokens.append(y)
+        if w is not None:
+            weights.append(w)
+        done |= y == eos
+        if done.all():
+            break
+    return torch.stack(tokens, 1), (torch.stack(weights, 1) if weights else None)
+
+
+@torch.no_grad()
+def beam_search(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor, beam_width: int,
+                max_len: int, length_penalty: float = 0.6, bos: int = 1, eos: int = 2,
+                pad: int = 0) -> torch.Tensor:
+    """Keep the ``beam_width`` best prefixes per sentence; return the best hypothesis ``(B, T)``.
+
+    Batched over sentences and beams (``B·K`` rows per step). A finished beam (it produced
+    ``<eos>``) keeps its score and grows only with padding. The final choice divides the
+    log-probability by the GNMT length penalty ``((5 + |y|) / 6) ** length_penalty`` (Wu et al.
+    2016), so longer hypotheses are not unfairly punished. ``beam_width=1`` is greedy decoding.
+    """
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    b, k = src.size(0), beam_width
+    memory = _expand(model.encode(src, src_pad), k)  # rows b·k .. b·k+k-1 belong to sentence b
+    state = model.init_state(memory)
+    dev = src.device
+    y = torch.full((b * k,), bos, dtype=torch.long, device=dev)
+    scores = torch.zeros(b, k, device=dev)
+    scores[:, 1:] = float("-inf")  # all beams start identical: keep only the first one alive
+    finished = torch.zeros(b * k, dtype=torch.bool, device=dev)
+    lengths = torch.zeros(b * k, dtype=torch.long, device=dev)
+    tokens = torch.empty(b * k, 0, dtype=torch.long, device=dev)
+    base = (torch.arange(b, device=dev) * k)[:, None]  # (B, 1)
+    for _ in range(max_len):
+        logp, state, _ = model.step(y, state, memory)  # (B·K, V)
+        v = logp.size(-1)
+        logp[:, bos] = float("-inf")  # never emit <bos> as a word
+        # a finished beam may only add <pad>, at no cost
+        logp = torch.where(finished[:, None], torch.full_like(logp, float("-inf")), logp)
+        logp[:, pad] = torch.where(finished, 0.0, float("-inf"))
+        cand = (scores.view(-1, 1) + logp).view(b, k * v)  # (B, K·V)
+        scores, flat = cand.topk(k, dim=-1)  # (B, K)
+        rows = (base + flat // v).view(-1)  # (B·K,) which beam each survivor extends
+        y = (flat % v).view(-1)
+        state = model.reorder_state(state, rows)
+        tokens = torch.cat([tokens[rows], y[:, None]], dim=1)
+        lengths = lengths[rows] + (~finished[rows]).long()
+        finished = finished[rows] | (y == eos)
+        if finished.all():
+            break
+    penalty = ((5.0 + lengths.float()) / 6.0) ** length_penalty  # (B·K,)
+    best = (scores.view(-1) / penalty).view(b, k).argmax(-1)  # (B,)
+    return tokens.view(b, k, -1)[torch.arange(b, device=dev), best]
+
+
+def translate(model: nn.Module, sentences: Sequence[str], src_vocab: Vocab, tgt_vocab: Vocab,
+              beam_width: int = 1, batch_size: int = 250, device: torch.device | str = "cpu",
+              max_len_factor: float = 1.5) -> list[str]:
+    """English strings → French strings (detokenised), greedy when ``beam_width == 1``."""
+    model.eval()
+    out: list[str | None] = [None] * len(sentences)
+    order = sorted(range(len(sentences)), key=lambda i: len(tokenize(sentences[i])))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        toks = [src_vocab.encode(tokenize(sentences[i])) + [src_vocab.eos] for i in idx]
+        src = _pad(toks, src_vocab.pad).to(device)
+        max_len = int(max_len_factor * src.size(1)) + 5
+        if beam_width == 1:
+            ids, _ = greedy_decode(model, src, src == src_vocab.pad, max_len, tgt_vocab.bos,
+                                   tgt_vocab.eos, tgt_vocab.pad)
+        else:
+            ids = beam_search(model, src, src == src_vocab.pad, beam_width, max_len,
+                              bos=tgt_vocab.bos, eos=tgt_vocab.eos, pad=tgt_vocab.pad)
+        for row, i in zip(ids.tolist(), idx, strict=True):
+            out[i] = detokenize(tgt_vocab.decode(row))
+    return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def train_seq2seq(model: nn.Module, batches: Iterator[Batch], num_steps: int, lr: float = 1e-3,
+                  warmup: int = 100, clip: float = 1.0, label_smoothing: float = 0.0,
+                  device: torch.device | str = "cpu", desc: str = "training",
+                  pad_id: int = 0):
+    """Adam with linear warm-up then cosine decay, gradient clipping, teacher forcing.
+
+    Returns the :func:`course_utils.training.train_steps` history (``loss`` per step, the
+    per-token cross-entropy without label smoothing, so the models compare).
+    """
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, num_steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+    def step_fn(step: int):
+        batch = next(batches).to(device)
+        logits = model(batch.src, batch.src_pad, batch.tgt_in)  # (B, T, V)
+        flat, target = logits.reshape(-1, logits.size(-1)), batch.tgt_out.reshape(-1)
+        loss = F.cross_entropy(flat, target, ignore_index=pad_id, label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            nll = loss if label_smoothing == 0 else F.cross_entropy(flat, target, ignore_index=pad_id)
+        return {"loss": nll}
+
+    history = train_steps(step_fn, num_steps, desc=desc)
+    model.eval()
+    return history
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (0–100) with sacrebleu's defaults (13a tokenisation), as papers report it.
+
+    >>> round(corpus_bleu(["le chat noir dort ."], ["le chat noir dort ."]), 1)
+    100.0
+    """
+    import sacrebleu
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"got {len(hypotheses)} hypotheses for {len(references)} references")
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+def bleu_by_length(sources: Sequence[str], hypotheses: Sequence[str], references: Sequence[str],
+                   edges: Sequence[int] = (10, 20, 30)) -> dict[str, tuple[float, int]]:
+    """Corpus BLEU per source-length bucket: ``{"1-10": (bleu, n_sentences), ...}`` (Bahdanau Fig. 2).
+
+    >>> bleu_by_length(["a b", "a b c d"], ["x y", "z"], ["x y", "z w"], edges=(2,))
+    {'1-2': (0.0, 1), '3+': (0.0, 1)}
+    """
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(sources):
+        groups.setdefault(length_bucket(len(tokenize(s)), edges), []).append(i)
+    result = {}
+    for label in sorted(groups, key=lambda g: int(g.split("-")[0].rstrip("+"))):
+        idx = groups[label]
+        result[label] = (corpus_bleu([hypotheses[i] for i in idx], [references[i] for i in idx]),
+                         len(idx))
+    return result

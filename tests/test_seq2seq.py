@@ -1,0 +1,175 @@
+"""Seq2seq models, decoding and BLEU: shapes, batched = step-by-step, beam 1 = greedy, padding."""
+
+from __future__ import annotations
+
+import pytest
+import sacrebleu
+import torch
+
+from course_utils.datasets.translation import Vocab
+from course_utils.seq2seq import (
+    BatchIterator,
+    GRUSeq2Seq,
+    TransformerSeq2Seq,
+    beam_search,
+    bleu_by_length,
+    corpus_bleu,
+    greedy_decode,
+    make_batch,
+    train_seq2seq,
+    translate,
+)
+
+SV, TV = 23, 31  # vocabulary sizes (ids 0..3 are the special tokens)
+
+
+def models():
+    torch.manual_seed(0)
+    return {
+        "gru": GRUSeq2Seq(SV, TV, emb_dim=8, enc_hidden=8, dec_hidden=16, attention=False),
+        "attn": GRUSeq2Seq(SV, TV, emb_dim=8, enc_hidden=8, dec_hidden=16, attention=True),
+        "transformer": TransformerSeq2Seq(SV, TV, d_model=16, nhead=2, num_layers=2,
+                                          dim_feedforward=32, max_len=64),
+    }
+
+
+def batch(b=3, s=7, t=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, SV, (b, s), generator=g)
+    src[0, 4:] = 0  # the first sentence is shorter: padding
+    src[0, 3] = 2
+    tgt = torch.randint(4, TV, (b, t), generator=g)
+    tgt[:, 0] = 1
+    return src, src == 0, tgt
+
+
+@pytest.mark.parametrize("name", ["gru", "attn", "transformer"])
+def test_shapes(name):
+    model = models()[name].eval()
+    src, pad, tgt = batch()
+    assert model(src, pad, tgt).shape == (3, 6, TV)
+    tokens, weights = greedy_decode(model, src, pad, max_len=9)
+    assert tokens.shape[0] == 3 and tokens.shape[1] <= 9
+    assert (weights is not None) == (name == "attn")
+    if weights is not None:
+        assert weights.shape == (3, tokens.shape[1], 7)
+
+
+def test_attention_weights_are_distributions_that_skip_padding():
+    model = models()["attn"].eval()
+    src, pad, tgt = batch()
+    _, w = model(src, pad, tgt, return_attention=True)  # (B, T, S)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3, 6))
+    assert torch.all(w[0, :, 4:] == 0)
+
+
+@pytest.mark.parametrize("name", ["gru", "attn", "transformer"])
+def test_batched_teacher_forcing_equals_step_by_step(name):
+    """The fast batched decoder computes exactly what decoding one step at a time computes."""
+    model = models()[name].eval()
+    src, pad, tgt = batch()
+    with torch.no_grad():
+        full = model(src, pad, tgt).log_softmax(-1)  # (B, T, V)
+        memory = model.encode(src, pad)
+        state = model.init_state(memory)
+        steps = []
+        for t in range(tgt.size(1)):
+            logp, state, _ = model.step(tgt[:, t], state, memory)
+            steps.append(logp)
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gru", "attn", "transformer"])
+def test_padding_does_not_change_the_translation(name):
+    model = models()[name].eval()
+    src, pad, tgt = batch()
+    with torch.no_grad():
+        batched = model(src, pad, tgt)[0]
+        alone = model(src[:1, :4], pad[:1, :4], tgt[:1])[0]
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gru", "attn", "transformer"])
+def test_beam_width_1_equals_greedy(name):
+    model = models()[name].eval()
+    src, pad, _ = batch(b=4, seed=3)
+    greedy, _ = greedy_decode(model, src, pad, max_len=10)
+    beam = beam_search(model, src, pad, beam_width=1, max_len=10)
+    n = min(greedy.size(1), beam.size(1))
+    assert torch.equal(greedy[:, :n], beam[:, :n])
+    assert torch.all(greedy[:, n:] == 0) and torch.all(beam[:, n:] == 0)
+
+
+def _sequence_logprob(model, src, pad, tokens, eos=2):
+    """log p(tokens | src) up to and including the first <eos>."""
+    with torch.no_grad():
+        tgt_in = torch.cat([torch.ones_like(tokens[:, :1]), tokens[:, :-1]], 1)
+        logp = model(src, pad, tgt_in).log_softmax(-1).gather(-1, tokens[..., None])[..., 0]
+    keep = torch.ones_like(tokens, dtype=torch.bool)
+    for i, row in enumerate(tokens.tolist()):
+        if eos in row:
+            keep[i, row.index(eos) + 1 :] = False
+    return (logp * keep).sum(-1)
+
+
+def test_wider_beam_finds_a_likelier_translation():
+    """Without a length penalty, the best of 8 beams is at least as likely as greedy's choice."""
+    model = models()["attn"].eval()
+    src, pad, _ = batch(b=6, seed=5)
+    greedy = beam_search(model, src, pad, beam_width=1, max_len=8, length_penalty=0.0)
+    wide = beam_search(model, src, pad, beam_width=8, max_len=8, length_penalty=0.0)
+    lp_g = _sequence_logprob(model, src, pad, greedy)
+    lp_w = _sequence_logprob(model, src, pad, wide)
+    assert torch.all(lp_w >= lp_g - 1e-4), (lp_w, lp_g)
+
+
+def test_beam_search_rejects_bad_width():
+    model = models()["gru"].eval()
+    src, pad, _ = batch()
+    with pytest.raises(ValueError, match="beam_width must be >= 1"):
+        beam_search(model, src, pad, beam_width=0, max_len=5)
+
+
+def test_make_batch_shifts_targets():
+    v = Vocab(["a", "b"])
+    b = make_batch([[4, 5]], [[5, 4]], v, v)
+    assert b.src.tolist() == [[4, 5, 2]]
+    assert b.tgt_in.tolist() == [[1, 5, 4]] and b.tgt_out.tolist() == [[5, 4, 2]]
+
+
+def test_bleu_matches_sacrebleu_and_buckets():
+    hyp = ["le chat noir dort .", "la voiture rouge .", "un homme lit le livre ."]
+    ref = ["le chat noir dort .", "la petite voiture rouge .", "un homme lit un livre ."]
+    assert corpus_bleu(hyp, ref) == pytest.approx(sacrebleu.corpus_bleu(hyp, [ref]).score)
+    src = ["the black cat sleeps .", "the small red car .", "a man reads the book ."]
+    by_len = bleu_by_length(src, hyp, ref, edges=(5,))  # lengths with the full stop: 5, 5, 6
+    assert list(by_len) == ["1-5", "6+"]
+    assert by_len["1-5"][1] == 2 and by_len["6+"][1] == 1
+    assert by_len["1-5"][0] == pytest.approx(corpus_bleu(hyp[:2], ref[:2]))
+    with pytest.raises(ValueError, match="hypotheses"):
+        corpus_bleu(hyp, ref[:2])
+
+
+def test_training_learns_to_reverse():
+    """A small attention GRU learns to reverse sequences: the loss falls and decoding works."""
+    torch.manual_seed(0)
+    words = [chr(ord("a") + i) for i in range(8)]
+    v = Vocab(words)
+    g = torch.Generator().manual_seed(0)
+    srcs = [[4 + int(x) for x in torch.randint(0, 8, (int(n),), generator=g)]
+            for n in torch.randint(3, 7, (400,), generator=g)]
+    tgts = [s[::-1] for s in srcs]
+    model = GRUSeq2Seq(len(v), len(v), emb_dim=16, enc_hidden=24, dec_hidden=48, attention=True,
+                       attn_dim=24, dropout=0.0)
+    it = BatchIterator(srcs, tgts, v, v, batch_size=32, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is faster, and fair to parallel tests
+    try:
+        hist = train_seq2seq(model, it, num_steps=200, lr=5e-3, warmup=20, desc="reverse")
+    finally:
+        torch.set_num_threads(threads)
+    assert sum(hist["loss"][-10:]) / 10 < 0.3 * sum(hist["loss"][:10]) / 10
+    sents = [" ".join(v.decode(s, strip=False)) for s in srcs[:50]]
+    refs = [" ".join(v.decode(t, strip=False)) for t in tgts[:50]]
+    hyps = translate(model, sents, v, v)
+    assert sum(h == r for h, r in zip(hyps, refs, strict=True)) >= 25

@@ -1,0 +1,265 @@
+"""The English→French grammar corpus, its splits, tokenisation and the Tatoeba/Anki loader."""
+
+from __future__ import annotations
+
+import functools
+import random
+import zipfile
+
+import pytest
+import torch
+
+from course_utils.datasets import translation as tr
+from course_utils.datasets.translation import (
+    ADJECTIVES,
+    NOUNS,
+    Vocab,
+    detokenize,
+    encode_batch,
+    generate_pair,
+    load_tatoeba,
+    make_corpus,
+    noun_phrase,
+    sha256_file,
+    split_corpus,
+    tokenize,
+)
+
+
+def noun(en: str):
+    return next(n for n in NOUNS if n.en == en)
+
+
+def adj(en: str):
+    return next(a for a in ADJECTIVES if a.en == en)
+
+
+def np_fr(*args, **kwargs) -> str:
+    return detokenize(noun_phrase(*args, **kwargs)[1])
+
+
+# ---- determinism -----------------------------------------------------------------------------
+
+
+def test_corpus_is_deterministic_per_seed():
+    assert make_corpus(100, seed=7) == make_corpus(100, seed=7)
+    assert make_corpus(100, seed=7) != make_corpus(100, seed=8)
+
+
+def test_split_is_deterministic():
+    pairs = _corpus()
+    a, b = split_corpus(pairs, 50, 80, seed=1), split_corpus(pairs, 50, 80, seed=1)
+    assert (a.train, a.valid, a.test) == (b.train, b.valid, b.test)
+
+
+# ---- agreement rules, on hand-written examples -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, english, french",
+    [
+        (("car", True), {"pre": "small", "post": "red"}, "the small red cars", "les petites voitures rouges"),
+        (("car", False), {"pre": "small", "post": "red"}, "the small red car", "la petite voiture rouge"),
+        (("cat", False), {"post": "black"}, "the black cat", "le chat noir"),
+        (("cat", True), {"post": "white"}, "the white cats", "les chats blancs"),
+        (("house", True), {"post": "white"}, "the white houses", "les maisons blanches"),
+        (("man", False), {"pre": "old"}, "the old man", "le vieil homme"),
+        (("woman", True), {"pre": "old"}, "the old women", "les vieilles femmes"),
+        (("man", False), {}, "the man", "l'homme"),
+        (("tree", False), {"pre": "beautiful"}, "the beautiful tree", "le bel arbre"),
+        (("hotel", False), {"pre": "new", "det": "a"}, "a new hotel", "un nouvel hôtel"),
+        (("tree", False), {"det": "this"}, "this tree", "cet arbre"),
+        (("dog", False), {"det": "this"}, "this dog", "ce chien"),
+        (("car", True), {"det": "this"}, "these cars", "ces voitures"),
+        (("school", False), {"det": "my"}, "my school", "mon école"),
+        (("sister", False), {"det": "my"}, "my sister", "ma sœur"),
+        (("apple", False), {"det": "a"}, "an apple", "une pomme"),
+        (("horse", True), {"pre": "beautiful"}, "the beautiful horses", "les beaux chevaux"),
+        (("woman", False), {"post": "happy"}, "the happy woman", "la femme heureuse"),
+        (("cake", True), {"post": "expensive"}, "the expensive cakes", "les gâteaux chers"),
+    ],
+)
+def test_noun_phrase_agreement(args, kwargs, english, french):
+    kwargs = dict(kwargs)
+    for slot in ("pre", "post"):
+        if slot in kwargs:
+            kwargs[slot] = adj(kwargs[slot])
+    en, fr = noun_phrase(noun(args[0]), args[1], **kwargs)
+    assert " ".join(en) == english
+    assert detokenize(fr) == french
+
+
+def test_indefinite_plural_is_refused():
+    with pytest.raises(ValueError, match="no plural"):
+        noun_phrase(noun("cat"), plural=True, det="a")
+
+
+@functools.cache
+def _sample(n: int = 2000, seed: int = 0):
+    rng = random.Random(seed)
+    return tuple(generate_pair(rng) for _ in range(n))
+
+
+@functools.cache
+def _corpus(n: int = 2000, seed: int = 0):
+    return make_corpus(n, seed=seed)
+
+
+def test_negation_is_ne_pas_and_indefinite_objects_become_de():
+    pairs = _sample()
+    negated = [(en, fr) for en, fr in pairs if " not " in en]
+    assert len(negated) > 200
+    for en, fr in negated:
+        toks = tokenize(fr)
+        assert toks.count("pas") == en.split().count("not"), (en, fr)
+        assert toks.count("ne") + toks.count("n'") == toks.count("pas"), (en, fr)
+    # "any" (an indefinite object under negation) becomes "pas de"/"pas d'"
+    anys = [fr for en, fr in negated if " not " in en and " any " in en]
+    assert anys and all(" pas de " in fr or " pas d'" in fr for fr in anys)
+
+
+def test_elision_happens_before_vowels_only():
+    pairs = _sample()
+    for _, fr in pairs:
+        toks = tokenize(fr)
+        for a, b in zip(toks, toks[1:], strict=False):
+            if a in ("le", "la", "je", "ne", "que", "de", "me"):
+                assert b[0] not in "aeiouéèêâîôûœh", (a, b, fr)  # should have been elided
+            if a in ("l'", "j'", "n'", "qu'", "d'", "m'"):
+                assert b[0] in "aeiouyéèêâîôûœh", (a, b, fr)
+
+
+def test_hand_written_sentences_from_the_grammar():
+    # The pieces compose: subject, negated verb, object with a pre- and a post-nominal adjective.
+    en, fr = noun_phrase(noun("woman"), False, pre=adj("old"))
+    g = tr._Grammar(random.Random(0), 0.0)
+    read = next(v for v in tr.VERBS if v.en == "read")
+    ven, vfr = g.verb_words(read, 2, True, neg=True, before=list(fr))
+    obj_en, obj_fr = noun_phrase(noun("book"), True, pre=adj("small"), post=adj("red"))
+    assert " ".join(en + ven + obj_en) == "the old woman does not read the small red books"
+    assert detokenize(fr + vfr + obj_fr) == "la vieille femme ne lit pas les petits livres rouges"
+    # je + vowel → j'
+    like = next(v for v in tr.VERBS if v.en == "like")
+    subj = ["je"]
+    _, vfr = g.verb_words(like, 0, False, neg=False, before=subj)
+    assert detokenize(subj + vfr) == "j'aime"
+    # object pronouns go before the verb, inside ne … pas
+    see = next(v for v in tr.VERBS if v.en == "see")
+    ven, vfr = g.verb_words(see, 2, True, neg=True, before=["il"], obj_pronoun=("him", "le", "l'"))
+    assert (" ".join(ven), detokenize(vfr)) == ("does not see him", "ne le voit pas")
+
+
+def test_sentence_lengths_span_3_to_more_than_30_words():
+    lengths = [len(tokenize(en)) for en, _ in _corpus()]
+    assert min(lengths) <= 4 and max(lengths) >= 35
+    assert max(lengths) <= 45  # max_words
+
+
+# ---- splits ----------------------------------------------------------------------------------
+
+
+def test_splits_are_disjoint_deduplicated_and_test_is_longer():
+    pairs = _corpus()
+    pairs = pairs + pairs[:300]  # duplicates must not leak across splits
+    c = split_corpus(pairs, n_valid=100, n_test=200)
+    tr_src, va_src, te_src = ({en for en, _ in s} for s in (c.train, c.valid, c.test))
+    assert not (tr_src & va_src) and not (tr_src & te_src) and not (va_src & te_src)
+    assert len(tr_src) == len(c.train)  # no duplicates inside a split either
+    assert len(c.valid) == 100 and len(c.test) == 200
+
+    def share_long(split):
+        return sum(len(tokenize(en)) > 30 for en, _ in split) / len(split)
+
+    assert share_long(c.test) > 1.5 * share_long(c.train)
+
+
+# ---- tokens ----------------------------------------------------------------------------------
+
+
+def test_tokenize_detokenize_round_trip():
+    for _, fr in _sample(300):
+        assert detokenize(tokenize(fr)) == fr
+
+
+def test_vocab_and_padding_mask():
+    v = Vocab.build([["le", "chat"], ["le", "chien"]])
+    assert v.itos[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    ids, pad = encode_batch([["le"], ["le", "chat", "dort"]], v, add_bos=True)
+    assert ids.shape == (2, 5) and pad.dtype == torch.bool
+    assert pad.tolist() == [[False, False, False, True, True], [False] * 5]
+    assert ids[1].tolist() == [1, v.stoi["le"], v.stoi["chat"], v.unk, v.eos]
+
+
+def test_bpe_tokenizer_trains_locally():
+    texts = [fr for _, fr in _sample(300)]
+    tok = tr.train_bpe(texts, vocab_size=300)
+    assert [tok.token_to_id(s) for s in tr.SPECIALS] == [0, 1, 2, 3]
+    enc = tok.encode(texts[0])
+    assert tok.decode(enc.ids) == texts[0]
+
+
+# ---- the Tatoeba / Anki loader (offline: the tests write their own files) --------------------
+
+GOOD = (
+    "Go.\tVa !\tCC-BY 2.0 (France) Attribution: tatoeba.org #2877272 (CM) & #1158250 (Wittydev)\n"
+    "Hi.\tSalut !\tCC-BY 2.0 (France) Attribution: tatoeba.org #538123 (CM) & #509819 (Aiji)\n"
+    "\n"
+    "I'm tired.\tJe suis fatigué.\tCC-BY 2.0 (France)\n"
+)
+
+
+def test_tatoeba_good_file(tmp_path):
+    f = tmp_path / "fra.txt"
+    f.write_text(GOOD, encoding="utf-8")
+    pairs = load_tatoeba(f, sha256=sha256_file(f))
+    assert pairs == [("Go.", "Va !"), ("Hi.", "Salut !"), ("I'm tired.", "Je suis fatigué.")]
+    assert load_tatoeba(f, max_pairs=1) == [("Go.", "Va !")]
+
+
+def test_tatoeba_zip_and_cache(tmp_path):
+    z = tmp_path / "fra-eng.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("_about.txt", "about")
+        zf.writestr("fra.txt", GOOD)
+    cache = tmp_path / "cache"
+    first = load_tatoeba(z, cache_dir=cache)
+    assert len(first) == 3 and len(list(cache.glob("*.json"))) == 1
+    # the second call reads the cache: prove it by editing the cached file
+    cached = next(cache.glob("*.json"))
+    cached.write_text('[["cached", "en cache"]]', encoding="utf-8")
+    assert load_tatoeba(z, cache_dir=cache) == [("cached", "en cache")]
+
+
+def test_tatoeba_checksum_mismatch(tmp_path):
+    f = tmp_path / "fra.txt"
+    f.write_text(GOOD, encoding="utf-8")
+    with pytest.raises(ValueError, match="checksum mismatch.*expected sha256 0{64}"):
+        load_tatoeba(f, sha256="0" * 64)
+
+
+def test_tatoeba_malformed_line_names_file_and_line(tmp_path):
+    f = tmp_path / "broken.txt"
+    f.write_text("Go.\tVa !\tCC-BY\nno tab on this line\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"broken\.txt, line 2: expected 'english<TAB>french"):
+        load_tatoeba(f)
+
+
+def test_tatoeba_missing_file_says_where_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manythings"):
+        load_tatoeba(tmp_path / "nope.txt")
+
+
+def test_download_from_file_url_with_checksum(tmp_path):
+    src = tmp_path / "fra.txt"
+    src.write_text(GOOD, encoding="utf-8")
+    dest = tr.download(src.as_uri(), tmp_path / "dl" / "fra.txt", sha256=sha256_file(src))
+    assert dest.read_text(encoding="utf-8") == GOOD
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        tr.download(src.as_uri(), tmp_path / "dl2" / "fra.txt", sha256="1" * 64)
+    assert not (tmp_path / "dl2" / "fra.txt").exists()
+
+
+def test_available_for_the_doctor():
+    ok, detail = tr.available()
+    assert ok and "→" in detail
+    assert tr.NOTEBOOKS == ("08_translation",) and tr.FIX
