@@ -473,7 +473,7 @@ class TrainResult:
 
 def _forward_sample(policy: nn.Module, obs: torch.Tensor, valid: torch.Tensor, greedy: bool = False):
     logits, value = policy(obs, valid)
-    dist = torch.distributions.Categorical(logits=logits)
+    dist = torch.distributions.Categorical(logits=logits, validate_args=False)
     action = logits.argmax(-1) if greedy else dist.sample()
     return action, dist.log_prob(action), value
 
@@ -571,7 +571,7 @@ def _train(policy, cfg: PPOConfig, seed: int, desc: str, progress: bool | None, 
             for lo in range(0, size, cfg.minibatch_size):
                 idx = perm[lo:lo + cfg.minibatch_size]
                 logits, value = policy(b_obs[idx], b_valid[idx])
-                dist = torch.distributions.Categorical(logits=logits)
+                dist = torch.distributions.Categorical(logits=logits, validate_args=False)
                 logp = dist.log_prob(b_act[idx])
                 a = b_adv[idx]
                 a = (a - a.mean()) / (a.std() + 1e-8) if a.numel() > 1 else a

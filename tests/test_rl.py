@@ -256,16 +256,16 @@ def test_policy_input_errors():
 def test_ppo_runs_and_evaluates():
     torch.manual_seed(0)
     policy = AttentionPolicy(2, 2, window=4, d_model=16, nhead=2)
-    cfg = PPOConfig(total_steps=1024, num_envs=4, rollout_len=64, epochs=2, minibatch_size=128)
+    cfg = PPOConfig(total_steps=512, num_envs=4, rollout_len=64, epochs=2, minibatch_size=128)
     result = train_ppo(policy, cfg, seed=1, progress=False)
-    assert result.steps == [256, 512, 768, 1024]
-    assert len(result.returns) == 4 and result.episodes > 0
-    assert all(np.isfinite(result.returns[1:]))
-    returns = evaluate(policy, episodes=5, greedy=True)
-    assert returns.shape == (5,) and np.all((returns >= 1) & (returns <= 500))
-    sampled = evaluate(policy, episodes=5, greedy=False)
-    assert sampled.shape == (5,)
-    ep = record_episode(policy, max_steps=20)
+    assert result.steps == [256, 512]
+    assert len(result.returns) == 2 and result.episodes > 0
+    assert np.isfinite(result.returns[-1])
+    returns = evaluate(policy, episodes=4, greedy=True, max_steps=60)
+    assert returns.shape == (4,) and np.all((returns >= 1) & (returns <= 60))
+    sampled = evaluate(policy, episodes=4, greedy=False, max_steps=60)
+    assert sampled.shape == (4,)
+    ep = record_episode(policy, max_steps=10)
     t = len(ep["obs"])
     assert ep["attention"].shape == (t, 2, 4) and ep["obs"].shape == (t, 2)
     np.testing.assert_allclose(ep["attention"].sum(-1), 1.0, rtol=1e-5)
