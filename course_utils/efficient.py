@@ -44,6 +44,7 @@ __all__ = [
     "naive_attention",
     "online_softmax",
     "peak_memory_mb",
+    "peak_memory_table",
     "repeat_kv",
     "tiled_attention",
 ]
@@ -612,14 +613,30 @@ page_kb = resource.getpagesize() // 1024
 def rss_kb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * page_kb
+def reset_peak():  # Linux >= 4.0: writing 5 to clear_refs resets the peak RSS (VmHWM)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+def peak_kb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 result = []
 with torch.no_grad():
     for n in cfg["ns"]:
         q, k, v = (torch.randn(cfg["b"], cfg["h"], n, cfg["d"]) for _ in range(3))
         fn(q[..., :8, :], k[..., :8, :], v[..., :8, :])   # load the code paths (libraries, kernels)
+        reset_peak()
         before = rss_kb()
         fn(q, k, v)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        after = peak_kb()
         result.append(max(after - before, 0) / 1024)
         del q, k, v
 print(json.dumps(result))
@@ -633,21 +650,42 @@ def peak_memory_mb(
 
     ``method`` is ``"naive"``, ``"tiled"`` or ``"sdpa"``; ``q, k, v`` are float32 ``(b, h, n, d)``.
     The child process creates the inputs, runs a tiny warm-up call (so that libraries and kernels
-    are loaded), reads its resident memory (RSS), runs the call and reads the *peak* RSS of its
-    lifetime: the difference is what the call needed at its peak, inputs excluded.
+    are loaded), resets the kernel's record of its peak resident memory (``VmHWM``, Linux), reads
+    its resident memory (RSS), runs the call and reads the peak again: the difference is what the
+    call needed at its peak, inputs excluded.
 
-    With a list of lengths the child measures them in increasing order: a peak can only be
-    hidden by an earlier, larger one, and with lengths in increasing order there is none
-    (the benchmark uses one process per configuration all the same).
+    With a list of lengths one child measures them all, in increasing order (quicker; the
+    benchmark uses one process per configuration all the same).
     """
-    if method not in ("naive", "tiled", "sdpa", "none"):
-        raise ValueError(f'method must be "naive", "tiled" or "sdpa", got {method!r}')
-    ns = [n] if isinstance(n, int) else sorted(n)
-    cfg = {"method": method, "ns": ns, "b": b, "h": h, "d": d, "threads": threads or torch.get_num_threads()}
-    res = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT, json.dumps(cfg)], capture_output=True, text=True, check=False
-    )
-    if res.returncode != 0:
-        raise RuntimeError(f"memory measurement {cfg} failed:\n{res.stderr[-2000:]}")
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = peak_memory_table([method], n if isinstance(n, list) else [n], b=b, h=h, d=d, threads=threads)[method]
     return out[0] if isinstance(n, int) else out
+
+
+def peak_memory_table(
+    methods: list[str], ns: list[int], b: int = 1, h: int = 8, d: int = 64, threads: int | None = None
+) -> dict[str, list[float]]:
+    """:func:`peak_memory_mb` for several methods: one process per method, run side by side.
+
+    >>> table = peak_memory_table(["naive", "tiled"], [256])
+    >>> sorted(table), len(table["naive"])
+    (['naive', 'tiled'], 1)
+    """
+    for method in methods:
+        if method not in ("naive", "tiled", "sdpa", "none"):
+            raise ValueError(f'method must be "naive", "tiled" or "sdpa", got {method!r}')
+    procs = {}
+    for method in methods:  # separate processes: measurements cannot see each other's memory
+        cfg = {"method": method, "ns": sorted(ns), "b": b, "h": h, "d": d,
+               "threads": threads or torch.get_num_threads()}
+        procs[method] = (cfg, subprocess.Popen(
+            [sys.executable, "-c", _MEMORY_SCRIPT, json.dumps(cfg)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    table = {}
+    for method, (cfg, proc) in procs.items():
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory measurement {cfg} failed:\n{stderr[-2000:]}")
+        by_n = dict(zip(sorted(ns), json.loads(stdout.strip().splitlines()[-1]), strict=True))
+        table[method] = [by_n[n] for n in ns]
+    return table
