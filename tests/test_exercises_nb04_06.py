@@ -137,6 +137,13 @@ def test_mha_forgot_output_projection():
     _fails_with(check("04.3", _mha(out_proj=False)), "output projection")
 
 
+def test_mha_weights_not_transposed():
+    def wrong(x, w_q, w_k, w_v, w_o, h):
+        return _mha()(x, w_q.T, w_k.T, w_v.T, w_o.T, h)
+
+    _fails_with(check("04.3", wrong), "instead of W.T")
+
+
 def test_mha_learner_version_equals_torch():
     """The solution also equals torch.nn.MultiheadAttention with the same (bias-free) weights."""
     torch.manual_seed(0)

@@ -152,9 +152,12 @@ def _solution_multi_head_attention(
     return merged @ w_o.T  # the output projection mixes the heads
 
 
-def _mha_variant(x, w_q, w_k, w_v, w_o, h, scale_dim=None, softmax_dim=-1, out_proj=True):
+def _mha_variant(x, w_q, w_k, w_v, w_o, h, scale_dim=None, softmax_dim=-1, out_proj=True,
+                 transpose_w=True):
     b, t, e = x.shape
     d = e // h
+    if not transpose_w:
+        w_q, w_k, w_v, w_o = w_q.T, w_k.T, w_v.T, w_o.T
 
     def split(y):
         return y.reshape(b, t, h, d).transpose(1, 2)
@@ -205,6 +208,9 @@ def check_multi_head_attention(fn) -> CheckResult:
                                                   "(dim -2) instead of the keys (dim -1)"),
         (dict(scale_dim=e // h, out_proj=False), "you forgot the output projection W_o after "
                                                  "merging the heads"),
+        (dict(scale_dim=e // h, transpose_w=False), "you multiplied by W instead of W.T: the weights "
+                                                    "are stored as nn.Linear stores them, (out, in), "
+                                                    "so a projection is x @ W.T"),
     ]
     for kwargs, message in diagnoses:
         if _close(out, _mha_variant(x, *ws, h, **kwargs)):
