@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
         rank_zero_print(f"world size {ctx.world_size}, backend {ctx.backend}, device {ctx.device.type}, "
                         f"{('FSDP' if args.fsdp else 'DDP') if ctx.distributed else 'single process'}, amp {args.amp}, torch {torch.__version__}, "
-                        f"{torch.get_num_threads()} threads per process")
+                        f"{torch.get_num_threads()} thread(s) per process")
 
         data = load_digits_split(test_size=0.2, seed=0)
         train_set = torch.utils.data.TensorDataset(data.x_train, data.y_train)
@@ -338,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             if ctx.is_main:
                 Path(args.dump_params).mkdir(parents=True, exist_ok=True)
                 torch.save(model_state, Path(args.dump_params) / "rank0.pt")
+        total_numel = sum(p.numel() for p in model.parameters())
+        local_numel = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
         comm = {}
         if args.measure_comm and ctx.distributed and not args.fsdp:
             x, y = next(batches)
@@ -357,12 +359,17 @@ def main(argv: list[str] | None = None) -> int:
             "test_accuracy": test_acc,
             "ranks_identical": identical,
             "comm": comm,
+            "param_numel": total_numel,
+            "param_numel_on_rank0": local_numel,
             "history": history,
             "config": config,
         }
         if ctx.is_main:
             rank_zero_print(f"done: step {end}, loss {result['final_loss']:.4f}, test accuracy {test_acc:.3f}, "
                             f"{throughput:.0f} samples/s, ranks bit-identical: {identical}")
+            if args.fsdp:
+                rank_zero_print(f"FSDP: rank 0 holds {local_numel:,} of the {total_numel:,} parameter values "
+                                f"({local_numel / total_numel:.0%}); the optimizer state is sharded the same way")
             if comm:
                 rank_zero_print(f"communication: step {comm['step_with_allreduce_s'] * 1e3:.1f} ms with all-reduce, "
                                 f"{comm['step_without_allreduce_s'] * 1e3:.1f} ms without "

@@ -1,7 +1,8 @@
 """The four correctness proofs of scaling out (CPU, gloo, 2 processes), and the distributed helpers.
 
 1. after DDP training every rank holds bit-identical parameters;
-2. 2 processes × batch b give the parameters of 1 process × batch 2b (float tolerance);
+2. 2 processes × batch b give the parameters of 1 process × batch 2b (float tolerance), and of
+   1 process × batch b with 2 accumulated micro-batches;
 3. a run that died and resumed from its checkpoint ends where an uninterrupted run ends;
 4. a rank that dies makes the ``torchrun`` job fail, with the failing rank named, within the timeout.
 
@@ -80,6 +81,7 @@ def runs(tmp_path_factory):
     launch(2, [*COMMON, "--batch-size", str(BATCH), "--dump-params", str(root / "two"),
                "--log-json", str(root / "two.json")])
     launch(1, [*COMMON, "--batch-size", str(2 * BATCH), "--dump-params", str(root / "one")])
+    launch(1, [*COMMON, "--batch-size", str(BATCH), "--grad-accum", "2", "--dump-params", str(root / "accum")])
     return root
 
 
@@ -97,10 +99,18 @@ def test_ranks_hold_bit_identical_parameters(runs):
 
 
 def test_two_processes_equal_one_process_with_twice_the_batch(runs):
-    two, one = _params(runs / "two" / "rank0.pt"), _params(runs / "one" / "rank0.pt")
-    for name in two:
-        # same maths, different summation order: float32 rounding only
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
+    two = _params(runs / "two" / "rank0.pt")
+    # The key projection's bias has an exactly zero gradient (adding the same vector to every key
+    # shifts a query's scores by a constant; softmax ignores it), so its "gradient" is float noise,
+    # which Adam normalises into real updates: no run can reproduce another's noise. Skip it.
+    compared = [k for k in two if not k.endswith("k_proj.bias")]
+    # 1 process × batch 2b, and 1 process × batch b × 2 accumulated micro-batches: the same global batches
+    for other in ("one", "accum"):
+        ref = _params(runs / other / "rank0.pt")
+        for name in compared:
+            # same maths, different summation order: float32 rounding only
+            torch.testing.assert_close(two[name], ref[name], rtol=1e-4, atol=2e-5,
+                                       msg=lambda m, n=name, o=other: f"{o}, {n}: {m}")
 
 
 def test_resume_after_a_crash_equals_the_uninterrupted_run(runs, tmp_path):
@@ -149,7 +159,7 @@ def test_fsdp_trains_to_the_ddp_parameters_and_resumes(runs, tmp_path):
                "--dump-params", str(tmp_path / "fsdp")])
     fsdp, ddp = _params(tmp_path / "fsdp" / "rank0.pt"), _params(runs / "two" / "rank0.pt")
     assert fsdp.keys() == ddp.keys()
-    for name in ddp:
+    for name in (k for k in ddp if not k.endswith("k_proj.bias")):  # see the test above
         torch.testing.assert_close(fsdp[name], ddp[name], rtol=1e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
