@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, bf16/fp16 on GPU)")
     g.add_argument("--fsdp", action="store_true", help="shard parameters, gradients and optimizer state (FSDP2)")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank")
-    g.add_argument("--device", default=None, help="force a device type, e.g. cpu (default: cuda:LOCAL_RANK if any)")
+    g.add_argument("--device", default=None, help="cpu or cuda (None: cuda:LOCAL_RANK when there is a GPU, else cpu)")
     g.add_argument("--timeout-s", type=float, default=120.0, help="collectives give up after this long")
     m = p.add_argument_group("model (the ViT of notebook 09)")
     m.add_argument("--patch-size", type=int, default=2)
