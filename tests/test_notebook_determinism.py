@@ -1,0 +1,58 @@
+"""Two representative notebooks, run twice in fast mode, print exactly the same text.
+
+Seeds go through course_utils.seed_everything, so every printed number (losses, accuracies,
+equality checks) repeats; only timings, addresses and paths may differ, and the nbval sanitize
+file removes those before comparing.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ["03_self_attention_and_positions", "05_cross_attention"]
+
+
+def _sanitizers() -> list[tuple[re.Pattern[str], str]]:
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(REPO / "tests" / "nbval_sanitize.cfg", encoding="utf-8")
+    return [(re.compile(cfg[s]["regex"]), cfg[s]["replace"]) for s in cfg.sections()]
+
+
+def _text_outputs(path: Path) -> list[str]:
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    texts = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            text = output.get("text") or output.get("data", {}).get("text/plain", "")
+            if output.get("name") == "stderr" or not text:
+                continue
+            if "<Figure" in text:  # the repr of a figure carries no numbers
+                continue
+            for pattern, replacement in _sanitizers():
+                text = pattern.sub(replacement, text)
+            texts.append(f"[cell {index}] {text}")
+    return texts
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_fast_mode_outputs_repeat(name, monkeypatch):
+    path = REPO / "notebooks" / f"{name}.ipynb"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: pick another representative notebook")
+    monkeypatch.setenv("COURSE_FAST", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    first, second = _text_outputs(path), _text_outputs(path)
+    assert first, f"{name} printed nothing to compare"
+    diffs = [(a, b) for a, b in zip(first, second) if a != b]
+    assert len(first) == len(second) and not diffs, f"{name} differs between two runs: {diffs[:3]}"
+    assert os.environ["COURSE_FAST"] == "1"
