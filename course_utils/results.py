@@ -77,8 +77,16 @@ def load_metrics(path: Path | None = None) -> list[dict[str, Any]]:
     path = path or metrics_path()
     if not path.exists():
         return []
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or not isinstance(data.get("results", []), list):
+            raise ValueError(f"expected {{'results': [...]}}, got {type(data).__name__}")
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(
+            f"{path} is corrupt or truncated ({exc}). Delete it; the next full-mode run "
+            "(`make execute`) writes it again."
+        ) from exc
     return data.get("results", [])
 
 
