@@ -40,6 +40,7 @@ def plot_attention(
     vmax: float | None = None,
     annotate: bool = False,
     cell_size: float = 0.35,
+    cbar_label: str = "weight",
 ):
     """Heatmap(s) of attention weights: rows are queries, columns are keys.
 
@@ -96,7 +97,7 @@ def plot_attention(
                     ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if value < 0.6 * vmax else "black")
     fig.suptitle(title)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="weight")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=cbar_label)
     return fig
 
 
