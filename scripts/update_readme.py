@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Rewrite the README's course map from the notebooks' titles and the last `make execute` run.
+"""Rewrite the README's course map and the instructor guide's run times from the last `make execute`.
 
 The table between the ``course-map`` markers lists every notebook, its title (the notebook's
 first heading), its measured full-mode wall time (``reports/course_run.json``) and its headline
@@ -47,21 +47,49 @@ def course_map() -> str:
     return "\n".join(rows)
 
 
+TIMES_START, TIMES_END = "<!-- run-times:start -->", "<!-- run-times:end -->"
+GUIDE = REPO / "docs" / "instructor_guide.md"
+
+
+def run_times() -> str:
+    times_path = REPO / "reports" / "course_run.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    rows = ["| notebook | full-mode run time | machine |", "|---|---:|---|"]
+    total = 0.0
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        run = times.get(path.stem, {})
+        if run.get("status") == "passed" and run.get("wall_time_s"):
+            total += run["wall_time_s"]
+            rows.append(f"| {path.stem} | {run['wall_time_s'] / 60:.1f} min | {run['machine']} |")
+        else:
+            rows.append(f"| {path.stem} | not measured yet | |")
+    rows.append(f"| **all notebooks** | **{total / 60:.0f} min** | |")
+    return "\n".join(rows)
+
+
+def _replace(text: str, start: str, end: str, body: str, name: str) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"{name} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def render(readme: str) -> str:
-    if START not in readme or END not in readme:
-        raise ValueError(f"README.md has no {START} ... {END} markers")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{course_map()}\n{END}{tail}"
+    return _replace(readme, START, END, course_map(), "README.md")
+
+
+def render_guide(guide: str) -> str:
+    return _replace(guide, TIMES_START, TIMES_END, run_times(), GUIDE.name)
 
 
 def main() -> int:
-    path = REPO / "README.md"
-    text = path.read_text(encoding="utf-8")
-    new = render(text)
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-        print("README.md course map updated")
+    for path, fn in ((REPO / "README.md", render), (GUIDE, render_guide)):
+        text = path.read_text(encoding="utf-8")
+        new = fn(text)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            print(f"{path.relative_to(REPO)} updated")
     return 0
 
 
