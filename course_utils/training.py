@@ -77,7 +77,9 @@ def train_steps(
         raise ValueError(f"log_every must be >= 1, got {log_every}")
     history = TrainHistory(step=[], loss=[])
     last_finite: tuple[int, float] | None = None
-    bar = tqdm(range(num_steps), desc=desc, disable=disable_progress, leave=False)
+    # Pass `disable` only when asked: otherwise tqdm reads TQDM_DISABLE (set by `make test`).
+    options = {} if disable_progress is None else {"disable": disable_progress}
+    bar = tqdm(range(num_steps), desc=desc, leave=False, **options)
     try:
         for step in bar:
             metrics = _as_metrics(step_fn(step))
