@@ -163,6 +163,15 @@ def test_fsdp_trains_to_the_ddp_parameters_and_resumes(runs, tmp_path):
         torch.testing.assert_close(fsdp[name], ddp[name], rtol=1e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_mixed_precision_with_accumulation_keeps_ranks_identical(tmp_path):
+    """--amp (bf16 autocast on CPU) and --grad-accum (no_sync) under DDP: the run ends with identical ranks."""
+    launch(2, [*COMMON, "--steps", "4", "--batch-size", str(BATCH), "--amp", "--grad-accum", "2",
+               "--dump-params", str(tmp_path / "amp")])
+    rank0, rank1 = _params(tmp_path / "amp" / "rank0.pt"), _params(tmp_path / "amp" / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert all(v.dtype == torch.float32 for v in rank0.values())  # autocast leaves the weights in float32
+
+
 # -- helpers ------------------------------------------------------------------------------------
 
 
