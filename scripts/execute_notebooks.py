@@ -47,6 +47,7 @@ def execute(path: Path, timeout: int) -> float:
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
         store_widget_state=True,
+        record_timing=False,  # no per-cell timestamps in the stored notebooks
     )
     start = time.perf_counter()
     client.execute()
