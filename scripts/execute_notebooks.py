@@ -30,7 +30,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
-from course_utils.results import load_metrics, reports_dir  # noqa: E402
+from course_utils.results import _locked, load_metrics, reports_dir  # noqa: E402
 
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
@@ -100,7 +100,7 @@ def main() -> int:
     os.environ.pop("TQDM_DISABLE", None)
     reports_dir().mkdir(parents=True, exist_ok=True)
     times_path = reports_dir() / "course_run.json"
-    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    times: dict[str, dict] = {}
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
     try:
         import torch
@@ -120,15 +120,17 @@ def main() -> int:
             elapsed, status = float("nan"), "FAILED"
             failures += 1
             tqdm.write(f"{name} failed:\n{str(exc)[-3000:]}")
-        times[name] = {
-            "wall_time_s": round(elapsed, 1) if elapsed == elapsed else None,
+        entry = {
+            "wall_time_s": round(elapsed, 1),
             "status": status,
             "machine": machine,
             "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        if status != "passed":
-            times[name]["wall_time_s"] = 0.0
-        times_path.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        with _locked(times_path):  # several `make execute` runs may share the file
+            times = json.loads(times_path.read_text()) if times_path.exists() else {}
+            if status == "passed":  # a failed run leaves the notebook, and so its entry, as they were
+                times[name] = entry
+                times_path.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tqdm.write(f"{name}: {status} in {elapsed:.0f} s")
     print()
     print(write_summary(times))
