@@ -210,8 +210,10 @@ class ViT(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` to the encoder's input tokens ``(B, 1 + N, dim)``."""
-        tokens = self.patch_embed(x)  # (B, N, dim)
-        cls = self.cls_token.expand(x.size(0), -1, -1).to(tokens.dtype)  # (B, 1, dim)
+        # (B, N, dim); under autocast the conv returns bf16/fp16: the residual stream stays in the
+        # parameters' dtype (the encoder's layers cast their own matmuls)
+        tokens = self.patch_embed(x).to(self.cls_token.dtype)
+        cls = self.cls_token.expand(x.size(0), -1, -1)  # (B, 1, dim)
         return self.dropout(self.pos_embed(torch.cat([cls, tokens], dim=1)))  # (B, 1+N, dim)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -149,6 +149,22 @@ def test_trains_a_little():
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.parametrize("token_mixing", ["attention", "mlp"])
+def test_bf16_autocast_forward_and_backward(token_mixing):
+    # under CPU autocast the patch conv returns bf16; the model must still run (the residual stream
+    # stays fp32) and give logits close to the fp32 ones
+    torch.manual_seed(0)
+    model = ViT(**SMALL, token_mixing=token_mixing)
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits.float(), y)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(logits.float(), model(x), atol=5e-2, rtol=5e-2)
+
+
 def test_exercises_09_solutions_pass_and_mistakes_are_named():
     from course_utils.exercises import check, solution_function
 
