@@ -40,6 +40,8 @@ def execute(path: Path, timeout: int) -> float:
     # Notebooks drafted in another tool (e.g. jupytext) get the standard kernel and lose its metadata.
     nb.metadata.pop("jupytext", None)
     nb.metadata["kernelspec"] = KERNELSPEC
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)  # timestamps of an earlier run
     client = NotebookClient(
         nb,
         timeout=timeout,
