@@ -72,6 +72,34 @@ def _check_mask_dtype(name: str, mask: object) -> None:
         )
 
 
+def _check_same_device(**tensors: torch.Tensor | None) -> None:
+    """All given tensors on one device, else a ValueError that lists each tensor's device."""
+    present = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+    if len(set(present.values())) > 1:
+        got = ", ".join(f"{name} on {dev}" for name, dev in present.items())
+        raise ValueError(f"all inputs must be on the same device, got {got}")
+
+
+def _check_like_module(name: str, t: torch.Tensor, weight: torch.Tensor) -> None:
+    """``t`` must have the dtype and device of the module's weights (else F.linear fails cryptically)."""
+    if t.device != weight.device:
+        raise ValueError(
+            f"{name} must be on the module's device {weight.device}, got {name} on {t.device} "
+            f"(move one of them with .to(device))"
+        )
+    if t.dtype != weight.dtype:
+        raise TypeError(
+            f"{name} must have the module's dtype {weight.dtype}, got {t.dtype} "
+            f"(convert with .to({weight.dtype}) or the module with .to(dtype))"
+        )
+
+
+def _check_probability(name: str, p: object) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        what = "a float in" if name == "dropout_p" else "in"  # the messages the tests know
+        raise ValueError(f"{name} must be {what} [0, 1), got {p!r}")
+
+
 def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
     """True if a tensor of ``shape`` broadcasts to ``target`` without growing it."""
     try:
@@ -148,8 +176,14 @@ def masked_softmax(
             [0.0000, 0.0000, 0.0000]])
     """
     _check_tensor("scores", scores, min_dim=1)
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -scores.dim() <= dim < scores.dim():
+        raise ValueError(
+            f"dim must be an int in [{-scores.dim()}, {scores.dim() - 1}] for scores of shape "
+            f"{_shape(scores)}, got {dim!r}"
+        )
     if mask is not None:
         _check_mask_dtype("mask", mask)
+        _check_same_device(scores=scores, mask=mask)
         if not _broadcasts_to(_shape(mask), _shape(scores)):
             raise ValueError(
                 f"mask must broadcast to the scores shape {_shape(scores)}, got {_shape(mask)}"
@@ -158,6 +192,8 @@ def masked_softmax(
             scores = scores.masked_fill(~mask, _NEG_INF)
         else:
             scores = scores + mask.to(scores.dtype)
+    if scores.size(dim) == 0:  # nothing to normalise over: no weights at all
+        return torch.zeros_like(scores)
     # A row whose scores are all -inf has nothing to attend to. Give it finite scores so that
     # the softmax (and its gradient) stay finite, then zero its weights afterwards.
     dead = scores.amax(dim=dim, keepdim=True) == _NEG_INF  # (..., 1) along `dim`
@@ -216,10 +252,13 @@ def scaled_dot_product_attention(
         raise TypeError(
             f"q, k and v must have the same dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}"
         )
+    _check_same_device(q=q, k=k, v=v, attn_mask=attn_mask)
     if q.size(-1) != k.size(-1):
         raise ValueError(
             f"q and k must have the same last dim (head dim), got q {_shape(q)} and k {_shape(k)}"
         )
+    if q.size(-1) == 0:
+        raise ValueError(f"q and k must have a head dim D >= 1, got q {_shape(q)} and k {_shape(k)}")
     if k.size(-2) != v.size(-2):
         raise ValueError(
             f"k and v must have the same number of keys Lk (dim -2), got k {_shape(k)} and "
@@ -243,8 +282,9 @@ def scaled_dot_product_attention(
                 f"attn_mask must broadcast to the scores shape (..., Lq, Lk) = {scores_shape}, "
                 f"got attn_mask {_shape(attn_mask)}"
             )
-    if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    _check_probability("dropout_p", dropout_p)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__} {scale!r}")
 
     if q.dtype in (torch.float16, torch.bfloat16):
         # Low precision: bf16 keeps 8 bits of mantissa, so a score of 20 is only known to
@@ -333,8 +373,7 @@ class AdditiveAttention(nn.Module):
         for name, n in (("query_dim", query_dim), ("key_dim", key_dim), ("hidden_dim", hidden_dim)):
             if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
                 raise ValueError(f"{name} must be a positive int, got {n!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        _check_probability("dropout", dropout)
         self.query_dim, self.key_dim, self.hidden_dim = query_dim, key_dim, hidden_dim
         self.value_dim = value_dim
         self.W_q = nn.Linear(query_dim, hidden_dim, bias=False)  # query  -> hidden
@@ -345,6 +384,7 @@ class AdditiveAttention(nn.Module):
     def project_keys(self, keys: torch.Tensor) -> torch.Tensor:
         """``W_k keys``: ``(B, Lk, Dk) -> (B, Lk, hidden_dim)``. Compute once per sequence."""
         _check_tensor("keys", keys)
+        _check_like_module("keys", keys, self.W_k.weight)
         if keys.dim() != 3 or keys.size(-1) != self.key_dim:
             raise ValueError(
                 f"keys must have shape (B, Lk, key_dim={self.key_dim}), got {_shape(keys)}"
@@ -360,6 +400,7 @@ class AdditiveAttention(nn.Module):
         projected_keys: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_tensor("query", query)
+        _check_like_module("query", query, self.W_q.weight)
         if query.dim() not in (2, 3) or query.size(-1) != self.query_dim:
             raise ValueError(
                 f"query must have shape (B, query_dim={self.query_dim}) or "
@@ -370,6 +411,9 @@ class AdditiveAttention(nn.Module):
         pk = self.project_keys(keys) if projected_keys is None else projected_keys  # (B, Lk, H)
         values = keys if values is None else values
         _check_tensor("values", values)
+        _check_like_module("values", values, self.W_q.weight)
+        _check_same_device(query=query, values=values, projected_keys=pk,
+                           key_padding_mask=key_padding_mask)
         b, lk = keys.size(0), keys.size(1)
         if pk.dim() != 3 or _shape(pk) != (b, lk, self.hidden_dim):
             raise ValueError(
@@ -528,8 +572,7 @@ class MultiHeadAttention(nn.Module):
                 f"embed_dim must be divisible by num_heads, got embed_dim={embed_dim} and "
                 f"num_heads={num_heads}"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        _check_probability("dropout", dropout)
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
         self.kdim = embed_dim if kdim is None else kdim
@@ -573,6 +616,9 @@ class MultiHeadAttention(nn.Module):
     ) -> torch.Tensor | None:
         h = self.num_heads
         mask = None
+        for name, m in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)):
+            if isinstance(m, torch.Tensor) and m.device != device:
+                raise ValueError(f"{name} must be on the device of the inputs {device}, got {m.device}")
         if attn_mask is not None:
             _check_mask_dtype("attn_mask", attn_mask)
             expected = "(Lq, Lk), (B, Lq, Lk) or (B, H, Lq, Lk)"
@@ -624,6 +670,7 @@ class MultiHeadAttention(nn.Module):
             ("value", value, self.vdim),
         ):
             _check_tensor(name, t)
+            _check_like_module(name, t, self.q_proj.weight)
             if t.dim() != 3 or t.size(-1) != dim:
                 raise ValueError(f"{name} must have shape {layout} with E = {dim}, got {_shape(t)}")
         if not self.batch_first:  # (T, B, E) -> (B, T, E): inside, we always work batch-first

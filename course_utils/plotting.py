@@ -22,8 +22,15 @@ import torch
 
 def _to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
+        if x.device.type == "meta":
+            raise ValueError(f"cannot plot a tensor on the meta device (it has no values), got shape {tuple(x.shape)}")
+        if x.is_complex():
+            raise TypeError(f"cannot plot complex numbers, got a tensor of dtype {x.dtype}")
         return x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=float)
+    try:
+        return np.asarray(x, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"expected numbers (a tensor, an array or a list of floats), got {type(x).__name__} {x!r:.60}") from exc
 
 
 def plot_attention(
@@ -60,6 +67,8 @@ def plot_attention(
     elif w.ndim != 4:
         raise ValueError(f"weights must be (Lq, Lk), (n, Lq, Lk) or (layers, heads, Lq, Lk); got shape {w.shape}")
     rows, cols, lq, lk = w.shape
+    if w.size == 0:
+        raise ValueError(f"weights must not be empty, got shape {w.shape}")
     if x_labels is not None and len(x_labels) != lk:
         raise ValueError(f"x_labels has {len(x_labels)} labels but weights have {lk} keys (shape {w.shape})")
     if y_labels is not None and len(y_labels) != lq:
@@ -133,6 +142,8 @@ def plot_attention_overlay(
         raise ValueError(f"attention must be (gh, gw) or (n, gh, gw); got shape {att.shape}")
     if titles is not None and len(titles) != len(att):
         raise ValueError(f"got {len(titles)} titles for {len(att)} attention maps")
+    if img.size == 0 or att.size == 0:
+        raise ValueError(f"image and attention must not be empty, got shapes {img.shape} and {att.shape}")
     h, w = img.shape[:2]
     lo, hi = img.min(), img.max()
     img = (img - lo) / (hi - lo + 1e-12)
@@ -205,6 +216,8 @@ def plot_learning_curves(
             x, y = np.asarray(data[0], dtype=float), _to_numpy(data[1])
         else:
             y = _to_numpy(data)
+            if y.ndim != 1:
+                raise ValueError(f"curve {name!r} must be a 1-D sequence of numbers, got shape {y.shape}")
             x = np.arange(len(y), dtype=float)
         ax.plot(x, _smooth(y, smooth), styles[i % len(styles)], label=name)
         if band is not None and name in band:

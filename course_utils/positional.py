@@ -30,9 +30,28 @@ def _check_positive_int(name: str, n: object) -> None:
         raise ValueError(f"{name} must be a positive int, got {n!r}")
 
 
-def _check_input(x: object, d_model: int, max_len: int, offset: int = 0) -> None:
+def _check_offset(offset: object) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+
+
+def _check_float_tensor(name: str, x: object) -> None:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def _check_input(
+    x: object, d_model: int, max_len: int, offset: int = 0, table: torch.Tensor | None = None
+) -> None:
+    _check_float_tensor("x", x)
+    _check_offset(offset)
+    if table is not None and x.device != table.device:
+        raise ValueError(
+            f"x must be on the module's device {table.device}, got x on {x.device} "
+            "(move the module with .to(device))"
+        )
     if x.dim() < 2 or x.size(-1) != d_model:
         raise ValueError(f"x must have shape (..., T, d_model={d_model}), got {tuple(x.shape)}")
     if offset + x.size(-2) > max_len:
@@ -100,7 +119,7 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        _check_input(x, self.d_model, self.max_len, offset)
+        _check_input(x, self.d_model, self.max_len, offset, self.pe)
         t = x.size(-2)
         return self.dropout(x + self.pe[offset : offset + t].to(x.dtype))  # (..., T, D)
 
@@ -131,7 +150,7 @@ class LearnedPositionalEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        _check_input(x, self.d_model, self.max_len, offset)
+        _check_input(x, self.d_model, self.max_len, offset, self.weight)
         return x + self.weight[offset : offset + x.size(-2)].to(x.dtype)  # (..., T, D)
 
 
@@ -149,7 +168,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     >>> rotate_half(torch.tensor([1., 2., 3., 4.]))
     tensor([-3., -4.,  1.,  2.])
     """
-    if x.size(-1) % 2 != 0:
+    _check_float_tensor("x", x)
+    if x.dim() < 1 or x.size(-1) % 2 != 0:
         raise ValueError(f"the last dim of x must be even, got x {tuple(x.shape)}")
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -165,6 +185,19 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     >>> torch.allclose(apply_rotary(x, angle.cos(), angle.sin()), torch.tensor([[0., 1.]]), atol=1e-6)
     True
     """
+    for name, t in (("x", x), ("cos", cos), ("sin", sin)):
+        _check_float_tensor(name, t)
+    try:
+        shape = torch.broadcast_shapes(x.shape, cos.shape, sin.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(
+            f"cos and sin must broadcast to x {tuple(x.shape)}, got cos {tuple(cos.shape)} and "
+            f"sin {tuple(sin.shape)}"
+        )
+    if not x.device == cos.device == sin.device:
+        raise ValueError(f"x, cos and sin must be on one device, got {x.device}, {cos.device}, {sin.device}")
     return x * cos + rotate_half(x) * sin
 
 
@@ -215,15 +248,25 @@ class RotaryEmbedding(nn.Module):
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        _check_float_tensor("x", x)
         if x.dim() < 2 or x.size(-1) != self.head_dim:
             raise ValueError(
                 f"x must have shape (..., T, head_dim={self.head_dim}), got {tuple(x.shape)}"
             )
         t = x.size(-2)
+        if x.device != self.inv_freq.device:
+            raise ValueError(
+                f"x must be on the module's device {self.inv_freq.device}, got x on {x.device} "
+                "(move the module with .to(device))"
+            )
         if positions is None:
             positions = torch.arange(t, device=x.device)
+        if not isinstance(positions, torch.Tensor):
+            raise TypeError(f"positions must be a torch.Tensor or None, got {type(positions).__name__}")
+        if positions.dtype == torch.bool or positions.is_complex():
+            raise TypeError(f"positions must be an integer (or float) tensor, got dtype {positions.dtype}")
+        if positions.device != x.device:
+            raise ValueError(f"positions must be on the device of x {x.device}, got {positions.device}")
         if positions.dim() not in (1, 2) or positions.size(-1) != t:
             raise ValueError(
                 f"positions must have shape (T,) or (B, T) with T = {t}, got "
@@ -236,5 +279,9 @@ class RotaryEmbedding(nn.Module):
 
     def rotate(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """Apply RoPE with positions ``offset, offset+1, ...`` along dim -2."""
+        _check_float_tensor("x", x)
+        _check_offset(offset)
+        if x.dim() < 2:
+            raise ValueError(f"x must have shape (..., T, head_dim={self.head_dim}), got {tuple(x.shape)}")
         positions = torch.arange(offset, offset + x.size(-2), device=x.device)
         return self.forward(x, positions)

@@ -24,13 +24,29 @@ from dataclasses import dataclass
 import torch
 
 
+def _as_device(device: object, available: bool = True) -> torch.device:
+    """``device`` as a torch.device that exists here, or a ValueError/TypeError saying why not."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a device name such as 'cpu' or 'cuda', or a torch.device, "
+                        f"got {type(device).__name__} {device!r}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be such as 'cpu', 'cuda' or 'mps', got {device!r}") from exc
+    if available and device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"CUDA is not available here, got device {str(device)!r}; use 'cpu'")
+    if available and device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"MPS is not available here, got device {str(device)!r}; use 'cpu'")
+    return device
+
+
 def amp_dtype(device: torch.device | str) -> torch.dtype:
     """The autocast dtype the course uses on ``device``.
 
     >>> amp_dtype("cpu")
     torch.bfloat16
     """
-    device = torch.device(device)
+    device = _as_device(device, available=False)  # a rule, answered for any device type
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
@@ -53,10 +69,10 @@ class MixedPrecision:
     """
 
     def __init__(self, device: torch.device | str, enabled: bool = True, dtype: torch.dtype | None = None):
-        self.device = torch.device(device)
+        self.device = _as_device(device, available=False)
         self.enabled = enabled
-        self.dtype = dtype or amp_dtype(self.device)
-        if self.dtype not in (torch.float16, torch.bfloat16):
+        self.dtype = amp_dtype(self.device) if dtype is None else dtype
+        if not isinstance(self.dtype, torch.dtype) or self.dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"mixed precision dtype must be torch.float16 or torch.bfloat16, got {self.dtype}")
         # Loss scaling is only needed (and only supported) for fp16 on a GPU.
         use_scaler = enabled and self.dtype == torch.float16 and self.device.type == "cuda"
@@ -119,7 +135,7 @@ def precision_report(device: torch.device | str = "cpu") -> PrecisionReport:
     >>> print(precision_report("cpu").autocast_dtype)
     bfloat16
     """
-    device = torch.device(device)
+    device = _as_device(device)
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
         bf16, fp16, tf32 = torch.cuda.is_bf16_supported(), True, major >= 8

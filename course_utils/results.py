@@ -13,6 +13,7 @@ import datetime as _dt
 import fcntl
 import json
 import math
+import numbers
 import os
 import platform
 from contextlib import contextmanager
@@ -52,6 +53,9 @@ def check_target(name: str, value: float, target: float, higher_is_better: bool 
     ...
     course_utils.results.TargetMissed: accuracy = 0.95 missed its target ≥ 0.98 by 0.03
     """
+    for what, x in (("value", value), ("target", target)):
+        if not isinstance(x, numbers.Real):
+            raise TypeError(f"{name}: {what} must be a real number, got {type(x).__name__} {x!r}")
     if not math.isfinite(value):
         raise TargetMissed(f"{name} = {value} is not a finite number (target {target})")
     ok = value >= target if higher_is_better else value <= target
@@ -108,7 +112,15 @@ def record_result(
     doctest_value = 0.5 (target ≤ 1)
     """
     if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(
+                f"{name}: value must be a number or a one-element real tensor, got a tensor of "
+                f"shape {tuple(value.shape)} and dtype {value.dtype}"
+            )
         value = value.item()
+    for what, x in (("value", value), ("target", target)):
+        if not isinstance(x, numbers.Real):
+            raise TypeError(f"{name}: {what} must be a real number, got {type(x).__name__} {x!r}")
     value = float(value)
     target = float(target)
     check_target(name, value, target, higher_is_better)

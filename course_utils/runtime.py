@@ -63,9 +63,19 @@ def get_device(prefer: str | None = None) -> torch.device:
     >>> get_device("cpu")
     device(type='cpu')
     """
+    if prefer is not None and not isinstance(prefer, (str, torch.device)):
+        raise TypeError(
+            f"prefer must be a device name such as 'cpu', 'cuda' or 'mps', or a torch.device, "
+            f"got {type(prefer).__name__} {prefer!r}"
+        )
     prefer = prefer or os.environ.get("COURSE_DEVICE") or None
     if prefer is not None:
-        device = torch.device(prefer)
+        try:
+            device = torch.device(prefer)
+        except RuntimeError as exc:  # torch: "Expected one of cpu, cuda, ... device type ..."
+            raise ValueError(
+                f"prefer must be a device such as 'cpu', 'cuda', 'cuda:1' or 'mps', got {prefer!r}"
+            ) from exc
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {prefer!r} was requested but CUDA is not available here")
         if device.type == "mps" and not torch.backends.mps.is_available():
@@ -92,6 +102,8 @@ def seed_everything(seed: int = 0, deterministic: bool = False) -> None:
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not -(2**63) <= seed < 2**64:  # the range torch.manual_seed accepts
+        raise ValueError(f"seed must be in [-2**63, 2**64), got {seed}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

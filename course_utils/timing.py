@@ -84,7 +84,9 @@ def benchmark(
     """
     if not callable(fn):
         raise TypeError(f"benchmark needs a callable as its first argument, got {type(fn).__name__}")
-    if min_run_time <= 0:
+    if isinstance(min_run_time, bool) or not isinstance(min_run_time, (int, float)):
+        raise TypeError(f"min_run_time must be a number of seconds, got {type(min_run_time).__name__} {min_run_time!r}")
+    if not min_run_time > 0:
         raise ValueError(f"min_run_time must be > 0 seconds, got {min_run_time}")
     threads = num_threads if num_threads is not None else torch.get_num_threads()
     label = label or getattr(fn, "__name__", "fn")
@@ -127,6 +129,9 @@ def compare(results: Sequence[BenchmarkResult], baseline: str | None = None) -> 
     """
     if not results:
         raise ValueError("compare needs at least one BenchmarkResult, got an empty sequence")
+    for r in results:
+        if not isinstance(r, BenchmarkResult):
+            raise TypeError(f"compare needs BenchmarkResult items (from benchmark), got {type(r).__name__} {r!r}")
     by_label = {r.label: r for r in results}
     base_label = baseline or results[0].label
     if base_label not in by_label:
@@ -179,7 +184,13 @@ def synchronize(device: torch.device | str | None = None) -> None:
 
     >>> synchronize("cpu")
     """
-    device = torch.device(device) if device is not None else None
+    if device is not None:
+        if not isinstance(device, (str, int, torch.device)) or isinstance(device, bool):
+            raise TypeError(f"device must be a device name or a torch.device, got {type(device).__name__} {device!r}")
+        try:
+            device = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"device must be such as 'cpu', 'cuda' or 'mps', got {device!r}") from exc
     if device is None or device.type == "cuda":
         if torch.cuda.is_available():
             torch.cuda.synchronize(device)

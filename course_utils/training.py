@@ -46,11 +46,26 @@ class TrainHistory(dict):
 def _as_metrics(result: Any) -> dict[str, float]:
     if isinstance(result, Mapping):
         if "loss" not in result:
-            raise ValueError(f"step_fn returned a dict without a 'loss' entry; keys: {sorted(result)}")
+            raise ValueError(f"step_fn returned a dict without a 'loss' entry; got keys {sorted(map(str, result))}")
         items = result.items()
     else:
         items = [("loss", result)]
-    return {k: (v.detach().item() if isinstance(v, torch.Tensor) else float(v)) for k, v in items}
+    metrics = {}
+    for key, value in items:
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1 or value.is_complex():
+                raise ValueError(
+                    f"step_fn must return a scalar {key!r} (a float or a one-element tensor), got a "
+                    f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+                )
+            value = value.detach().item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(
+                f"step_fn must return a number for {key!r} (a float, a one-element tensor, or a "
+                f"dict of them with a 'loss' entry), got {type(value).__name__} {value!r}"
+            )
+        metrics[key] = float(value)
+    return metrics
 
 
 def train_steps(
@@ -73,7 +88,7 @@ def train_steps(
     """
     if not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
-    if log_every < 1:
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}")
     history = TrainHistory(step=[], loss=[])
     last_finite: tuple[int, float] | None = None

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_utils.attention import MultiHeadAttention
+from course_utils.attention import MultiHeadAttention, _check_like_module, _check_probability
 
 __all__ = [
     "TransformerDecoder",
@@ -61,13 +61,18 @@ def _check_layer_args(d_model: int, nhead: int, dim_feedforward: int, dropout: f
         raise ValueError(
             f"d_model must be divisible by nhead, got d_model={d_model} and nhead={nhead}"
         )
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    _check_probability("dropout", dropout)
 
 
-def _check_src(name: str, x: object, d_model: int, batch_first: bool) -> None:
+def _check_src(
+    name: str, x: object, d_model: int, batch_first: bool, weight: torch.Tensor | None = None
+) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if weight is not None:  # a dtype/device mismatch would fail deep inside LayerNorm/Linear
+        _check_like_module(name, x, weight)
     if x.dim() != 3 or x.size(-1) != d_model:
         layout = "(B, T, E)" if batch_first else "(T, B, E)"
         raise ValueError(
@@ -146,7 +151,7 @@ class TransformerEncoderLayer(nn.Module):
         src_key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        _check_src("src", src, self.d_model, self.batch_first)
+        _check_src("src", src, self.d_model, self.batch_first, self.linear1.weight)
         x = src if self.batch_first else src.transpose(0, 1)  # (B, T, E)
         if self.norm_first:  # pre-LN: normalise inside the residual branch
             x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
@@ -259,8 +264,8 @@ class TransformerDecoderLayer(nn.Module):
         tgt_is_causal: bool = False,
         memory_is_causal: bool = False,
     ) -> torch.Tensor:
-        _check_src("tgt", tgt, self.d_model, self.batch_first)
-        _check_src("memory", memory, self.d_model, self.batch_first)
+        _check_src("tgt", tgt, self.d_model, self.batch_first, self.linear1.weight)
+        _check_src("memory", memory, self.d_model, self.batch_first, self.linear1.weight)
         x = tgt if self.batch_first else tgt.transpose(0, 1)  # (B, T, E)
         mem = memory if self.batch_first else memory.transpose(0, 1)  # (B, S, E)
         if self.norm_first:  # pre-LN
