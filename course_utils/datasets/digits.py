@@ -111,7 +111,15 @@ def load_mnist(
     folder = root / cls.__name__ / "raw"
     try:
         dataset = cls(str(root), train=train, download=False)
-    except RuntimeError as exc:  # torchvision: "Dataset not found. You can use download=True ..."
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
+        if not (isinstance(exc, RuntimeError) and "not found" in str(exc)):
+            # the files are there but do not parse: truncated or corrupt
+            raise ValueError(
+                f"the {cls.__name__} files in {folder} are corrupt or truncated "
+                f"({type(exc).__name__}: {exc}). Delete them and download them again while online: "
+                f"python -c \"import torchvision; torchvision.datasets.{cls.__name__}('{root}', "
+                "download=True)\""
+            ) from exc
         raise FileNotFoundError(
             f"{cls.__name__} is not on disk: looked for {folder} and found no "
             f"{'training' if train else 'test'} files there. The course never downloads at run time. "

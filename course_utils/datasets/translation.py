@@ -760,24 +760,11 @@ def download(url: str, dest: str | Path, sha256: str | None = None) -> Path:
     For online learners only; no notebook calls it. With ``sha256`` the file is verified
     (a mismatch removes the download and raises ``ValueError``). ``file://`` URLs work too.
     """
-    import shutil
-    import urllib.request
+    # course_utils.download.fetch: streamed to a temporary file, length and SHA-256 verified,
+    # renamed atomically; a cut connection or a mismatch never leaves a partial file behind.
+    from course_utils.download import fetch
 
-    dest = Path(dest)
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(dest.suffix + ".part")
-        req = urllib.request.Request(url, headers={"User-Agent": "course-utils"})
-        with urllib.request.urlopen(req) as r, open(tmp, "wb") as f:  # noqa: S310 (learner's own URL)
-            shutil.copyfileobj(r, f)
-        if sha256 is not None and sha256_file(tmp) != sha256.lower():
-            got = sha256_file(tmp)
-            tmp.unlink()
-            raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
-        tmp.replace(dest)
-    elif sha256 is not None:
-        _verify(dest, sha256)
-    return dest
+    return fetch(url, dest, sha256=sha256)
 
 
 def _verify(path: Path, sha256: str) -> str:
@@ -793,13 +780,28 @@ def _verify(path: Path, sha256: str) -> str:
 def _read_lines(path: Path) -> tuple[list[str], str]:
     """The text lines of a .txt/.tsv file, or of the first .txt member of a .zip (Anki's fra-eng.zip)."""
     if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as z:
-            members = [m for m in z.namelist() if m.endswith(".txt") and "_about" not in m]
-            if not members:
-                raise ValueError(f"{path} has no .txt member (got {z.namelist()})")
-            text = z.read(members[0]).decode("utf-8")
-            return text.splitlines(), f"{path}:{members[0]}"
-    return path.read_text(encoding="utf-8").splitlines(), str(path)
+        try:
+            with zipfile.ZipFile(path) as z:
+                members = [m for m in z.namelist() if m.endswith(".txt") and "_about" not in m]
+                if not members:
+                    raise ValueError(f"{path} has no .txt member (got {z.namelist()})")
+                data, name = z.read(members[0]), f"{path}:{members[0]}"
+        except (zipfile.BadZipFile, EOFError) as exc:
+            raise ValueError(
+                f"{path} is not a valid zip file (truncated or corrupt download: {exc}); "
+                "download it again"
+            ) from exc
+    else:
+        data, name = path.read_bytes(), str(path)
+    try:
+        return data.decode("utf-8").splitlines(), name
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"{name}, line {line}: the file is not UTF-8 (byte {data[exc.start]:#04x} at offset "
+            f"{exc.start}). Save it as UTF-8 (e.g. iconv -f latin1 -t utf-8), or download it again "
+            "if it was cut short."
+        ) from exc
 
 
 def load_tatoeba(path: str | Path, sha256: str | None = None, cache_dir: str | Path | None = None,
@@ -826,9 +828,13 @@ def load_tatoeba(path: str | Path, sha256: str | None = None, cache_dir: str | P
         )
     digest = _verify(path, sha256) if sha256 else sha256_file(path)
     cache = Path(cache_dir) / f"tatoeba-{digest[:16]}.json" if cache_dir is not None else None
+    pairs = None
     if cache is not None and cache.exists():
-        pairs = [tuple(p) for p in json.loads(cache.read_text(encoding="utf-8"))]
-    else:
+        try:
+            pairs = [tuple(p) for p in json.loads(cache.read_text(encoding="utf-8"))]
+        except ValueError:  # an interrupted write: parse the file again and rewrite the cache
+            pairs = None
+    if pairs is None:
         lines, name = _read_lines(path)
         pairs = []
         for lineno, line in enumerate(lines, start=1):
@@ -843,7 +849,9 @@ def load_tatoeba(path: str | Path, sha256: str | None = None, cache_dir: str | P
             pairs.append((fields[0].strip(), fields[1].strip()))
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
+            tmp = cache.with_name(cache.name + ".tmp")
+            tmp.write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
+            tmp.replace(cache)  # atomic: a reader never sees half a cache
     pairs = [(en, fr) for en, fr in pairs]
     return pairs[:max_pairs] if max_pairs is not None else pairs
 
