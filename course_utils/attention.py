@@ -87,11 +87,18 @@ def _check_like_module(name: str, t: torch.Tensor, weight: torch.Tensor) -> None
             f"{name} must be on the module's device {weight.device}, got {name} on {t.device} "
             f"(move one of them with .to(device))"
         )
-    if t.dtype != weight.dtype:
+    if t.dtype != weight.dtype and not _autocast_on(t.device.type):  # autocast mixes dtypes on purpose
         raise TypeError(
             f"{name} must have the module's dtype {weight.dtype}, got {t.dtype} "
             f"(convert with .to({weight.dtype}) or the module with .to(dtype))"
         )
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # an unusual device type: no autocast there
+        return False
 
 
 def _check_probability(name: str, p: object) -> None:
