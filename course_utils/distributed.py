@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import pickle
 import platform
 import shlex
 import socket
@@ -331,12 +332,19 @@ def save_checkpoint(path: str | Path, *, model_state: Mapping[str, Any], optimiz
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``torch.load(..., weights_only=True)``).
 
-    A missing file raises ``FileNotFoundError`` naming it.
+    A missing file raises ``FileNotFoundError`` naming it; a truncated or corrupt one a
+    ``ValueError`` naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise ValueError(
+            f"{path} is truncated or corrupt and cannot be read ({type(exc).__name__}: {exc}); "
+            "delete it and train again, or resume from an earlier checkpoint"
+        ) from exc
     missing = {"model", "optimizer", "step", "config"} - set(ckpt)
     if missing:
         raise ValueError(f"{path} is not a course checkpoint: it lacks {sorted(missing)}")

@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .positional import LearnedPositionalEmbedding
+from .training import NonFiniteLossError
 from .transformer import TransformerEncoder, TransformerEncoderLayer
 
 __all__ = [
@@ -469,6 +470,7 @@ class TrainResult:
     rollout_time_s: float = 0.0  # of which: collecting experience (env + policy forward)
     episodes: int = 0
     config: dict = field(default_factory=dict)
+    interrupted: bool = False  # True when training was stopped with Ctrl-C / the stop button
 
 
 def _forward_sample(policy: nn.Module, obs: torch.Tensor, valid: torch.Tensor, greedy: bool = False):
@@ -532,65 +534,75 @@ def _train(policy, cfg: PPOConfig, seed: int, desc: str, progress: bool | None, 
     buf_step_ok = torch.zeros(t_len, n, dtype=torch.bool)  # False on the autoreset no-op steps
 
     bar = tqdm(range(num_updates), desc=desc, disable=progress is False, leave=False)
-    for update in bar:
-        for g in optimizer.param_groups:
-            g["lr"] = cfg.lr * (1.0 - update / num_updates)
-        # ---- collect t_len steps from each of the n environments ----
-        t0 = time.perf_counter()
-        policy.eval()
-        with torch.no_grad():
-            for t in range(t_len):
-                x, m = hist.obs, hist.valid
-                action, logp, value = _forward_sample(policy, x, m)
-                buf_obs[t], buf_valid[t], buf_act[t], buf_logp[t], buf_val[t] = x, m, action, logp, value
-                buf_step_ok[t] = ~last_done  # acting on a final observation does nothing
-                obs, reward, term, trunc, _ = envs.step(action.numpy())
-                buf_rew[t] = torch.from_numpy(reward).float()
-                buf_term[t], buf_trunc[t] = torch.from_numpy(term), torch.from_numpy(trunc)
-                ep_return += reward
-                done = term | trunc
-                for i in np.flatnonzero(done):
-                    finished.append(float(ep_return[i]))
-                ep_return[done] = 0.0
-                hist.push(obs, new_episode=last_done)  # new episode iff the *previous* step ended one
-                last_done = torch.from_numpy(done)
-            buf_val[t_len] = policy(hist.obs, hist.valid)[1]  # bootstrap value of the next observation
-        adv, ret = compute_gae(buf_rew, buf_val, buf_term, buf_trunc, cfg.gamma, cfg.gae_lambda)
-        result.rollout_time_s += time.perf_counter() - t0
+    last_finite: tuple[int, float] | None = None
+    try:
+        for update in bar:
+            for g in optimizer.param_groups:
+                g["lr"] = cfg.lr * (1.0 - update / num_updates)
+            # ---- collect t_len steps from each of the n environments ----
+            t0 = time.perf_counter()
+            policy.eval()
+            with torch.no_grad():
+                for t in range(t_len):
+                    x, m = hist.obs, hist.valid
+                    action, logp, value = _forward_sample(policy, x, m)
+                    buf_obs[t], buf_valid[t], buf_act[t], buf_logp[t], buf_val[t] = x, m, action, logp, value
+                    buf_step_ok[t] = ~last_done  # acting on a final observation does nothing
+                    obs, reward, term, trunc, _ = envs.step(action.numpy())
+                    buf_rew[t] = torch.from_numpy(reward).float()
+                    buf_term[t], buf_trunc[t] = torch.from_numpy(term), torch.from_numpy(trunc)
+                    ep_return += reward
+                    done = term | trunc
+                    for i in np.flatnonzero(done):
+                        finished.append(float(ep_return[i]))
+                    ep_return[done] = 0.0
+                    hist.push(obs, new_episode=last_done)  # new episode iff the *previous* step ended one
+                    last_done = torch.from_numpy(done)
+                buf_val[t_len] = policy(hist.obs, hist.valid)[1]  # bootstrap value of the next observation
+            adv, ret = compute_gae(buf_rew, buf_val, buf_term, buf_trunc, cfg.gamma, cfg.gae_lambda)
+            result.rollout_time_s += time.perf_counter() - t0
 
-        # ---- PPO update on the real (non-no-op) steps ----
-        policy.train()
-        ok = buf_step_ok.flatten()
-        b_obs, b_valid = buf_obs.flatten(0, 1)[ok], buf_valid.flatten(0, 1)[ok]
-        b_act, b_logp = buf_act.flatten()[ok], buf_logp.flatten()[ok]
-        b_adv, b_ret = adv.flatten()[ok], ret.flatten()[ok]
-        size = b_act.numel()
-        stats = {}
-        for _ in range(cfg.epochs):
-            perm = torch.randperm(size)
-            for lo in range(0, size, cfg.minibatch_size):
-                idx = perm[lo:lo + cfg.minibatch_size]
-                logits, value = policy(b_obs[idx], b_valid[idx])
-                dist = torch.distributions.Categorical(logits=logits, validate_args=False)
-                logp = dist.log_prob(b_act[idx])
-                a = b_adv[idx]
-                a = (a - a.mean()) / (a.std() + 1e-8) if a.numel() > 1 else a
-                ratio = (logp - b_logp[idx]).exp()
-                pg_loss = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
-                v_loss = 0.5 * F.mse_loss(value, b_ret[idx])
-                entropy = dist.entropy().mean()
-                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                stats = {"loss": loss.item(), "entropy": entropy.item()}
-        if not np.isfinite(stats.get("loss", 0.0)):
-            raise FloatingPointError(f"PPO loss became {stats['loss']} at update {update}")
-        result.steps.append((update + 1) * batch)
-        recent = finished[-20:]
-        result.returns.append(float(np.mean(recent)) if recent else float("nan"))
-        bar.set_postfix(ret=f"{result.returns[-1]:.0f}", refresh=False)
+            # ---- PPO update on the real (non-no-op) steps ----
+            policy.train()
+            ok = buf_step_ok.flatten()
+            b_obs, b_valid = buf_obs.flatten(0, 1)[ok], buf_valid.flatten(0, 1)[ok]
+            b_act, b_logp = buf_act.flatten()[ok], buf_logp.flatten()[ok]
+            b_adv, b_ret = adv.flatten()[ok], ret.flatten()[ok]
+            size = b_act.numel()
+            stats = {}
+            for _ in range(cfg.epochs):
+                perm = torch.randperm(size)
+                for lo in range(0, size, cfg.minibatch_size):
+                    idx = perm[lo:lo + cfg.minibatch_size]
+                    logits, value = policy(b_obs[idx], b_valid[idx])
+                    dist = torch.distributions.Categorical(logits=logits, validate_args=False)
+                    logp = dist.log_prob(b_act[idx])
+                    a = b_adv[idx]
+                    a = (a - a.mean()) / (a.std() + 1e-8) if a.numel() > 1 else a
+                    ratio = (logp - b_logp[idx]).exp()
+                    pg_loss = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
+                    v_loss = 0.5 * F.mse_loss(value, b_ret[idx])
+                    entropy = dist.entropy().mean()
+                    loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    stats = {"loss": loss.item(), "entropy": entropy.item()}
+            if not np.isfinite(stats.get("loss", 0.0)):
+                where = (f"the last finite loss was {last_finite[1]:.4g} at update {last_finite[0]}"
+                         if last_finite else "no finite loss was seen before it")
+                raise NonFiniteLossError(f"PPO loss became {stats['loss']} at update {update}; {where}. "
+                                         "Lower the learning rate or check the observations for NaN.")
+            last_finite = (update, stats["loss"])
+            result.steps.append((update + 1) * batch)
+            recent = finished[-20:]
+            result.returns.append(float(np.mean(recent)) if recent else float("nan"))
+            bar.set_postfix(ret=f"{result.returns[-1]:.0f}", refresh=False)
+    except KeyboardInterrupt:  # the notebook's stop button: keep the policy and the curve so far
+        result.interrupted = True
+        print(f"Interrupted after {len(result.steps)} of {num_updates} updates; "
+              "returning the policy trained so far and its learning curve.")
     bar.close()
     envs.close()
     policy.eval()

@@ -234,8 +234,6 @@ def test_distributed_checkpoint_missing(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
 
 
-@pytest.mark.xfail(strict=True, reason="distributed.load_checkpoint lets torch's OSError 'Invalid "
-                   "argument' through for a truncated file (no file name); reported to the lead")
 def test_distributed_checkpoint_truncated_names_the_file(tmp_path):
     from course_utils.distributed import load_checkpoint
 

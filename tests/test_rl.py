@@ -277,3 +277,38 @@ def test_ppo_variant_task_dimensions():
     result = train_ppo(policy, cfg, seed=0, progress=False)
     assert result.steps == [256]
     assert evaluate(policy, episodes=3, blank_prob=0.5).shape == (3,)
+
+
+
+def _tiny_config():
+    from course_utils.rl import PPOConfig
+
+    return PPOConfig(total_steps=512, num_envs=4, rollout_len=64, epochs=1, threads=1)
+
+
+def test_train_ppo_stops_on_nan_naming_the_update(monkeypatch):
+    from course_utils import rl as rl_module
+    from course_utils.training import NonFiniteLossError
+
+    # A value loss that turns NaN (as an exploding critic would): training must stop at once.
+    monkeypatch.setattr(rl_module.F, "mse_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(NonFiniteLossError, match="PPO loss became nan at update 0; no finite loss"):
+        rl_module.train_ppo(MLPPolicy(2, 2, frames=1), _tiny_config(), progress=False)
+
+
+def test_train_ppo_keeps_the_policy_and_curve_on_interrupt(monkeypatch, capsys):
+    from course_utils import rl as rl_module
+
+    calls = {"n": 0}
+    real = rl_module._forward_sample
+
+    def interrupt_in_second_update(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 64:  # the first update collects 64 steps; stop during the second
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rl_module, "_forward_sample", interrupt_in_second_update)
+    result = rl_module.train_ppo(MLPPolicy(2, 2, frames=1), _tiny_config(), progress=False)
+    assert result.interrupted and result.steps == [256]
+    assert "Interrupted after 1 of 2 updates" in capsys.readouterr().out
