@@ -8,7 +8,6 @@ file removes those before comparing.
 from __future__ import annotations
 
 import configparser
-import os
 import re
 from pathlib import Path
 
@@ -53,6 +52,5 @@ def test_fast_mode_outputs_repeat(name, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     first, second = _text_outputs(path), _text_outputs(path)
     assert first, f"{name} printed nothing to compare"
-    diffs = [(a, b) for a, b in zip(first, second) if a != b]
+    diffs = [(a, b) for a, b in zip(first, second, strict=False) if a != b]
     assert len(first) == len(second) and not diffs, f"{name} differs between two runs: {diffs[:3]}"
-    assert os.environ["COURSE_FAST"] == "1"
