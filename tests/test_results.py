@@ -32,6 +32,22 @@ def test_fast_mode_asserts_but_never_writes(monkeypatch):
         record_result("accuracy", 0.4, target=0.5)
 
 
+def test_full_mode_only_targets_are_reported_not_asserted_in_fast_mode(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_FAST", "1")
+    setup_notebook("00_test", quiet=True, device="cpu")
+    record_result("speedup", 0.5, target=1.5, unit="x", full_mode_only=True)
+    assert "speedup = 0.5 x (target ≥ 1.5 is asserted in full mode only)" in capsys.readouterr().out
+    assert not metrics_path().exists()
+
+
+def test_full_mode_only_targets_are_asserted_in_full_mode():
+    setup_notebook("00_test", quiet=True, device="cpu")
+    with pytest.raises(TargetMissed, match="speedup = 0.5 missed its target ≥ 1.5"):
+        record_result("speedup", 0.5, target=1.5, full_mode_only=True)
+    record_result("speedup", 2.0, target=1.5, full_mode_only=True)
+    assert [(e["name"], e["value"]) for e in load_metrics()] == [("speedup", 2.0)]
+
+
 def test_missed_target_says_by_how_much():
     with pytest.raises(TargetMissed, match=r"accuracy = 0.9 missed its target ≥ 0.975 by 0.075"):
         record_result("accuracy", 0.9, target=0.975, notebook="x")
