@@ -4,6 +4,7 @@
   model's **config** (the constructor arguments you need to build it again), the model class,
   the step, any ``extra`` plain data and the **library versions** (torch, course_utils, Python,
   NumPy). It writes a temporary file and renames it, so a crash never leaves half a checkpoint.
+* :func:`save_state` writes the same file from state dicts (a distributed trainer's rank 0).
 * :func:`load_checkpoint` reads it with ``torch.load(..., weights_only=True)`` (no pickled code
   runs: a checkpoint from the internet cannot execute anything) and, when the model does not
   match, raises :class:`CheckpointMismatchError` naming the missing keys, the unexpected keys
@@ -43,7 +44,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CheckpointMismatchError", "compare_state_dicts", "load_checkpoint", "save_checkpoint", "versions"]
+__all__ = [
+    "CheckpointMismatchError", "compare_state_dicts", "load_checkpoint", "save_checkpoint", "save_state", "versions",
+]
 
 FORMAT = "course_utils.checkpoint/1"
 _REQUIRED = ("format", "model", "config", "versions")
@@ -111,18 +114,58 @@ def save_checkpoint(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+    cls = type(model)
+    return save_state(
+        path,
+        model_state=model.state_dict(),
+        optimizer_state=optimizer.state_dict() if optimizer is not None else None,
+        model_class=f"{cls.__module__}.{cls.__qualname__}",
+        config=config,
+        extra=extra,
+        step=step,
+    )
+
+
+def save_state(
+    path: str | Path,
+    *,
+    model_state: Mapping[str, Any],
+    optimizer_state: Mapping[str, Any] | None = None,
+    model_class: str = "unknown",
+    config: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    step: int | None = None,
+) -> Path:
+    """:func:`save_checkpoint` for code that holds state dicts rather than the modules.
+
+    A distributed trainer is such code: under FSDP the full state dicts are gathered by a
+    collective (``torch.distributed.checkpoint.state_dict.get_state_dict``) and only rank 0
+    writes them. The file has the same format and loads with :func:`load_checkpoint`.
+
+    >>> import tempfile
+    >>> m = nn.Linear(2, 1); opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = save_state(f"{d}/ckpt.pt", model_state=m.state_dict(),
+    ...                    optimizer_state=opt.state_dict(), step=7, config={"lr": 0.1})
+    ...     ckpt = load_checkpoint(p, nn.Linear(2, 1))
+    >>> ckpt["step"], ckpt["config"], torch.equal(ckpt["model"]["weight"], m.weight)
+    (7, {'lr': 0.1}, True)
+    """
+    if not isinstance(model_state, Mapping):
+        raise TypeError(f"model_state must be a state dict (a mapping), got {type(model_state).__name__}")
+    if optimizer_state is not None and not isinstance(optimizer_state, Mapping):
+        raise TypeError(f"optimizer_state must be a state dict or None, got {type(optimizer_state).__name__}")
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise ValueError(f"step must be a non-negative int or None, got {step!r}")
     config = dict(config or {})
     extra = dict(extra or {})
     _check_plain(config, "config")
     _check_plain(extra, "extra")
-    cls = type(model)
     payload = {
         "format": FORMAT,
-        "model_class": f"{cls.__module__}.{cls.__qualname__}",
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "model_class": str(model_class),
+        "model": dict(model_state),
+        "optimizer": dict(optimizer_state) if optimizer_state is not None else None,
         "config": config,
         "step": step,
         "extra": extra,

@@ -7,30 +7,28 @@ This module reads them and wraps ``torch.distributed``:
 * :func:`choose_backend`, :func:`init_distributed`, :func:`cleanup_distributed` — NCCL on
   GPUs, gloo on CPUs, chosen automatically; a single process without ``torchrun`` works too;
 * :func:`rank_zero_print`, :func:`progress` — only rank 0 talks (one progress bar, not N);
-* :func:`save_checkpoint`, :func:`load_checkpoint` — state dicts + config + versions, loaded
-  with ``weights_only=True``;
 * :func:`flat_parameters`, :func:`ranks_identical`, :func:`all_reduce_mean` — checks and
   logging across ranks;
 * :func:`training_memory` — the memory arithmetic of DDP against FSDP (ZeRO stage 3);
 * :func:`torchrun_command` — the single-node and multi-node command lines;
 * :class:`SlowDigits`, :func:`loader_throughput` — data-loading throughput experiments;
 * :func:`saved_activation_bytes` — how much memory autograd keeps for the backward pass.
+
+Checkpoints are :mod:`course_utils.checkpoint`'s: rank 0 writes the gathered state dicts with
+:func:`~course_utils.checkpoint.save_state`, and every rank reads them back with
+:func:`~course_utils.checkpoint.load_checkpoint` (``weights_only=True``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
-import pickle
-import platform
 import shlex
 import socket
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,17 +45,14 @@ __all__ = [
     "flat_parameters",
     "free_port",
     "init_distributed",
-    "load_checkpoint",
     "loader_throughput",
     "progress",
     "rank_zero_print",
     "ranks_identical",
-    "save_checkpoint",
     "saved_activation_bytes",
     "torchrun_command",
     "training_memory",
     "unwrap",
-    "versions",
 ]
 
 
@@ -272,83 +267,6 @@ def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.item() / dist.get_world_size()
-
-
-# -- checkpoints -------------------------------------------------------------------------------
-
-
-def versions() -> dict[str, str]:
-    """The versions a checkpoint records, so a learner can tell why an old file does not load.
-
-    >>> sorted(versions())
-    ['course_utils', 'platform', 'python', 'torch']
-    """
-    from . import __version__
-
-    return {
-        "course_utils": str(__version__),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "torch": str(torch.__version__),
-    }
-
-
-def save_checkpoint(path: str | Path, *, model_state: Mapping[str, Any], optimizer_state: Mapping[str, Any],
-                    step: int, config: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> Path:
-    """Write a training checkpoint with ``torch.save``: state dicts, step, config and versions.
-
-    Only plain data goes in (tensors, numbers, strings, lists, dicts), so
-    :func:`load_checkpoint` can read it back with ``weights_only=True``. The file is written to
-    a temporary name and renamed, so a crash while saving never leaves a half-written checkpoint.
-    Call it on rank 0 only (for DDP every rank holds the same state).
-
-    >>> import tempfile
-    >>> m = nn.Linear(2, 1); opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     p = save_checkpoint(f"{d}/ckpt.pt", model_state=m.state_dict(),
-    ...                         optimizer_state=opt.state_dict(), step=7, config={"lr": 0.1})
-    ...     ckpt = load_checkpoint(p)
-    >>> ckpt["step"], ckpt["config"], torch.equal(ckpt["model"]["weight"], m.weight)
-    (7, {'lr': 0.1}, True)
-    """
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "model": dict(model_state),
-        "optimizer": dict(optimizer_state),
-        "step": step,
-        "config": dict(config),
-        "versions": versions(),
-        "extra": dict(extra or {}),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``torch.load(..., weights_only=True)``).
-
-    A missing file raises ``FileNotFoundError`` naming it; a truncated or corrupt one a
-    ``ValueError`` naming it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        raise ValueError(
-            f"{path} is truncated or corrupt and cannot be read ({type(exc).__name__}: {exc}); "
-            "delete it and train again, or resume from an earlier checkpoint"
-        ) from exc
-    missing = {"model", "optimizer", "step", "config"} - set(ckpt)
-    if missing:
-        raise ValueError(f"{path} is not a course checkpoint: it lacks {sorted(missing)}")
-    return ckpt
 
 
 # -- memory arithmetic -------------------------------------------------------------------------

@@ -52,13 +52,12 @@ from course_utils.distributed import (  # noqa: E402
     all_reduce_mean,
     cleanup_distributed,
     init_distributed,
-    load_checkpoint,
     progress,
     rank_zero_print,
     ranks_identical,
-    save_checkpoint,
     unwrap,
 )
+from course_utils.checkpoint import load_checkpoint, save_state  # noqa: E402
 from course_utils.precision import MixedPrecision  # noqa: E402
 from course_utils.vit import ViT  # noqa: E402
 
@@ -268,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             model_state, optim_state = model_and_optimizer_state(model, optimizer, args.fsdp)
             if ctx.is_main:
                 extra = {"scaler": mp.scaler.state_dict()} if mp.scaler.is_enabled() else {}
-                save_checkpoint(args.checkpoint, model_state=model_state, optimizer_state=optim_state,
-                                step=step, config=config, extra=extra)
+                save_state(args.checkpoint, model_state=model_state, optimizer_state=optim_state,
+                           model_class="course_utils.vit.ViT", step=step, config=config, extra=extra)
             if ctx.distributed:
                 dist.barrier()  # nobody reads a checkpoint before it is complete
 

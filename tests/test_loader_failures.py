@@ -12,8 +12,8 @@ Loaders and the failure modes tested here:
 * ``datasets.scenes``, ``datasets.digits.load_digits_split`` and the translation grammar corpus
   read no files (generated, or shipped inside scikit-learn): only their doctor entry is checked.
 * ``results.load_metrics`` (``reports/metrics.json``): corrupt or truncated JSON.
-* ``distributed.load_checkpoint``: missing and truncated checkpoint (``checkpoint.load_checkpoint``
-  has its own tests in test_checkpoint.py).
+* the torchrun trainer's checkpoint (``checkpoint.save_state``): missing and truncated file
+  (``checkpoint.load_checkpoint`` has its own tests in test_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -219,23 +219,23 @@ def test_corrupt_metrics_file_names_the_file_and_fix(tmp_path, content):
 
 
 def _distributed_checkpoint(tmp_path):
-    from course_utils.distributed import save_checkpoint
+    from course_utils.checkpoint import save_state
 
     model = torch.nn.Linear(64, 64)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return save_checkpoint(tmp_path / "ckpt.pt", model_state=model.state_dict(),
+    return save_state(tmp_path / "ckpt.pt", model_state=model.state_dict(),
                            optimizer_state=opt.state_dict(), step=1, config={})
 
 
 def test_distributed_checkpoint_missing(tmp_path):
-    from course_utils.distributed import load_checkpoint
+    from course_utils.checkpoint import load_checkpoint
 
     with pytest.raises(FileNotFoundError, match=_names(tmp_path / "nope.pt")):
         load_checkpoint(tmp_path / "nope.pt")
 
 
 def test_distributed_checkpoint_truncated_names_the_file(tmp_path):
-    from course_utils.distributed import load_checkpoint
+    from course_utils.checkpoint import load_checkpoint
 
     path = _distributed_checkpoint(tmp_path)
     data = path.read_bytes()
