@@ -246,7 +246,7 @@ def plot_time_series(samples: Mapping[str, Sequence[float]], x: str = "time_s",
     if not keys:
         raise ValueError(f"no series to plot besides {x!r}; got keys {list(samples)}")
     fig, axes = plt.subplots(len(keys), 1, figsize=(6.0, 1.6 * len(keys) + 0.6), sharex=True, squeeze=False)
-    for ax, key in zip(axes[:, 0], keys):
+    for ax, key in zip(axes[:, 0], keys, strict=True):
         ax.plot(samples[x], samples[key])
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

@@ -46,6 +46,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from course_utils import seed_everything  # noqa: E402
+from course_utils.checkpoint import load_checkpoint, save_state  # noqa: E402
 from course_utils.datasets.digits import load_digits_split  # noqa: E402
 from course_utils.distributed import (  # noqa: E402
     DistContext,
@@ -57,7 +58,6 @@ from course_utils.distributed import (  # noqa: E402
     ranks_identical,
     unwrap,
 )
-from course_utils.checkpoint import load_checkpoint, save_state  # noqa: E402
 from course_utils.precision import MixedPrecision  # noqa: E402
 from course_utils.vit import ViT  # noqa: E402
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from lab_server import running_lab
 
 REPO = Path(__file__).resolve().parent.parent

@@ -31,8 +31,8 @@ import torch.distributed.fsdp  # noqa: F401
 import torch.multiprocessing as tmp_mp
 
 from course_utils import distributed as D
-from course_utils.checkpoint import load_checkpoint, save_state
 from course_utils import seed_everything
+from course_utils.checkpoint import load_checkpoint, save_state
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "train_distributed.py"

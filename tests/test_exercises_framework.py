@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 
 from course_utils import exercises as ex_module
-from course_utils.exercises import CheckResult, check, exercises, fail, ok, solution, solution_function
+from course_utils.exercises import (
+    CheckResult,
+    check,
+    exercises,
+    fail,
+    ok,
+    solution,
+    solution_function,
+)
 
 
 def test_every_registered_solution_passes_its_checker():
