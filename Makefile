@@ -20,7 +20,7 @@ NBVAL   = --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sani
 
 help:
 	@echo "make lab      start JupyterLab on the course (installs on first use)"
-	@echo "make test     unit tests, doctests and every notebook in fast mode"
+	@echo "make test     lint, unit tests, doctests and every notebook in fast mode"
 	@echo "make execute  re-run every notebook in full mode and save its outputs"
 	@echo "make bench    run benchmarks/ and write benchmarks/results/"
 	@echo "make doctor   check this machine for the course and say what to fix"
@@ -47,7 +47,7 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	$(OFFLINE) COURSE_FAST=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(PY) -m pytest $(XDIST) $(NBVAL) $(NOTEBOOKS)
 
-test: unit notebooks
+test: lint unit notebooks
 
 execute: $(STAMP)
 	$(PY) scripts/execute_notebooks.py $(NOTEBOOKS)
