@@ -75,3 +75,38 @@ def test_metrics_were_written_during_the_recorded_run(path):
             f"{path.name}: metric {name!r} was written at {written}, outside the recorded run "
             f"({start} to {end}); re-run it with `make execute NOTEBOOKS=notebooks/{path.name}`."
         )
+
+
+TIME_PARAGRAPH = re.compile(r"\*\*Time:?\*\*:?(?P<text>.*?)(?:\n\n|$)", re.S)
+DURATION = re.compile(r"(?P<n>\d+(?:\.\d+)?)\**\s?(?P<unit>s|seconds|min|minutes?)\b")
+
+
+def stated_run_time(path: Path) -> float | None:
+    """The first duration in the notebook's **Time** paragraph, in seconds (None if it states none)."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb["cells"][:3]:
+        if cell["cell_type"] != "markdown":
+            continue
+        para = TIME_PARAGRAPH.search("".join(cell["source"]))
+        if para:
+            after_run = para["text"].split("run", 1)[-1]  # skip "30 minutes of reading"
+            m = DURATION.search(after_run)
+            if m:
+                return float(m["n"]) * (60 if m["unit"].startswith("min") else 1)
+    return None
+
+
+def test_stated_run_time_parser():
+    assert DURATION.search("the full-mode run measured **7 minutes** (427 s)")["n"] == "7"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_run_time_a_notebook_states_is_the_recorded_one(path):
+    stated = stated_run_time(path)
+    if stated is None:
+        pytest.skip(f"{path.name} states no run time in seconds or minutes")
+    measured = json.loads((REPO / "reports" / "course_run.json").read_text(encoding="utf-8"))[path.stem]["wall_time_s"]
+    assert abs(stated - measured) <= max(5.0, 0.1 * measured), (
+        f"{path.name} says its full-mode run takes {stated:.0f} s; `make execute` recorded {measured:.0f} s "
+        "(reports/course_run.json). Update the **Time** line."
+    )
