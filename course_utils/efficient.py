@@ -56,16 +56,24 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def _check_qkv(q: object, k: object, v: object) -> None:
+def _check_floats(q: object, k: object, v: object) -> None:
+    """q, k, v: floating-point tensors of one dtype on one device (what every function here needs)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-        if t.dim() < 2:
-            raise ValueError(f"{name} must have shape (..., L, D), got {_shape(t)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k and v must have the same dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on the same device, got q {q.device}, k {k.device}, v {v.device}")
+
+
+def _check_qkv(q: object, k: object, v: object) -> None:
+    _check_floats(q, k, v)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have shape (..., L, D), got {_shape(t)}")
     if q.size(-1) != k.size(-1):
         raise ValueError(f"q and k must have the same head dim, got q {_shape(q)} and k {_shape(k)}")
     if k.size(-2) != v.size(-2):
@@ -86,6 +94,8 @@ def _check_padding(key_padding_mask: object, q: torch.Tensor, lk: int) -> None:
             f"key_padding_mask must have shape (B, Lk) = {(q.size(0) if q.dim() >= 3 else '?', lk)} for q of "
             f"shape (B, [H,] Lq, D), got key_padding_mask {_shape(key_padding_mask)} and q {_shape(q)}"
         )
+    if key_padding_mask.device != q.device:
+        raise ValueError(f"key_padding_mask must be on q's device {q.device}, got {key_padding_mask.device}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +153,10 @@ def online_softmax(x: torch.Tensor, block: int = 1) -> torch.Tensor:
     >>> torch.allclose(online_softmax(x, block=2), torch.softmax(x, -1))
     True
     """
-    if block < 1:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
+        got = f"dtype {x.dtype}, shape {_shape(x)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point tensor with at least one dim, got {got}")
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be a positive int, got {block!r}")
     m = torch.full(x.shape[:-1] + (1,), -math.inf, dtype=x.dtype, device=x.device)  # running max
     l = torch.zeros_like(m)  # noqa: E741  # running normaliser
@@ -282,8 +295,11 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     >>> repeat_kv(torch.arange(2.0).view(1, 2, 1, 1), 3).flatten().tolist()
     [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
     """
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape (B, Hkv, L, D), got {_shape(x)}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = _shape(x) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor of shape (B, Hkv, L, D), got {got}")
+    if isinstance(n_rep, bool) or not isinstance(n_rep, int) or n_rep < 1:
+        raise ValueError(f"n_rep must be a positive int, got {n_rep!r}")
     if n_rep == 1:
         return x
     b, h, length, d = x.shape
@@ -310,15 +326,21 @@ def grouped_query_attention(
     >>> torch.allclose(grouped_query_attention(q, k, v), ref, atol=1e-6)
     True
     """
+    _check_floats(q, k, v)
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor (B, heads, L, D), got {getattr(t, 'shape', type(t))}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor (B, heads, L, D), got {_shape(t)}")
     b, h, lq, d = q.shape
     hkv = k.size(1)
-    if h % hkv != 0 or v.size(1) != hkv:
+    if hkv == 0 or h % hkv != 0 or v.size(1) != hkv:
         raise ValueError(
             f"the number of query heads must be a multiple of the number of key/value heads, got q {_shape(q)}, "
             f"k {_shape(k)}, v {_shape(v)}"
+        )
+    if k.size(0) != b or v.size(0) != b or k.size(-1) != d or k.size(-2) != v.size(-2):
+        raise ValueError(
+            f"expected q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), got q {_shape(q)}, k {_shape(k)}, "
+            f"v {_shape(v)}"
         )
     g = h // hkv
     qg = q.view(b, hkv, g, lq, d)  # (B, Hkv, G, Lq, D)

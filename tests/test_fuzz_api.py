@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from course_utils import attention as A
+from course_utils import efficient as EF
 from course_utils import positional as P
 from course_utils import precision as PR
 from course_utils import results as R
@@ -384,6 +385,58 @@ def test_timing(a, b):
 def test_train_steps(loss, num_steps, log_every):
     call("train_steps", TR.train_steps, lambda step: loss, num_steps, log_every=log_every,
          disable_progress=True, allowed=(ValueError, TypeError, TR.NonFiniteLossError))
+
+
+# ---- efficient attention ---------------------------------------------------------------------
+
+
+@st.composite
+def padding_masks(draw, b, lk):
+    """``(mask, mutation)``: a bool (B, Lk) key-padding mask, None, or a mutated one."""
+    if draw(st.booleans()):
+        return None, VALID
+    return draw(tensors((b, lk), torch.bool))
+
+
+@fuzz_settings(300)
+@given(st.data())
+def test_efficient_attention(data):
+    b, h, lq, lk, d, dv = (data.draw(st.integers(1, 4)) for _ in range(6))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
+    q, mq = data.draw(tensors((b, h, lq, d), dtype))
+    k, mk = data.draw(tensors((b, h, lk, d), dtype))
+    v, mv = data.draw(tensors((b, h, lk, dv), dtype))
+    pad, mp = data.draw(padding_masks(b, lk))
+    causal = data.draw(st.booleans())
+    block_q, block_k = data.draw(st.sampled_from([1, 2, 3, 256, 0, -1, 2.5, True, "4"])), data.draw(st.integers(1, 5))
+    mutations = [mq, mk, mv, mp]
+    ok, out = call("naive_attention", EF.naive_attention, q, k, v, causal=causal, key_padding_mask=pad)
+    _check_outcome("naive_attention", ok, out, mutations)
+    block_ok = isinstance(block_q, int) and not isinstance(block_q, bool) and block_q >= 1
+    ok, out = call("tiled_attention", EF.tiled_attention, q, k, v, causal=causal, key_padding_mask=pad,
+                   block_q=block_q, block_k=block_k)
+    _check_outcome("tiled_attention", ok, out, mutations + ([VALID] if block_ok else ["arg"]))
+    x, mx = data.draw(tensors((b, lq, d), dtype))
+    ok, out = call("online_softmax", EF.online_softmax, x, block=block_k)
+    _check_outcome("online_softmax", ok, out, [mx])
+
+
+@fuzz_settings(300)
+@given(st.data())
+def test_grouped_query_attention(data):
+    b, hkv, group, lq, lk, d = (data.draw(st.integers(1, 3)) for _ in range(6))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
+    q, mq = data.draw(tensors((b, hkv * group, lq, d), dtype))
+    k, mk = data.draw(tensors((b, hkv, lk, d), dtype))
+    v, mv = data.draw(tensors((b, hkv, lk, d), dtype))
+    pad, mp = data.draw(padding_masks(b, lk))
+    ok, out = call("grouped_query_attention", EF.grouped_query_attention, q, k, v,
+                   causal=data.draw(st.booleans()), key_padding_mask=pad)
+    _check_outcome("grouped_query_attention", ok, out, [mq, mk, mv, mp])
+    n_rep = data.draw(st.sampled_from([1, 2, 3, 0, -1, 1.5, True, "2", None]))
+    rep_ok = isinstance(n_rep, int) and not isinstance(n_rep, bool) and n_rep >= 1
+    ok, out = call("repeat_kv", EF.repeat_kv, k, n_rep)
+    _check_outcome("repeat_kv", ok, out, [mk] + ([VALID] if rep_ok else ["arg"]))
 
 
 def test_zz_examples_run():
