@@ -5,11 +5,15 @@ map of its pixels — :class:`PatchEmbedding`); a learned class token is put in 
 position embeddings are added; a pre-LN :class:`~course_utils.transformer.TransformerEncoder`
 mixes the tokens; the class token's final state goes through a linear head::
 
-    x (B, C, H, W) -> patches (B, N, C·p·p) -> tokens (B, N, dim) -> [cls; tokens] + pos (B, 1+N, dim)
+    x (B, C, H, W) -> [optional conv stem (B, C', H, W)] -> patches (B, N, C·p·p) -> tokens (B, N, dim) -> [cls; tokens] + pos (B, 1+N, dim)
       -> encoder (B, 1+N, dim) -> norm -> z[:, 0] (B, dim) -> head (B, num_classes)
 
 Also here:
 
+* :class:`ConvStem` — a few 3×3 convolutions *before* the patch embedding (Xiao et al., 2021,
+  "Early convolutions help transformers see better"): ``ViT(..., conv_stem=(32, 32))``. The model
+  stays a ViT — patches, class token, positions, attention — but its tokens start from local
+  features instead of raw pixels, which is what a transformer trained on little data lacks;
 * :func:`patchify` — the patches themselves (for pictures and for the unfold+linear embedding);
 * :func:`attention_rollout` — Abnar & Zuidema (2020): how much each input token flows into each
   output token through all layers;
@@ -32,6 +36,7 @@ from course_utils.positional import LearnedPositionalEmbedding
 from course_utils.transformer import TransformerEncoder, TransformerEncoderLayer
 
 __all__ = [
+    "ConvStem",
     "PatchEmbedding",
     "TokenMixingMLP",
     "ViT",
@@ -113,6 +118,33 @@ class PatchEmbedding(nn.Module):
         raise ValueError(f'method must be "conv" or "unfold", got {method!r}')
 
 
+class ConvStem(nn.Sequential):
+    """Early convolutions (Xiao et al., 2021): 3×3 conv → BatchNorm → GELU, once per entry of ``channels``.
+
+    Stride 1 and padding 1 keep the image size, so the patch embedding that follows cuts the
+    same patch grid; only the number of channels changes, from ``in_channels`` to
+    ``channels[-1]``. The convolutions have no bias (the BatchNorm that follows has one).
+    Module names are ``0, 1, 2, ...`` (conv, norm, activation per layer), as an
+    ``nn.Sequential`` written out by hand.
+
+    >>> stem = ConvStem(1, (16, 32))
+    >>> stem(torch.randn(2, 1, 8, 8)).shape      # (B, channels[-1], H, W)
+    torch.Size([2, 32, 8, 8])
+    """
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...] | list[int]) -> None:
+        if isinstance(channels, int) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels
+        ):
+            raise ValueError(f"conv stem channels must be a sequence of positive ints, got {channels!r}")
+        layers: list[nn.Module] = []
+        for c in channels:
+            layers += [nn.Conv2d(in_channels, c, kernel_size=3, padding=1, bias=False),
+                       nn.BatchNorm2d(c), nn.GELU()]
+            in_channels = c
+        super().__init__(*layers)
+
+
 class TokenMixingMLP(nn.Module):
     """MLP-Mixer's token mixing (Tolstikhin et al., 2021): an MLP *across tokens*, no attention.
 
@@ -151,8 +183,10 @@ class ViT(nn.Module):
     dropout=0.0)``. ``forward(x (B, C, H, W)) -> logits (B, num_classes)``;
     ``forward_features`` gives the normalised tokens ``(B, 1 + N, dim)`` (token 0 is the class
     token). ``num_classes=0`` makes the head the identity (the model returns the class token's
-    features). Keyword-only extras: ``layer_norm_eps`` and ``token_mixing="mlp"`` (the
-    no-attention ablation: :class:`TokenMixingMLP` instead of self-attention).
+    features). Keyword-only extras: ``layer_norm_eps``, ``token_mixing="mlp"`` (the
+    no-attention ablation: :class:`TokenMixingMLP` instead of self-attention) and
+    ``conv_stem=(c1, c2, ...)`` (a :class:`ConvStem` before the patch embedding, which then
+    embeds ``c_last``-channel patches; default ``()``: patches of raw pixels, as the paper).
 
     >>> model = ViT(image_size=8, patch_size=4, in_channels=1, num_classes=10,
     ...             dim=32, depth=2, heads=4, mlp_dim=64)
@@ -160,6 +194,10 @@ class ViT(nn.Module):
     torch.Size([3, 10])
     >>> model.attention_maps(torch.randn(3, 1, 8, 8)).shape   # (depth, B, heads, 1+N, 1+N)
     torch.Size([2, 3, 4, 5, 5])
+    >>> hybrid = ViT(image_size=8, patch_size=2, in_channels=1, num_classes=10, dim=32, depth=1,
+    ...              heads=4, mlp_dim=64, conv_stem=(16,))
+    >>> hybrid(torch.randn(3, 1, 8, 8)).shape, hybrid.patch_embed.in_channels
+    (torch.Size([3, 10]), 16)
     """
 
     def __init__(
@@ -176,6 +214,7 @@ class ViT(nn.Module):
         *,
         layer_norm_eps: float = 1e-6,
         token_mixing: str = "attention",
+        conv_stem: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
         if token_mixing not in ("attention", "mlp"):
@@ -185,8 +224,12 @@ class ViT(nn.Module):
         self.config = dict(image_size=image_size, patch_size=patch_size, in_channels=in_channels,
                            num_classes=num_classes, dim=dim, depth=depth, heads=heads,
                            mlp_dim=mlp_dim, dropout=dropout, layer_norm_eps=layer_norm_eps,
-                           token_mixing=token_mixing)
-        self.patch_embed = PatchEmbedding(image_size, patch_size, in_channels, dim)
+                           token_mixing=token_mixing, conv_stem=tuple(conv_stem))
+        self.in_channels, self.image_size = in_channels, image_size
+        # no stem: the identity, so that a plain ViT has exactly the parameters of the paper's
+        self.stem = ConvStem(in_channels, conv_stem) if len(conv_stem) else nn.Identity()
+        embed_channels = conv_stem[-1] if len(conv_stem) else in_channels
+        self.patch_embed = PatchEmbedding(image_size, patch_size, embed_channels, dim)
         self.num_tokens = self.patch_embed.num_patches + 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = LearnedPositionalEmbedding(self.num_tokens, dim)  # N(0, 0.02²)
@@ -210,6 +253,8 @@ class ViT(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` to the encoder's input tokens ``(B, 1 + N, dim)``."""
+        _check_images(x, self.in_channels, self.image_size)  # name the image shape, not the stem's
+        x = self.stem(x)  # (B, C', H, W); the identity without a conv stem
         # (B, N, dim); under autocast the conv returns bf16/fp16: the residual stream stays in the
         # parameters' dtype (the encoder's layers cast their own matmuls)
         tokens = self.patch_embed(x).to(self.cls_token.dtype)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from course_utils.vit import (
+    ConvStem,
     PatchEmbedding,
     TokenMixingMLP,
     ViT,
@@ -40,6 +41,41 @@ def test_bad_input_messages():
         ViT(**{**SMALL, "patch_size": 3})
     with pytest.raises(ValueError, match="token_mixing"):
         ViT(**SMALL, token_mixing="conv")
+
+
+def test_conv_stem_keeps_the_grid_and_feeds_the_patch_embedding():
+    torch.manual_seed(0)
+    model = ViT(**{**SMALL, "patch_size": 2}, conv_stem=(8, 16))
+    x = torch.randn(3, 1, 8, 8)
+    assert model.stem(x).shape == (3, 16, 8, 8)  # stride 1: the same 8×8 grid, 16 channels
+    assert model.patch_embed.in_channels == 16 and model.num_tokens == 1 + 16
+    assert model(x).shape == (3, 10)
+    assert model.attention_maps(x).shape == (2, 3, 4, 17, 17)
+    # the stem is conv (no bias) -> BatchNorm -> GELU per layer, with nn.Sequential's names, so a
+    # hand-written stem's weights load into it
+    by_hand = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.GELU(),
+                            nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.GELU())
+    model.stem.load_state_dict(by_hand.state_dict(), strict=True)
+    model.eval()
+    by_hand.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.stem(x), by_hand(x))
+    # without a stem the model has exactly the plain ViT's parameters (nothing extra)
+    assert not any(k.startswith("stem.") for k in ViT(**SMALL).state_dict())
+    assert count_parameters(model) == count_parameters(ViT(**{**SMALL, "patch_size": 2})) + (
+        9 * 8 + 2 * 8 + 9 * 8 * 16 + 2 * 16  # stem convs and norms
+        + 32 * (16 - 1) * 4  # the patch embedding now reads 16 channels instead of 1
+    )
+
+
+def test_conv_stem_bad_input_messages():
+    with pytest.raises(ValueError, match="positive ints.*32"):
+        ConvStem(1, 32)
+    with pytest.raises(ValueError, match="positive ints"):
+        ViT(**SMALL, conv_stem=(16, 0))
+    # a wrong image names the image shape the model expects, not the stem's channels
+    with pytest.raises(ValueError, match=r"\(B, 1, 8, 8\).*\(2, 16, 8, 8\)"):
+        ViT(**SMALL, conv_stem=(16,))(torch.randn(2, 16, 8, 8))
 
 
 @pytest.mark.parametrize("size,patch,channels", [(8, 4, 1), (8, 2, 1), (12, 4, 3)])
@@ -133,10 +169,11 @@ def test_random_shift_moves_by_at_most_one_and_never_flips():
     torch.testing.assert_close(y.sum((1, 2, 3)), torch.ones(64))
 
 
-def test_trains_a_little():
+@pytest.mark.parametrize("conv_stem", [(), (8,)])
+def test_trains_a_little(conv_stem):
     # a few steps on a fixed batch lower the loss (the model is wired so gradients flow)
     torch.manual_seed(0)
-    model = ViT(**SMALL)
+    model = ViT(**SMALL, conv_stem=conv_stem)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
     losses = []
@@ -149,12 +186,12 @@ def test_trains_a_little():
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.parametrize("token_mixing", ["attention", "mlp"])
-def test_bf16_autocast_forward_and_backward(token_mixing):
+@pytest.mark.parametrize("token_mixing,conv_stem", [("attention", ()), ("mlp", ()), ("attention", (8,))])
+def test_bf16_autocast_forward_and_backward(token_mixing, conv_stem):
     # under CPU autocast the patch conv returns bf16; the model must still run (the residual stream
     # stays fp32) and give logits close to the fp32 ones
     torch.manual_seed(0)
-    model = ViT(**SMALL, token_mixing=token_mixing)
+    model = ViT(**SMALL, token_mixing=token_mixing, conv_stem=conv_stem).eval()
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(x)
