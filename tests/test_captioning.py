@@ -11,11 +11,13 @@ import torch
 from course_utils.captioning import (
     AttentionLSTMDecoder,
     Captioner,
+    CaptionJob,
     GridEncoder,
     PooledLSTMDecoder,
     TransformerCaptionDecoder,
     beam_search,
     bleu4,
+    build_captioner,
     caption_loss,
     doubly_stochastic_penalty,
     evaluate,
@@ -25,6 +27,7 @@ from course_utils.captioning import (
     grounding_score,
     slot_accuracy,
     train_captioner,
+    train_jobs,
     transformer_grounding,
 )
 from course_utils.datasets.scenes import Vocab, make_dataset
@@ -241,3 +244,94 @@ def test_training_runs_and_evaluate_reports_everything(data):
     res = evaluate(tf, data)
     scores = transformer_grounding(tf, data, res["words"])
     assert scores.shape == (2, 5) and ((scores >= 0) & (scores <= 1)).all()
+
+
+@pytest.mark.parametrize("pool", ["flat", "mean"])
+def test_pooled_step_equals_teacher_forcing_and_sees_the_image_every_step(pool, data):
+    model = _models()[pool].eval()
+    dec = model.decoder
+    with torch.no_grad():
+        feats = model.encoder(data.images[:3])
+        tokens = data.tokens[:3, :7]
+        logits, _ = dec(feats, tokens)
+        state = dec.init_state(feats)
+        for t in range(tokens.size(1)):
+            lg, state, _ = dec.step(tokens[:, t], state)
+            torch.testing.assert_close(lg, logits[:, t], atol=1e-5, rtol=1e-5)
+        # the image vector is an input of every step, not only of the initial state: with the
+        # same (h, c), a different image still changes the next word's logits
+        other = dec.init_state(model.encoder(data.images[3:6]))
+        swapped = {**state, "v": other["v"]}
+        lg_swapped, _, _ = dec.step(tokens[:, -1], swapped)
+        lg_same, _, _ = dec.step(tokens[:, -1], state)
+        assert not torch.allclose(lg_swapped, lg_same)
+
+
+def test_pooled_decoder_rejects_a_wrong_grid():
+    dec = PooledLSTMDecoder(10, feat_dim=16, grid_cells=16, pool="flat")
+    with pytest.raises(ValueError, match="16 grid cells"):
+        dec(torch.randn(2, 9, 16), torch.randint(0, 10, (2, 3)))
+    with pytest.raises(ValueError, match="pool must be"):
+        PooledLSTMDecoder(10, pool="max")
+
+
+def test_transformer_word_and_position_embeddings_on_one_scale():
+    # the bug this guards against: N(0, 1) word embeddings times √d swamped the N(0, 0.02²)
+    # positions, and the decoder could not tell where in the caption it was
+    dec = TransformerCaptionDecoder(vocab_size=19, feat_dim=32, d_model=32, nhead=4, num_layers=1)
+    ratio = dec.embed.weight.std() / dec.pos.weight.std()
+    assert 0.5 < ratio < 2.0, ratio
+    with torch.no_grad():
+        tokens = torch.full((1, 6), 3)  # the same word at six positions
+        x = dec.pos(dec.embed(tokens))[0]  # what the first layer sees (T, d)
+        assert (x[1:] - x[0]).norm(dim=-1).min() > 0.2 * x[0].norm()
+
+
+def test_train_captioner_warmup(data):
+    model = _models()["transformer"]
+    with pytest.raises(ValueError, match="warmup"):
+        train_captioner(model, data, steps=3, batch_size=4, warmup=3)
+    history = train_captioner(model, data, steps=4, batch_size=4, warmup=2)
+    assert len(history["loss"]) == 4
+
+
+def test_train_jobs_in_two_processes_equals_one_after_the_other(data):
+    small = {"hidden_dim": 16, "embed_dim": 8}
+    jobs = [
+        CaptionJob("att", "attention", steps=3, lr=3e-3, ds_weight=0.1, dim=16, decoder_kwargs={**small, "attn_dim": 16}),
+        CaptionJob("flat", "flat", steps=3, lr=3e-3, dim=16, decoder_kwargs=small),
+        CaptionJob("tf", "transformer", steps=3, lr=1e-3, warmup=1, dim=16,
+                   decoder_kwargs={"d_model": 16, "nhead": 2, "num_layers": 1, "dim_feedforward": 32}),
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: the same summation order, the same bits
+    try:
+        here = train_jobs(jobs, data, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    there = train_jobs(jobs, data, workers=2)
+    assert list(there) == ["att", "flat", "tf"]  # in the order asked, whatever order they ran in
+    for name in here:
+        a, b = here[name].model.state_dict(), there[name].model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+        assert here[name].history["loss"] == there[name].history["loss"]
+        assert there[name].seconds > 0
+
+
+def test_caption_jobs_reject_bad_input(data):
+    with pytest.raises(ValueError, match="job.decoder must be one of"):
+        build_captioner(CaptionJob("x", "gru", 1, 1e-3), V)
+    job = CaptionJob("x", "flat", 1, 1e-3, dim=16)
+    with pytest.raises(ValueError, match="unique"):
+        train_jobs([job, job], data)
+    with pytest.raises(ValueError, match="workers"):
+        train_jobs([job], data, workers=0)
+
+
+def test_transformer_memory_has_a_position_per_cell():
+    dec = TransformerCaptionDecoder(vocab_size=19, feat_dim=32, d_model=32, nhead=4, num_layers=1)
+    feats = torch.zeros(1, 16, 32)  # sixteen identical cells: only the positions tell them apart
+    memory = dec.memory(feats)  # (1, 16, 32)
+    assert torch.cdist(memory[0], memory[0]).add(torch.eye(16) * 1e9).min() > 1.0
+    with pytest.raises(ValueError, match="16"):
+        dec.memory(torch.zeros(1, 9, 32))
