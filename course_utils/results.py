@@ -94,10 +94,25 @@ def load_metrics(path: Path | None = None) -> list[dict[str, Any]]:
     return data.get("results", [])
 
 
+def describe_result(name: str, value: float, target: float | None, higher_is_better: bool = True,
+                    unit: str = "") -> str:
+    """The one line a headline result is shown as: in the notebook, the run summary and the README.
+
+    >>> describe_result("accuracy", 0.98765, 0.95)
+    'accuracy = 0.9877 (target ≥ 0.95)'
+    >>> describe_result("test BLEU", 92.41, None)
+    'test BLEU = 92.41 (reported, no target)'
+    """
+    shown = f"{name} = {value:.4g}{(' ' + unit) if unit else ''}"
+    if target is None:
+        return f"{shown} (reported, no target)"
+    return f"{shown} (target {'≥' if higher_is_better else '≤'} {target:.4g})"
+
+
 def record_result(
     name: str,
     value: float,
-    target: float,
+    target: float | None,
     higher_is_better: bool = True,
     unit: str = "",
     notebook: str | None = None,
@@ -106,11 +121,13 @@ def record_result(
     """Assert a headline result against its target and record it (full mode only).
 
     ``target`` is the target of the current mode: pass ``by_mode(full=..., fast=...)`` when the
-    two differ. The entry ``{notebook, name, value, target, ...}`` replaces any earlier entry
+    two differ. ``target=None`` records a number the course states but sets no bar for (an
+    absolute score next to the asserted comparison); it is shown as "reported, no target". The entry ``{notebook, name, value, target, ...}`` replaces any earlier entry
     with the same notebook and name.
 
-    ``full_mode_only=True`` is for numbers that mean something only at full-mode sizes on a
-    machine the run has to itself: wall-clock ratios and speed-ups. CI runs fast mode with two
+    ``full_mode_only=True`` is for numbers that mean something only at full-mode sizes: wall-clock
+    ratios and speed-ups (they need a machine the run has to itself), and results of training
+    that fast mode cuts too short to mean anything. CI runs fast mode with two
     notebooks sharing two cores, where a 30 µs kernel can take milliseconds; there the value is
     printed, marked as not asserted, and never fails the run. ``target`` is the full-mode one.
 
@@ -125,19 +142,21 @@ def record_result(
             )
         value = value.item()
     for what, x in (("value", value), ("target", target)):
-        if not isinstance(x, numbers.Real):
+        if not isinstance(x, numbers.Real) and not (what == "target" and x is None):
             raise TypeError(f"{name}: {what} must be a real number, got {type(x).__name__} {x!r}")
     value = float(value)
-    target = float(target)
-    sign = "≥" if higher_is_better else "≤"
-    if full_mode_only and fast_mode():
-        print(f"{name} = {value:.4g}{(' ' + unit) if unit else ''} "
-              f"(target {sign} {target:.4g} is asserted in full mode only)")
+    target = None if target is None else float(target)
+    if full_mode_only and fast_mode() and target is not None:
+        print(describe_result(name, value, target, higher_is_better, unit)[:-1] + " is asserted in full mode only)")
         return
-    check_target(name, value, target, higher_is_better)
+    if target is None:
+        if not math.isfinite(value):
+            raise TargetMissed(f"{name} = {value} is not a finite number")
+    else:
+        check_target(name, value, target, higher_is_better)
     run = current_run()
     notebook = notebook or (run.name if run else "unknown")
-    print(f"{name} = {value:.4g}{(' ' + unit) if unit else ''} (target {sign} {target:.4g})")
+    print(describe_result(name, value, target, higher_is_better, unit))
     if fast_mode() or notebook == "doctest":
         return
     entry = {

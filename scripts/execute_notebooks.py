@@ -30,7 +30,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
-from course_utils.results import _locked, load_metrics, reports_dir  # noqa: E402
+from course_utils.results import _locked, describe_result, load_metrics, reports_dir  # noqa: E402
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
@@ -58,9 +58,8 @@ def execute(path: Path, timeout: int) -> float:
 
 
 def metric_text(entry: dict) -> str:
-    sign = "≥" if entry.get("higher_is_better", True) else "≤"
-    unit = f" {entry['unit']}" if entry.get("unit") else ""
-    return f"{entry['name']} = {entry['value']:.4g}{unit} (target {sign} {entry['target']:.4g})"
+    return describe_result(entry["name"], entry["value"], entry["target"], entry.get("higher_is_better", True),
+                           entry.get("unit", ""))
 
 
 def write_summary(times: dict[str, dict]) -> str:

@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from course_utils.results import describe_result  # noqa: E402
+
 START, END = "<!-- course-map:start -->", "<!-- course-map:end -->"
 
 
@@ -41,8 +44,7 @@ def course_map() -> str:
         results = []
         for m in metrics:
             if m["notebook"] == name:
-                sign = "≥" if m.get("higher_is_better", True) else "≤"
-                results.append(f"{m['name']} = {m['value']:.4g} (target {sign} {m['target']:.4g})")
+                results.append(describe_result(m["name"], m["value"], m["target"], m.get("higher_is_better", True)))
         rows.append(f"| {name[:2]} | [{name}](notebooks/{path.name}) | {notebook_title(path)} | {wall} | {'<br>'.join(results) or '—'} |")
     return "\n".join(rows)
 

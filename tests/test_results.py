@@ -48,6 +48,15 @@ def test_full_mode_only_targets_are_asserted_in_full_mode():
     assert [(e["name"], e["value"]) for e in load_metrics()] == [("speedup", 2.0)]
 
 
+def test_a_reported_number_has_no_target_but_must_be_finite(capsys):
+    setup_notebook("00_test", quiet=True, device="cpu")
+    record_result("test BLEU", 92.41, target=None)
+    assert "test BLEU = 92.41 (reported, no target)" in capsys.readouterr().out
+    assert [(e["name"], e["value"], e["target"]) for e in load_metrics()] == [("test BLEU", 92.41, None)]
+    with pytest.raises(TargetMissed, match="not a finite number"):
+        record_result("test BLEU", float("nan"), target=None)
+
+
 def test_missed_target_says_by_how_much():
     with pytest.raises(TargetMissed, match=r"accuracy = 0.9 missed its target ≥ 0.975 by 0.075"):
         record_result("accuracy", 0.9, target=0.975, notebook="x")

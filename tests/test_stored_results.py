@@ -18,7 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-RESULT_LINE = re.compile(r"^(?P<name>[^=\n]+?) = (?P<value>\S+)(?: [^\n]*?)? \(target [≥≤] [^\n)]+\)$", re.M)
+RESULT_LINE = re.compile(
+    r"^(?P<name>[^=\n]+?) = (?P<value>\S+)(?: [^\n]*?)? \((?:target [≥≤] [^\n)]+|reported, no target)\)$", re.M)
 
 
 def _printed_results(path: Path) -> dict[str, str]:
@@ -40,9 +41,10 @@ def _metrics() -> dict[str, dict[str, dict]]:
 
 
 def test_the_parser_reads_record_result_lines():
-    text = "x\nattention greedy return (median of seeds) = 500 (target ≥ 300)\nkv = 12.5 x at 64 tokens (target ≥ 5)\n"
+    text = ("x\nattention greedy return (median of seeds) = 500 (target ≥ 300)\nkv = 12.5 x at 64 tokens (target ≥ 5)\n"
+            "test BLEU, transformer = 98.09 (reported, no target)\n")
     assert {m["name"]: m["value"] for m in RESULT_LINE.finditer(text)} == {
-        "attention greedy return (median of seeds)": "500", "kv": "12.5"}
+        "attention greedy return (median of seeds)": "500", "kv": "12.5", "test BLEU, transformer": "98.09"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
