@@ -14,7 +14,8 @@ The pieces, in the order the notebook builds them:
      *doubly stochastic* regulariser ``λ Σ_i (1 − Σ_t α_ti)²`` (:func:`doubly_stochastic_penalty`);
    * :class:`PooledLSTMDecoder` — the baselines without attention: the mean of the grid
      features (``pool="mean"``, the straw man) or the whole flattened grid (``pool="flat"``,
-     the honest one) sets the LSTM's initial state, and the LSTM never sees the image again;
+     the honest one) gives one image vector that sets the LSTM's initial state and is fed to
+     the LSTM and to its output layer at every word (where the attention decoder uses z_t);
    * :class:`TransformerCaptionDecoder` — the course's :class:`~course_utils.transformer.
      TransformerDecoderLayer` blocks: causal self-attention over the words, cross-attention
      over the grid (its maps are read from ``MultiHeadAttention.last_attn_weights``).
@@ -208,7 +209,7 @@ class PooledLSTMDecoder(nn.Module):
     ``pool="mean"`` — ``v`` comes from the mean of the grid features (positions averaged away:
     the straw man); ``pool="flat"`` — from the whole grid, flattened (the honest baseline: it
     sees everything, but has to squeeze the scene into one vector before the first word).
-    Either way ``v = LayerNorm(W · pooled)`` sets the LSTM's initial state, is fed with the
+    Either way ``v = W · pooled`` sets the LSTM's initial state, is fed with the
     previous word as the LSTM's input at every step, and goes into the output layer with
     :math:`h_t` — exactly where the attention decoder uses its context :math:`z_t`. The image
     is never forgotten, and the only thing missing against the attention decoder is attention.
@@ -237,8 +238,10 @@ class PooledLSTMDecoder(nn.Module):
         self.pool, self.grid_cells = pool, grid_cells
         img_dim = img_dim or feat_dim
         in_dim = feat_dim * grid_cells if pool == "flat" else feat_dim
-        # LayerNorm: the flat projection sums 16 cells' worth of inputs; keep v at unit scale
-        self.project = nn.Sequential(nn.Linear(in_dim, img_dim), nn.LayerNorm(img_dim))
+        # A plain linear map, no LayerNorm after it: normalising v cost the flat baseline most
+        # of what it could learn (1,000 steps, validation split: 5.2 % exact captions with the
+        # LayerNorm, 18.0–22.8 % without it at learning rates 1e-3–3e-3).
+        self.project = nn.Linear(in_dim, img_dim)
         self.init_hc = nn.Linear(img_dim, 2 * hidden_dim)
         self.embed = nn.Embedding(vocab_size, embed_dim)
         # no attention, so the input of every step is known up front: one fused nn.LSTM call
