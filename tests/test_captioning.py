@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import sacrebleu
@@ -335,3 +336,19 @@ def test_transformer_memory_has_a_position_per_cell():
     assert torch.cdist(memory[0], memory[0]).add(torch.eye(16) * 1e9).min() > 1.0
     with pytest.raises(ValueError, match="16"):
         dec.memory(torch.zeros(1, 9, 32))
+
+
+def test_the_baseline_tuning_script_builds_every_variant_it_lists():
+    """scripts/tune_caption_baselines.py reproduces notebook 10's tuning table; it must not rot."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "tune_caption_baselines.py"
+    spec = importlib.util.spec_from_file_location("tune_caption_baselines", path)
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    feats, tokens = torch.randn(2, 16, 128), torch.randint(0, 20, (2, 6))  # (B, cells, C), (B, T)
+    for name in sorted({v.split("@")[0] for v in tune.TABLE}):
+        logits, _ = tune.build(name, vocab_size=20).decoder(feats, tokens)
+        assert logits.shape == (2, 6, 20), name
+    with pytest.raises(ValueError, match="unknown variant 'nope'"):
+        tune.build("nope", 20)
