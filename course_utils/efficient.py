@@ -31,7 +31,12 @@ import torch
 import torch.nn.functional as F  # noqa: F401  (used by the doctests)
 from torch import nn
 
-from course_utils.attention import MultiHeadAttention, scaled_dot_product_attention, split_heads
+from course_utils.attention import (
+    MultiHeadAttention,
+    causal_mask,
+    scaled_dot_product_attention,
+    split_heads,
+)
 from course_utils.positional import LearnedPositionalEmbedding
 from course_utils.transformer import TransformerDecoder, TransformerDecoderLayer
 
@@ -317,9 +322,10 @@ def grouped_query_attention(
 
     ``q (B, H, Lq, D)``, ``k (B, Hkv, Lk, D)``, ``v (B, Hkv, Lk, Dv)`` with ``H % Hkv == 0``;
     ``Hkv = 1`` is multi-query attention, ``Hkv = H`` is ordinary multi-head attention. The
-    query heads are grouped as ``(B, Hkv, H/Hkv, Lq, D)`` and broadcast against ``(B, Hkv, 1,
-    Lk, D)``: each key/value head is read once for its whole group. Equal to attention with
-    :func:`repeat_kv` applied to ``k`` and ``v``.
+    queries of the ``H/Hkv`` heads that share a key/value head are stacked along the sequence
+    axis, ``(B, Hkv, (H/Hkv)·Lq, D)``, and attend to ``(B, Hkv, Lk, D)`` in one call: each
+    key/value head is read once for its whole group. Equal to attention with :func:`repeat_kv`
+    applied to ``k`` and ``v``.
 
     >>> q, k, v = torch.randn(2, 8, 5, 4), torch.randn(2, 2, 6, 4), torch.randn(2, 2, 6, 4)
     >>> ref = F.scaled_dot_product_attention(q, repeat_kv(k, 4), repeat_kv(v, 4))
@@ -342,14 +348,20 @@ def grouped_query_attention(
             f"expected q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), got q {_shape(q)}, k {_shape(k)}, "
             f"v {_shape(v)}"
         )
-    g = h // hkv
-    qg = q.view(b, hkv, g, lq, d)  # (B, Hkv, G, Lq, D)
-    kg, vg = k[:, :, None], v[:, :, None]  # (B, Hkv, 1, Lk, D): broadcast, not copied
+    g, lk = h // hkv, k.size(-2)
+    # The G query heads of a group share one key/value head, so stack their queries along the
+    # sequence axis: (B, Hkv, G·Lq, D) against (B, Hkv, Lk, D) is one ordinary attention call in
+    # which each K/V head is read once for its whole group — no copy of K and V, and no 5-D
+    # broadcast (which the matmul would materialise group by group).
+    qg = q.reshape(b, hkv, g * lq, d)  # (B, Hkv, G·Lq, D); row r is query r % Lq of head r // Lq
     mask = None
+    if causal:  # query i may attend keys j <= i, whichever head of the group it belongs to
+        mask = causal_mask(lq, lk, device=q.device).repeat(g, 1)  # (G·Lq, Lk)
     if key_padding_mask is not None:
-        _check_padding(key_padding_mask, q, k.size(-2))
-        mask = (~key_padding_mask)[:, None, None, None, :]  # (B, 1, 1, 1, Lk)
-    out = scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, causal=causal)  # (B, Hkv, G, Lq, Dv)
+        _check_padding(key_padding_mask, q, lk)
+        keep = (~key_padding_mask)[:, None, None, :]  # (B, 1, 1, Lk)
+        mask = keep if mask is None else mask & keep  # (B, 1, G·Lq, Lk)
+    out = scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # (B, Hkv, G·Lq, Dv)
     return out.reshape(b, h, lq, v.size(-1))
 
 
