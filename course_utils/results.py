@@ -94,6 +94,10 @@ def load_metrics(path: Path | None = None) -> list[dict[str, Any]]:
     return data.get("results", [])
 
 
+def _shown(name: str, value: float, unit: str = "") -> str:
+    return f"{name} = {value:.4g}{(' ' + unit) if unit else ''}"
+
+
 def describe_result(name: str, value: float, target: float | None, higher_is_better: bool = True,
                     unit: str = "") -> str:
     """The one line a headline result is shown as: in the notebook, the run summary and the README.
@@ -103,10 +107,9 @@ def describe_result(name: str, value: float, target: float | None, higher_is_bet
     >>> describe_result("test BLEU", 92.41, None)
     'test BLEU = 92.41 (reported, no target)'
     """
-    shown = f"{name} = {value:.4g}{(' ' + unit) if unit else ''}"
     if target is None:
-        return f"{shown} (reported, no target)"
-    return f"{shown} (target {'≥' if higher_is_better else '≤'} {target:.4g})"
+        return f"{_shown(name, value, unit)} (reported, no target)"
+    return f"{_shown(name, value, unit)} (target {'≥' if higher_is_better else '≤'} {target:.4g})"
 
 
 def record_result(
@@ -147,7 +150,8 @@ def record_result(
     value = float(value)
     target = None if target is None else float(target)
     if full_mode_only and fast_mode() and target is not None:
-        print(describe_result(name, value, target, higher_is_better, unit)[:-1] + " is asserted in full mode only)")
+        sign = "≥" if higher_is_better else "≤"
+        print(f"{_shown(name, value, unit)} (target {sign} {target:.4g} is asserted in full mode only)")
         return
     if target is None:
         if not math.isfinite(value):

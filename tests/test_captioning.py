@@ -158,19 +158,26 @@ def test_beam_search_finds_a_likelier_caption_than_greedy(data):
         assert (logp(b) >= logp(g) - 1e-5).all()
 
 
+def _assert_steps_equal_teacher_forcing(model, images, tokens):
+    """Decode ``tokens`` one step at a time; every step's logits (and attention maps, when the
+    decoder returns them) must equal the teacher-forced pass. Returns the final state."""
+    dec = model.decoder
+    feats = model.encoder(images)
+    logits, maps = dec(feats, tokens)
+    state = dec.init_state(feats)
+    for t in range(tokens.size(1)):
+        lg, state, alpha = dec.step(tokens[:, t], state)
+        torch.testing.assert_close(lg, logits[:, t], atol=1e-5, rtol=1e-5)
+        if maps is not None:
+            torch.testing.assert_close(alpha, maps[:, t], atol=1e-6, rtol=1e-5)
+    return state
+
+
 def test_transformer_step_equals_teacher_forcing(data):
     model = _models()["transformer"].eval()
-    dec = model.decoder
     with torch.no_grad():
-        feats = model.encoder(data.images[:3])
-        tokens = data.tokens[:3, :7]
-        logits, maps = dec(feats, tokens)
-        state = dec.init_state(feats)
-        for t in range(tokens.size(1)):
-            lg, state, alpha = dec.step(tokens[:, t], state)
-            torch.testing.assert_close(lg, logits[:, t], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(alpha, maps[:, t], atol=1e-6, rtol=1e-5)
-        assert dec.cross_attention().shape == (3, 2, 4, 7, 16)
+        _assert_steps_equal_teacher_forcing(model, data.images[:3], data.tokens[:3, :7])
+        assert model.decoder.cross_attention().shape == (3, 2, 4, 7, 16)
 
 
 def test_lstm_step_equals_teacher_forcing(data):
@@ -252,13 +259,8 @@ def test_pooled_step_equals_teacher_forcing_and_sees_the_image_every_step(pool, 
     model = _models()[pool].eval()
     dec = model.decoder
     with torch.no_grad():
-        feats = model.encoder(data.images[:3])
         tokens = data.tokens[:3, :7]
-        logits, _ = dec(feats, tokens)
-        state = dec.init_state(feats)
-        for t in range(tokens.size(1)):
-            lg, state, _ = dec.step(tokens[:, t], state)
-            torch.testing.assert_close(lg, logits[:, t], atol=1e-5, rtol=1e-5)
+        state = _assert_steps_equal_teacher_forcing(model, data.images[:3], tokens)
         # the image vector is an input of every step, not only of the initial state: with the
         # same (h, c), a different image still changes the next word's logits
         other = dec.init_state(model.encoder(data.images[3:6]))

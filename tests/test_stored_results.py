@@ -10,6 +10,7 @@ built from the reports, would then quote numbers that no stored output shows.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 from pathlib import Path
@@ -33,11 +34,17 @@ def _printed_results(path: Path) -> dict[str, str]:
     return found
 
 
+@functools.cache  # read once per test session, not once per notebook
 def _metrics() -> dict[str, dict[str, dict]]:
     by_notebook: dict[str, dict[str, dict]] = {}
     for entry in json.loads((REPO / "reports" / "metrics.json").read_text(encoding="utf-8"))["results"]:
         by_notebook.setdefault(entry["notebook"], {})[entry["name"]] = entry
     return by_notebook
+
+
+@functools.cache
+def _course_run() -> dict[str, dict]:
+    return json.loads((REPO / "reports" / "course_run.json").read_text(encoding="utf-8"))
 
 
 def test_the_parser_reads_record_result_lines():
@@ -67,7 +74,7 @@ def test_metrics_json_holds_the_numbers_the_stored_outputs_print(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_metrics_were_written_during_the_recorded_run(path):
-    run = json.loads((REPO / "reports" / "course_run.json").read_text(encoding="utf-8"))[path.stem]
+    run = _course_run()[path.stem]
     assert run["status"] == "passed", f"{path.name}: the last `make execute` run did not pass"
     end = dt.datetime.fromisoformat(run["timestamp"])
     start = end - dt.timedelta(seconds=run["wall_time_s"] + 60)  # kernel start-up before the clock
@@ -107,7 +114,7 @@ def test_the_run_time_a_notebook_states_is_the_recorded_one(path):
     stated = stated_run_time(path)
     if stated is None:
         pytest.skip(f"{path.name} states no run time in seconds or minutes")
-    measured = json.loads((REPO / "reports" / "course_run.json").read_text(encoding="utf-8"))[path.stem]["wall_time_s"]
+    measured = _course_run()[path.stem]["wall_time_s"]
     assert abs(stated - measured) <= max(5.0, 0.1 * measured), (
         f"{path.name} says its full-mode run takes {stated:.0f} s; `make execute` recorded {measured:.0f} s "
         "(reports/course_run.json). Update the **Time** line."
