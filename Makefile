@@ -16,11 +16,12 @@ XDIST  ?= -n 2 --dist loadscope
 OFFLINE = PYTHONPATH="$(CURDIR)/tests/offline"
 NBVAL   = --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: install lab test unit notebooks execute bench doctor lint clean help
+.PHONY: install lab test unit alltests notebooks execute bench doctor lint clean help
 
 help:
 	@echo "make lab      start JupyterLab on the course (installs on first use)"
-	@echo "make test     lint, unit tests, doctests and every notebook in fast mode"
+	@echo "make test     lint, every test and doctest, and every notebook in fast mode"
+	@echo "make unit     the quick tests only (no slow or end-to-end ones)"
 	@echo "make execute  re-run every notebook in full mode and save its outputs"
 	@echo "make bench    run benchmarks/ and write benchmarks/results/"
 	@echo "make doctor   check this machine for the course and say what to fix"
@@ -41,13 +42,19 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
 	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(LAB_ROOT) $(LAB_ARGS)
 
+# The quick loop while editing: unit, property and repository tests and the doctests, without
+# the tests marked slow and without the end-to-end ones (JupyterLab, browser, torchrun).
 unit: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest $(XDIST) -m "not slow" --doctest-modules tests/unit tests/properties tests/repo course_utils
+
+# Every test, slow and end-to-end ones included: what `make test` runs before the notebooks.
+alltests: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest $(XDIST) --doctest-modules tests course_utils
 
 notebooks: $(STAMP)
 	$(OFFLINE) COURSE_FAST=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(PY) -m pytest $(XDIST) $(NBVAL) $(NOTEBOOKS)
 
-test: lint unit notebooks
+test: lint alltests notebooks
 
 execute: $(STAMP)
 	$(PY) scripts/execute_notebooks.py $(NOTEBOOKS)

@@ -11,7 +11,7 @@ The modules, in the order the course meets them:
 * ``training`` — ``train_steps`` (progress bar, NaN guard, Ctrl-C keeps your work)
 * ``attention``, ``positional``, ``transformer`` — the reference implementations
 * ``efficient``, ``triton_attention`` — tiled ("flash") attention, KV cache, grouped-query attention
-* ``seq2seq``, ``vit``, ``captioning``, ``rl``, ``distributed`` — the models of notebooks 08–12
+* ``seq2seq``, ``vit``, ``captioning``, ``rl``, ``distributed`` — the models of notebooks 10–15
 * ``datasets`` — offline data (generated, or shipped by a dependency); ``download`` — checksummed,
   atomic downloads for learners who are online; ``checkpoint`` — safe save/load
 * ``exercises`` — ``check`` and ``solution``

@@ -1,4 +1,4 @@
-"""Image captioning with visual attention (notebook 10): Show, Attend and Tell, then a transformer.
+"""Image captioning with visual attention (notebook 12): Show, Attend and Tell, then a transformer.
 
 The pieces, in the order the notebook builds them:
 
@@ -353,7 +353,7 @@ class TransformerCaptionDecoder(nn.Module):
         return {"feats": feats, "prefix": feats.new_zeros(feats.size(0), 0, dtype=torch.long)}
 
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
-        # No KV cache (notebook 07 builds one): re-run the short prefix each step.
+        # No KV cache (notebook 08 builds one): re-run the short prefix each step.
         prefix = torch.cat([state["prefix"], tokens[:, None]], dim=1)  # (B, t)
         logits, maps = self(state["feats"], prefix)
         return logits[:, -1], {**state, "prefix": prefix}, maps[:, -1]
@@ -684,7 +684,7 @@ def beam_search(
 
 
 def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU-4 (0–100) with sacrebleu, one reference per hypothesis: notebook 08's
+    """Corpus BLEU-4 (0–100) with sacrebleu, one reference per hypothesis: notebook 10's
     :func:`course_utils.seq2seq.corpus_bleu`, under the name captioning papers use.
 
     >>> round(bleu4(["a small red circle"], ["a small red circle"]), 6)

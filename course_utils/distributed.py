@@ -1,4 +1,4 @@
-"""Scaling out: the pieces that ``scripts/train_distributed.py``, notebook 12 and the tests share.
+"""Scaling out: the pieces that ``scripts/train_distributed.py``, notebook 15 and the tests share.
 
 The course does not launch processes itself: PyTorch's ``torchrun`` starts one process per
 device and tells each its ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` through the environment.

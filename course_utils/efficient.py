@@ -1,6 +1,6 @@
 """Efficient attention, written out: online softmax, tiled ("flash") attention, KV cache, GQA.
 
-Notebook 07 builds each of these step by step; this file is the tested version.
+Notebook 08 builds each of these step by step; this file is the tested version.
 
 1. :func:`naive_attention` — ``softmax(q kᵀ / √d) v`` with the whole ``(Lq, Lk)`` score matrix in
    memory: O(N²) time *and* memory.

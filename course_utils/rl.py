@@ -1,4 +1,4 @@
-"""Reinforcement learning with attention: PPO on CartPole without velocities (notebook 11).
+"""Reinforcement learning with attention: PPO on CartPole without velocities (notebook 14).
 
 The pieces, in the order the notebook meets them:
 

@@ -1,4 +1,4 @@
-"""Sequence-to-sequence translation for notebook 08: GRU encoder–decoders and a transformer.
+"""Sequence-to-sequence translation for notebook 10: GRU encoder–decoders and a transformer.
 
 Three models share one interface, so one decoder, one beam search and one BLEU work for all:
 
@@ -274,7 +274,7 @@ class TransformerSeq2Seq(nn.Module):
         # in Vaswani et al. (whose embeddings are shared with the output layer) and fairseq.
         # nn.Embedding's default N(0, 1) times √d_model would make the words √d_model times
         # louder than the positions (≈ 11× at d = 128): the model then sees almost a bag of words
-        # and learns word order very slowly (15.6 instead of 98 test BLEU in notebook 08).
+        # and learns word order very slowly (15.6 instead of 98 test BLEU in notebook 10).
         for emb in (self.src_emb, self.tgt_emb):
             nn.init.normal_(emb.weight, mean=0.0, std=d_model**-0.5)
             with torch.no_grad():

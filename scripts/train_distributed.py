@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank")
     g.add_argument("--device", default=None, help="cpu or cuda (None: cuda:LOCAL_RANK when there is a GPU, else cpu)")
     g.add_argument("--timeout-s", type=float, default=120.0, help="collectives give up after this long")
-    m = p.add_argument_group("model (the ViT of notebook 09)")
+    m = p.add_argument_group("model (the ViT of notebook 11)")
     m.add_argument("--patch-size", type=int, default=2)
     m.add_argument("--dim", type=int, default=64)
     m.add_argument("--depth", type=int, default=2)

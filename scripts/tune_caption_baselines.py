@@ -1,6 +1,6 @@
-"""Tune notebook 10's no-attention baselines on the validation split (never on test).
+"""Tune notebook 12's no-attention baselines on the validation split (never on test).
 
-Reproduces the tuning table in notebook 10 ("Is the flattened-grid baseline a fair one?"):
+Reproduces the tuning table in notebook 12 ("Is the flattened-grid baseline a fair one?"):
 each variant trains for ``--steps`` steps on the notebook's training scenes (seed 0) and is
 scored on the 500 validation scenes. Two variants run at a time, one process and one thread
 per core, as in the notebook. On 2 CPU cores one variant takes about 40 s at 1,000 steps.

@@ -1,14 +1,28 @@
-"""Test-wide settings: a non-interactive plotting backend, and reports written to a temp folder."""
+"""Test-wide settings and the helpers every test folder shares.
+
+Folders: ``unit/`` (one module each, fast), ``properties/`` (property and fuzz tests),
+``repo/`` (the repository itself: README, reports, notebooks' metadata, environment) and
+``e2e/`` (processes: JupyterLab, the browser, torchrun, whole notebooks). Tests marked
+``slow`` take more than a few seconds; ``make unit`` skips them, ``make test`` runs them.
+"""
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A seeded standard-normal tensor: the same numbers in every test run."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 @pytest.fixture(autouse=True)
@@ -26,5 +40,3 @@ def _close_figures():
 
     plt.close("all")
 
-
-os.environ.setdefault("HYPOTHESIS_PROFILE", "ci")

@@ -1,4 +1,4 @@
-"""Handwritten digits for notebook 09: scikit-learn's 8×8 digits, and MNIST if it is on disk.
+"""Handwritten digits for notebook 11: scikit-learn's 8×8 digits, and MNIST if it is on disk.
 
 * :func:`load_digits_split` — the 1,797 8×8 images shipped *inside* scikit-learn (no download),
   with a fixed, stratified train/test split, as float tensors in ``[0, 1]``.
@@ -19,7 +19,7 @@ import torch
 
 __all__ = ["DigitsSplit", "available", "default_data_root", "load_digits_split", "load_mnist"]
 
-NOTEBOOKS = ("09_vision_transformer",)
+NOTEBOOKS = ("11_vision_transformer",)
 FIX = (
     "the 8×8 digits ship with scikit-learn: run `make install` (or `pip install scikit-learn`). "
     "MNIST/Fashion-MNIST are optional; to use them, download them once while online with "
@@ -126,7 +126,7 @@ def load_mnist(
             f"While online, run once: python -c \"import torchvision; "
             f"torchvision.datasets.{cls.__name__}('{root}', download=True)\" "
             f"(or copy the four *-ubyte files into {folder}), then call load_mnist again. "
-            "Notebook 09 itself only needs scikit-learn's digits (load_digits_split)."
+            "Notebook 11 itself only needs scikit-learn's digits (load_digits_split)."
         ) from exc
     images = dataset.data.unsqueeze(1).float() / 255.0  # (N, 1, 28, 28)
     return images, dataset.targets.long()

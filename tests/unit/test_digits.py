@@ -58,4 +58,4 @@ def test_doctor_sees_the_digits():
     assert digits in data_sources()
     ok, detail = digits.available()
     assert ok and "1797" in detail
-    assert digits.NOTEBOOKS == ("09_vision_transformer",) and digits.FIX
+    assert digits.NOTEBOOKS == ("11_vision_transformer",) and digits.FIX

@@ -1,4 +1,4 @@
-"""Exercises of notebook 09 (Vision Transformer): cut images into patches; attention rollout."""
+"""Exercises of notebook 11 (Vision Transformer): cut images into patches; attention rollout."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _solution_patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 @exercise(
-    "09.1",
+    "11.1",
     title="Cut images into patches",
     hint="reshape to (B, C, H/p, p, W/p, p), permute to (B, H/p, W/p, C, p, p), then flatten: "
     "patches go row by row, and inside a patch the order is channel, row, column.",
@@ -55,7 +55,7 @@ def _solution_rollout(attentions: torch.Tensor) -> torch.Tensor:
 
 
 @exercise(
-    "09.2",
+    "11.2",
     title="Attention rollout",
     hint="average the heads, add the identity (0.5·A + 0.5·I), renormalise the rows, and multiply "
     "the layers with the later one on the left: R = Â_L ··· Â_1.",

@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 RESULT_LINE = re.compile(
     r"^(?P<name>[^=\n]+?) = (?P<value>\S+)(?: [^\n]*?)? \((?:target [≥≤] [^\n)]+|reported, no target)\)$", re.M)

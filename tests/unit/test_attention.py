@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randn
 from torch import nn
 
 from course_utils.attention import (
@@ -22,8 +23,6 @@ from course_utils.attention import (
 NEG_INF = float("-inf")
 
 
-def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -205,22 +205,22 @@ def test_bf16_autocast_forward_and_backward(token_mixing, conv_stem):
 def test_exercises_09_solutions_pass_and_mistakes_are_named():
     from course_utils.exercises import check, solution_function
 
-    for ex in ("09.1", "09.2"):
+    for ex in ("11.1", "11.2"):
         assert check(ex, solution_function(ex)).passed
 
     def not_done(*args):
         raise NotImplementedError
 
-    assert check("09.1", not_done).kind == "not attempted"
+    assert check("11.1", not_done).kind == "not attempted"
     # pixels of each patch in (row, column, channel) order: the checker names the order
     def channels_last(x, p):
         b, c, h, w = x.shape
         x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, p, p, C)
         return x.reshape(b, -1, c * p * p)
 
-    wrong_order = check("09.1", channels_last)
+    wrong_order = check("11.1", channels_last)
     assert not wrong_order.passed and "order" in wrong_order.message
-    reversed_layers = check("09.2", lambda a: attention_rollout(a.flip(0)))
+    reversed_layers = check("11.2", lambda a: attention_rollout(a.flip(0)))
     assert not reversed_layers.passed and "order" in reversed_layers.message
-    no_residual = check("09.2", lambda a: attention_rollout(a, residual=0.0))
+    no_residual = check("11.2", lambda a: attention_rollout(a, residual=0.0))
     assert "residual" in no_residual.message

@@ -262,4 +262,4 @@ def test_download_from_file_url_with_checksum(tmp_path):
 def test_available_for_the_doctor():
     ok, detail = tr.available()
     assert ok and "→" in detail
-    assert tr.NOTEBOOKS == ("08_translation",) and tr.FIX
+    assert tr.NOTEBOOKS == ("10_translation",) and tr.FIX

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 
 
 def test_old_python_gets_a_clear_message(tmp_path):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
+
 sys.path.insert(0, str(REPO / "scripts"))
 
 from update_readme import GUIDE, render, render_guide  # noqa: E402

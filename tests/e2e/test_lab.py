@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
+from conftest import REPO  # noqa: E402
 from lab_server import running_lab
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")

@@ -179,7 +179,7 @@ def test_transformer_embeddings_do_not_drown_the_positions():
     """Words (embedding × √d) and sinusoidal positions enter the transformer at the same scale.
 
     With nn.Embedding's default N(0, 1) the scaled words were √d ≈ 11 times louder than the
-    positions at d = 128, and notebook 08's transformer reached 15.6 test BLEU instead of ~98.
+    positions at d = 128, and notebook 10's transformer reached 15.6 test BLEU instead of ~98.
     """
     d = 128
     torch.manual_seed(0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
+
 CALL = re.compile(r"torch\.load\s*\(")
 
 

@@ -110,4 +110,4 @@ def test_cell_masks_and_vocab_errors():
 def test_doctor_hooks():
     ok, message = scenes.available()
     assert ok and message
-    assert scenes.NOTEBOOKS == ["10_image_captioning"] and isinstance(scenes.FIX, str)
+    assert scenes.NOTEBOOKS == ["12_image_captioning"] and isinstance(scenes.FIX, str)

@@ -29,12 +29,12 @@ import torch
 import torch.distributed.checkpoint.state_dict  # noqa: F401  (FSDP's imports, inherited too)
 import torch.distributed.fsdp  # noqa: F401
 import torch.multiprocessing as tmp_mp
+from conftest import REPO  # noqa: E402
 
 from course_utils import distributed as D
 from course_utils import seed_everything
 from course_utils.checkpoint import load_checkpoint, save_state
 
-REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "train_distributed.py"
 TIMEOUT_S = 60
 STEPS, BATCH = 12, 8

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import REPO  # noqa: E402
 from nbclient import NotebookClient
 
-REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ["03_self_attention_and_positions", "05_cross_attention"]
 
 

@@ -16,6 +16,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import randn
 from torch import nn
 
 from course_utils.attention import MultiHeadAttention, causal_mask
@@ -30,8 +31,6 @@ B, T, S, E, H, FF = 3, 5, 7, 16, 4, 32
 ATOL = 1e-5
 
 
-def randn(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def randomise_(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import sacrebleu
@@ -341,10 +340,12 @@ def test_transformer_memory_has_a_position_per_cell():
 
 
 def test_the_baseline_tuning_script_builds_every_variant_it_lists():
-    """scripts/tune_caption_baselines.py reproduces notebook 10's tuning table; it must not rot."""
+    """scripts/tune_caption_baselines.py reproduces notebook 12's tuning table; it must not rot."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "tune_caption_baselines.py"
+    from conftest import REPO
+
+    path = REPO / "scripts" / "tune_caption_baselines.py"
     spec = importlib.util.spec_from_file_location("tune_caption_baselines", path)
     tune = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tune)

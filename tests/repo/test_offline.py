@@ -6,11 +6,11 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-GUARD = Path(__file__).resolve().parent / "offline"
+GUARD = REPO / "tests" / "offline"
 
 
 def _guarded_env() -> dict[str, str]:

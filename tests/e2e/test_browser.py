@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO  # noqa: E402
 from lab_server import running_lab
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium")
 NOTEBOOK = "01_attention_as_soft_lookup"
 SCREENSHOT = REPO / "reports" / "screenshots" / f"{NOTEBOOK}_jupyterlab.png"

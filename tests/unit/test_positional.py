@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import randn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,11 +19,6 @@ from course_utils.positional import (
     rotate_half,
     sinusoidal_table,
 )
-
-
-def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
 
 # ---------------------------------------------------------------------------------------------
 # Sinusoidal

@@ -1,0 +1,322 @@
+"""Input checks: one small named helper per kind of mistake, shared by the whole course.
+
+A public function of ``course_utils`` opens with one or two of these calls and then reads as
+the maths. Each helper raises at once, with a message that names the argument, says what was
+expected and shows what was received::
+
+    >>> check_positive_int("batch_size", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: batch_size must be a positive int, got 0
+    >>> check_float_tensor("q", torch.ones(2, 3, dtype=torch.long))
+    Traceback (most recent call last):
+    ...
+    TypeError: q must be a floating-point tensor, got a tensor of shape (2, 3) and dtype torch.int64
+
+``TypeError`` means "the wrong kind of thing" (a list where a tensor was expected, integers
+where floats were), ``ValueError`` means "the right kind, a wrong value" (a negative size, a
+shape that does not fit). Both name the argument, so a learner knows which one to fix.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+__all__ = [
+    "broadcasts_to",
+    "check_bool",
+    "check_finite",
+    "check_float_tensor",
+    "check_int",
+    "check_mask",
+    "check_non_negative_int",
+    "check_one_of",
+    "check_positive_int",
+    "check_probability",
+    "check_real",
+    "check_same_device",
+    "check_same_dtype",
+    "check_sequence_of_str",
+    "check_shape",
+    "check_str",
+    "check_tensor",
+    "check_token_ids",
+    "describe",
+]
+
+
+def describe(x: Any) -> str:
+    """How a received value is shown in an error message.
+
+    >>> describe(torch.zeros(2, 3))
+    'a tensor of shape (2, 3) and dtype torch.float32'
+    >>> describe("le chat"), describe(None), describe(3)
+    ("str 'le chat'", 'None', 'int 3')
+    """
+    if isinstance(x, torch.Tensor):
+        where = "" if x.device.type == "cpu" else f" on {x.device}"
+        return f"a tensor of shape {tuple(x.shape)} and dtype {x.dtype}{where}"
+    if x is None:
+        return "None"
+    text = repr(x)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(x).__name__} {text}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers
+# ---------------------------------------------------------------------------------------------
+
+
+def check_int(name: str, n: Any, low: int | None = None, high: int | None = None) -> None:
+    """``n`` is an int (not a bool) with ``low <= n <= high`` where those are given.
+
+    >>> check_int("layer", -1, low=0, high=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: layer must be an int in [0, 3], got -1
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {describe(n)}")
+    if (low is not None and n < low) or (high is not None and n > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {n}")
+
+
+def check_positive_int(name: str, n: Any) -> None:
+    """``n`` is an int ≥ 1 (a size, a count, a number of steps)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
+
+
+def check_non_negative_int(name: str, n: Any) -> None:
+    """``n`` is an int ≥ 0 (an offset, a number of warm-up steps)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {n!r}")
+
+
+def check_real(
+    name: str,
+    x: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """``x`` is a finite real number in the interval given (closed unless ``*_open``).
+
+    >>> check_real("gamma", 5.0, 0.0, 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: gamma must be a real number in [0.0, 1.0], got 5.0
+    >>> check_real("lr", 0.0, 0.0, low_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: lr must be a real number in (0.0, inf), got 0.0
+    """
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {describe(x)}")
+    x = float(x)
+    bad = not math.isfinite(x)
+    if low is not None:
+        bad = bad or (x <= low if low_open else x < low)
+    if high is not None:
+        bad = bad or (x >= high if high_open else x > high)
+    if bad:
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ValueError(f"{name} must be a real number in {interval}, got {x}")
+
+
+def check_probability(name: str, p: Any) -> None:
+    """A dropout rate: a real number in [0, 1).
+
+    >>> check_probability("dropout", 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: dropout must be a real number in [0.0, 1.0), got 1.0
+    """
+    check_real(name, p, 0.0, 1.0, high_open=True)
+
+
+def check_bool(name: str, x: Any) -> None:
+    """``x`` is ``True`` or ``False`` (a string such as ``"no"`` is not: it would read as true).
+
+    >>> check_bool("higher_is_better", "no")
+    Traceback (most recent call last):
+    ...
+    TypeError: higher_is_better must be True or False, got str 'no'
+    """
+    if not isinstance(x, bool):
+        raise TypeError(f"{name} must be True or False, got {describe(x)}")
+
+
+def check_one_of(name: str, x: Any, choices: Iterable[Any]) -> None:
+    """``x`` is one of ``choices``.
+
+    >>> check_one_of("activation", "tanh", ("relu", "gelu"))
+    Traceback (most recent call last):
+    ...
+    ValueError: activation must be one of 'relu', 'gelu', got 'tanh'
+    """
+    choices = tuple(choices)
+    if x not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {x!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------------
+
+
+def check_str(name: str, x: Any, allow_empty: bool = True) -> None:
+    """``x`` is a string (non-empty unless ``allow_empty``)."""
+    if not isinstance(x, str):
+        raise TypeError(f"{name} must be a str, got {describe(x)}")
+    if not allow_empty and not x.strip():
+        raise ValueError(f"{name} must be a non-empty str, got {x!r}")
+
+
+def check_sequence_of_str(name: str, xs: Any, allow_empty: bool = False) -> None:
+    """A list (or tuple) of strings, and not a bare string, which would read as its characters.
+
+    >>> check_sequence_of_str("sentences", "le chat")
+    Traceback (most recent call last):
+    ...
+    TypeError: sentences must be a list of str (one per sentence), got a single str 'le chat': wrap it in a list
+    """
+    if isinstance(xs, str):
+        raise TypeError(f"{name} must be a list of str (one per sentence), got a single str "
+                        f"{xs!r}: wrap it in a list")
+    if not isinstance(xs, Sequence):
+        raise TypeError(f"{name} must be a list of str, got {describe(xs)}")
+    if not allow_empty and len(xs) == 0:
+        raise ValueError(f"{name} must not be empty")
+    for i, x in enumerate(xs):
+        if not isinstance(x, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {describe(x)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def check_tensor(name: str, t: Any, dims: int | Sequence[int] | None = None) -> None:
+    """``t`` is a tensor, with ``dims`` dimensions (one number, or a list of allowed numbers).
+
+    >>> check_tensor("images", torch.zeros(3, 32, 32), dims=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: images must have 4 dims, got a tensor of shape (3, 32, 32) and dtype torch.float32
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {describe(t)}")
+    if dims is not None:
+        allowed = (dims,) if isinstance(dims, int) else tuple(dims)
+        if t.dim() not in allowed:
+            want = " or ".join(map(str, allowed))
+            raise ValueError(f"{name} must have {want} dims, got {describe(t)}")
+
+
+def check_float_tensor(name: str, t: Any, dims: int | Sequence[int] | None = None,
+                       min_dims: int = 0) -> None:
+    """A floating-point tensor (integer inputs would truncate silently in the maths)."""
+    check_tensor(name, t, dims)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {describe(t)}")
+    if t.dim() < min_dims:
+        raise ValueError(f"{name} must have at least {min_dims} dims, got {describe(t)}")
+
+
+def check_shape(name: str, t: torch.Tensor, expected: Sequence[int | None], what: str = "") -> None:
+    """``t.shape`` equals ``expected``; ``None`` matches any size.
+
+    ``what`` names the axes, e.g. ``"(B, T, d_model)"``, to make the message readable.
+
+    >>> check_shape("x", torch.zeros(2, 5, 32), (None, None, 64), what="(B, T, d_model=64)")
+    Traceback (most recent call last):
+    ...
+    ValueError: x must have shape (B, T, d_model=64), got (2, 5, 32)
+    """
+    shape = tuple(t.shape)
+    ok = len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected, strict=True))
+    if not ok:
+        want = what or "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {shape}")
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """No NaN or infinity in ``t`` (they would spread silently through every later step)."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    """All given tensors on one device; the message lists each tensor's device."""
+    present = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+    if len(set(present.values())) > 1:
+        got = ", ".join(f"{name} on {dev}" for name, dev in present.items())
+        raise ValueError(f"all inputs must be on the same device, got {got}")
+
+
+def check_same_dtype(**tensors: torch.Tensor | None) -> None:
+    """All given tensors of one dtype (no silent cast of float64 into a float32 buffer).
+
+    >>> check_same_dtype(k_new=torch.zeros(1, dtype=torch.float64), cache=torch.zeros(1))
+    Traceback (most recent call last):
+    ...
+    TypeError: all inputs must have the same dtype, got k_new torch.float64, cache torch.float32
+    """
+    present = {name: t.dtype for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+    if len(set(present.values())) > 1:
+        got = ", ".join(f"{name} {dt}" for name, dt in present.items())
+        raise TypeError(f"all inputs must have the same dtype, got {got}")
+
+
+def check_mask(name: str, mask: Any) -> None:
+    """A boolean mask (True = may attend) or a float mask (added to the scores)."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {describe(mask)}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(
+            f"{name} must be a bool tensor (True = may attend) or a float tensor (added to "
+            f"the scores), got dtype {mask.dtype}"
+        )
+
+
+def check_token_ids(name: str, ids: Any, vocab_size: int) -> None:
+    """An integer tensor of token ids, each in ``[0, vocab_size)``.
+
+    >>> check_token_ids("tokens", torch.tensor([[1, 7]]), vocab_size=5)
+    Traceback (most recent call last):
+    ...
+    ValueError: tokens must hold token ids in [0, 5), got values from 1 to 7
+    """
+    check_tensor(name, ids)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of token ids, got {describe(ids)}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"{name} must hold token ids in [0, {vocab_size}), got values from "
+                         f"{int(ids.min())} to {int(ids.max())}")
+
+
+def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """True if a tensor of ``shape`` broadcasts to ``target`` without growing it.
+
+    >>> broadcasts_to((1, 5), (3, 4, 5)), broadcasts_to((4, 1), (3, 5))
+    (True, False)
+    """
+    try:
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
