@@ -10,10 +10,19 @@ Each notebook's exercises live in ``course_utils/exercises/nbNN.py``, which regi
 with the ``exercise`` decorator::
 
     @exercise("01.1", title="Scaled dot-product scores", hint="Divide by sqrt(d).",
-              solution=_solution_scores)
+              solution=_solution_scores, kind="debug", minutes=10, difficulty=2,
+              mistakes=[Mistake("forgot the 1/sqrt(d)", (_unscaled,), "forget to scale"), ...])
     def check_scores(fn) -> CheckResult:
         ...
         return fail("values", "your scores are sqrt(d) times too large: did you forget to scale?")
+
+An exercise is one of four kinds (``KINDS``): **predict** (state a number or a shape, then
+measure), **derive** (turn a formula the notebook did not show into code), **debug** (find and fix
+the bug in a broken implementation) or **extend** (build something new on the notebook's
+pieces); ``implement`` is kept for exercises that rebuild a piece the notebook describes but
+does not show. ``minutes`` is the expected time and ``difficulty`` runs from 1 (warm-up) to 3
+(hard). ``mistakes`` are the plausible wrong answers the checker recognises, each with a
+fragment of the message it must give: the tests run every one of them.
 
 ``check`` never raises on a wrong answer (a wrong answer is a message, not a crash), and a
 function that still raises ``NotImplementedError`` reads as "not attempted yet".
@@ -59,6 +68,19 @@ def fail(kind: str, message: str) -> CheckResult:
     return CheckResult(False, message, kind=kind)
 
 
+KINDS = ("predict", "derive", "debug", "extend", "implement")
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A plausible wrong answer: what it is, the arguments to pass to the checker, and a
+    fragment of the message the checker must give for it."""
+
+    name: str
+    args: tuple
+    says: str
+
+
 @dataclass(frozen=True)
 class Exercise:
     id: str
@@ -66,18 +88,45 @@ class Exercise:
     checker: Callable[..., CheckResult]
     solution: Callable[..., Any]
     hint: str
+    kind: str | None = None
+    minutes: int | None = None
+    difficulty: int | None = None
+    mistakes: tuple[Mistake, ...] = ()
+    solution_args: Callable[[], tuple] | None = None
 
 
 _REGISTRY: dict[str, Exercise] = {}
 
 
-def exercise(exercise_id: str, title: str, hint: str, solution: Callable[..., Any]):
-    """Register a checker under ``exercise_id`` (e.g. ``"04.2"``), with its hint and solution."""
+def exercise(
+    exercise_id: str,
+    title: str,
+    hint: str,
+    solution: Callable[..., Any],
+    kind: str | None = None,
+    minutes: int | None = None,
+    difficulty: int | None = None,
+    mistakes: tuple[Mistake, ...] | list[Mistake] = (),
+    solution_args: Callable[[], tuple] | None = None,
+):
+    """Register a checker under ``exercise_id`` (e.g. ``"04.2"``), with its hint and solution.
+
+    ``solution_args`` is for exercises whose checker does not take the solution function
+    itself (a *predict* exercise takes a number): a function returning the arguments that the
+    solution gives, so the tests can pass them to the checker.
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if difficulty is not None and difficulty not in (1, 2, 3):
+        raise ValueError(f"difficulty must be 1, 2 or 3, got {difficulty!r}")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int) or minutes <= 0):
+        raise ValueError(f"minutes must be a positive int, got {minutes!r}")
 
     def register(checker: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
         if exercise_id in _REGISTRY and _REGISTRY[exercise_id].checker is not checker:
             raise ValueError(f"exercise {exercise_id!r} is registered twice")
-        _REGISTRY[exercise_id] = Exercise(exercise_id, title, checker, solution, hint)
+        _REGISTRY[exercise_id] = Exercise(exercise_id, title, checker, solution, hint, kind, minutes,
+                                          difficulty, tuple(mistakes), solution_args)
         return checker
 
     return register
@@ -129,3 +178,10 @@ def solution(exercise_id: str, show: bool = True) -> str:
 def solution_function(exercise_id: str) -> Callable[..., Any]:
     """The solution as a callable (the tests pass it to its own checker)."""
     return _get(exercise_id).solution
+
+
+def solution_answer(exercise_id: str) -> tuple:
+    """The arguments that pass ``exercise_id``'s checker: ``(solution,)`` for an exercise that
+    asks for a function, ``solution_args()`` for one that asks for a number or a shape."""
+    ex = _get(exercise_id)
+    return ex.solution_args() if ex.solution_args is not None else (ex.solution,)

@@ -10,15 +10,25 @@ from course_utils.exercises import (
     fail,
     ok,
     solution,
+    solution_answer,
     solution_function,
 )
 
 
 def test_every_registered_solution_passes_its_checker():
-    registered = exercises()
-    for exercise_id, ex in registered.items():
-        result = check(exercise_id, ex.solution)
+    for exercise_id in exercises():
+        result = check(exercise_id, *solution_answer(exercise_id))
         assert result.passed, f"solution of {exercise_id} fails its own checker: {result!r}"
+
+
+def test_every_named_mistake_gets_its_own_message():
+    for exercise_id, ex in exercises().items():
+        for mistake in ex.mistakes:
+            result = check(exercise_id, *mistake.args)
+            assert not result.passed, f"{exercise_id}: the mistake {mistake.name!r} passes the checker"
+            assert mistake.says in result.message, (
+                f"{exercise_id}: for {mistake.name!r} the checker says {result.message!r}, "
+                f"not {mistake.says!r}")
 
 
 def test_ids_are_notebook_dot_number():
