@@ -9,7 +9,8 @@ from course_utils import record_result, setup_notebook
 from course_utils.results import TargetMissed, load_metrics, metrics_path
 
 
-def test_full_mode_records_and_replaces(capsys):
+def test_full_mode_records_and_replaces(capsys, monkeypatch):
+    monkeypatch.setenv("COURSE_RECORD", "1")  # as `make execute` sets it
     setup_notebook("00_test", quiet=True, device="cpu")
     record_result("accuracy", 0.9, target=0.8)
     record_result("accuracy", 0.95, target=0.8)
@@ -40,7 +41,8 @@ def test_full_mode_only_targets_are_reported_not_asserted_in_fast_mode(monkeypat
     assert not metrics_path().exists()
 
 
-def test_full_mode_only_targets_are_asserted_in_full_mode():
+def test_full_mode_only_targets_are_asserted_in_full_mode(monkeypatch):
+    monkeypatch.setenv("COURSE_RECORD", "1")
     setup_notebook("00_test", quiet=True, device="cpu")
     with pytest.raises(TargetMissed, match="speedup = 0.5 missed its target ≥ 1.5"):
         record_result("speedup", 0.5, target=1.5, full_mode_only=True)
@@ -48,7 +50,8 @@ def test_full_mode_only_targets_are_asserted_in_full_mode():
     assert [(e["name"], e["value"]) for e in load_metrics()] == [("speedup", 2.0)]
 
 
-def test_a_reported_number_has_no_target_but_must_be_finite(capsys):
+def test_a_reported_number_has_no_target_but_must_be_finite(capsys, monkeypatch):
+    monkeypatch.setenv("COURSE_RECORD", "1")
     setup_notebook("00_test", quiet=True, device="cpu")
     record_result("test BLEU", 92.41, target=None)
     assert "test BLEU = 92.41 (reported, no target)" in capsys.readouterr().out
@@ -74,6 +77,7 @@ def _write(i: int, reports_dir: str) -> None:
     import os
 
     os.environ["COURSE_REPORTS_DIR"] = reports_dir
+    os.environ["COURSE_RECORD"] = "1"
     from course_utils import record_result as rr
 
     rr(f"m{i}", float(i), target=0.0, notebook=f"nb{i % 3}")
@@ -86,3 +90,29 @@ def test_parallel_writers_lose_nothing(tmp_path, monkeypatch):
         pool.starmap(_write, [(i, str(tmp_path)) for i in range(12)])
     data = json.loads((tmp_path / "metrics.json").read_text())
     assert sorted(e["name"] for e in data["results"]) == sorted(f"m{i}" for i in range(12))
+
+
+def test_a_learners_full_run_never_writes_the_reports_and_shows_the_stored_value(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_RECORD", "1")
+    setup_notebook("00_test", quiet=True, device="cpu")
+    record_result("accuracy", 0.97, target=0.9)
+    before = metrics_path().read_bytes()
+    monkeypatch.delenv("COURSE_RECORD")
+    record_result("accuracy", 0.93, target=0.9)
+    assert metrics_path().read_bytes() == before
+    out = capsys.readouterr().out
+    assert "accuracy = 0.93 (target ≥ 0.9)" in out and "the course's stored run: accuracy = 0.97" in out
+    with pytest.raises(TargetMissed):  # a seeded quality target still fails loudly
+        record_result("accuracy", 0.5, target=0.9)
+
+
+def test_a_missed_timing_target_warns_on_a_learners_machine_and_fails_under_make_execute(monkeypatch, capsys):
+    monkeypatch.delenv("COURSE_RECORD", raising=False)
+    setup_notebook("00_test", quiet=True, device="cpu")
+    record_result("speedup", 2.0, target=5.0, unit="x", timing=True)
+    out = capsys.readouterr().out
+    assert "speedup = 2 x (target ≥ 5)" in out and "missed its target" in out and "asserted only" in out
+    assert not metrics_path().exists()
+    monkeypatch.setenv("COURSE_RECORD", "1")
+    with pytest.raises(TargetMissed, match="speedup = 2 missed its target ≥ 5 by 3"):
+        record_result("speedup", 2.0, target=5.0, unit="x", timing=True)
