@@ -1,0 +1,84 @@
+"""Atomic file writes: a file the course writes is either the old one or the new one, never half.
+
+Every writer of the course (notebooks saved by ``make execute``, the reports, the README's
+course map, checkpoints) goes through these. The new content goes to a temporary file in the
+same folder, is flushed to disk, and then replaces the old file with ``os.replace``, which is
+atomic on Linux, macOS and Windows. If anything fails before that (a full disk, an exception,
+Ctrl-C), the temporary file is removed and the old file is left byte for byte as it was.
+
+>>> import tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> atomic_write_json(folder / "scores.json", {"bleu": 92.4})
+>>> (folder / "scores.json").read_text()
+'{\\n  "bleu": 92.4\\n}\\n'
+>>> sorted(p.name for p in folder.iterdir())      # no temporary file left behind
+['scores.json']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``.
+
+    Use it for writers that need a file object (``torch.save``, ``nbformat.write``)::
+
+        with atomic_open("checkpoint.pt") as f:
+            torch.save(state, f)
+
+    On an exception the temporary file is deleted and ``path`` is untouched.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None,
+                       newline="" if mode == "w" else None) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():  # keep the permissions the old file had
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, path.stat().st_mode & 0o777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (newlines written as given, on every platform)."""
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any, **dumps_kwargs: Any) -> None:
+    """Write ``data`` as indented JSON (UTF-8, a final newline) to ``path`` atomically."""
+    dumps_kwargs.setdefault("indent", 2)
+    dumps_kwargs.setdefault("ensure_ascii", False)
+    atomic_write_text(path, json.dumps(data, **dumps_kwargs) + "\n")
