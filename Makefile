@@ -16,7 +16,7 @@ XDIST  ?= -n 2 --dist loadscope
 OFFLINE = PYTHONPATH="$(CURDIR)/tests/offline"
 NBVAL   = --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: install lab test unit alltests notebooks execute bench doctor lint clean help
+.PHONY: install lab test unit alltests screenshots notebooks execute bench doctor lint clean help
 
 help:
 	@echo "make lab      start JupyterLab on the course (installs on first use)"
@@ -55,6 +55,10 @@ notebooks: $(STAMP)
 	$(OFFLINE) COURSE_FAST=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(PY) -m pytest $(XDIST) $(NBVAL) $(NOTEBOOKS)
 
 test: lint alltests notebooks
+
+# Refresh the committed browser screenshot (tests otherwise write it to build/screenshots/).
+screenshots: $(STAMP)
+	COURSE_SCREENSHOT_DIR=reports/screenshots $(OFFLINE) $(PY) -m pytest tests/e2e/test_browser.py
 
 execute: $(STAMP)
 	$(PY) scripts/execute_notebooks.py $(NOTEBOOKS)

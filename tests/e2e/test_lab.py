@@ -10,6 +10,8 @@ import pytest
 from conftest import REPO  # noqa: E402
 from lab_server import running_lab
 
+pytestmark = pytest.mark.slow  # starts a JupyterLab server
+
 
 @pytest.fixture(scope="module")
 def lab_server():
