@@ -6,7 +6,9 @@ workers. An accidental download anywhere in the course then fails CI with a mess
 which host it tried, instead of passing on a machine that happens to be online.
 
 Loopback (127.0.0.0/8, ::1, localhost) and Unix sockets stay allowed: JupyterLab, kernels,
-gloo and the test HTTP servers all talk over them.
+gloo and the test HTTP servers all talk over them. Blocked: TCP connects, UDP datagrams
+(``sendto``/``sendmsg``: DNS queries, telemetry pings) and name lookups of other hosts
+(``getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def _blocked(host: object, port: object = None) -> NetworkBlockedError:
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
 _real_getaddrinfo = socket.getaddrinfo
+_real_gethostbyname = socket.gethostbyname
+_real_gethostbyname_ex = socket.gethostbyname_ex
+_real_sendto = socket.socket.sendto
+_real_sendmsg = getattr(socket.socket, "sendmsg", None)  # not on Windows
 
 
 def _check_address(sock: socket.socket, address: object) -> None:
@@ -65,15 +71,48 @@ def _guarded_connect_ex(self, address):
     return _real_connect_ex(self, address)
 
 
-def _guarded_getaddrinfo(host, port, *args, **kwargs):
+def _check_lookup(host: object, port: object = None) -> None:
     if not _is_local(host):
         # Resolving our own hostname is local (gloo and torchrun do it); anything else is a lookup
         # of a remote host, the first step of a download.
         if str(host) not in {socket.gethostname(), socket.getfqdn()}:
             raise _blocked(host, port)
+
+
+def _guarded_getaddrinfo(host, port, *args, **kwargs):
+    _check_lookup(host, port)
     return _real_getaddrinfo(host, port, *args, **kwargs)
+
+
+def _guarded_gethostbyname(host):
+    _check_lookup(host)
+    return _real_gethostbyname(host)
+
+
+def _guarded_gethostbyname_ex(host):
+    _check_lookup(host)
+    return _real_gethostbyname_ex(host)
+
+
+def _guarded_sendto(self, data, *args):
+    # sendto(data, address) or sendto(data, flags, address)
+    if args:
+        _check_address(self, args[-1])
+    return _real_sendto(self, data, *args)
+
+
+def _guarded_sendmsg(self, buffers, ancdata=(), flags=0, address=None):
+    if address is not None:
+        _check_address(self, address)
+        return _real_sendmsg(self, buffers, ancdata, flags, address)
+    return _real_sendmsg(self, buffers, ancdata, flags)
 
 
 socket.socket.connect = _guarded_connect
 socket.socket.connect_ex = _guarded_connect_ex
+socket.socket.sendto = _guarded_sendto
+if _real_sendmsg is not None:
+    socket.socket.sendmsg = _guarded_sendmsg
 socket.getaddrinfo = _guarded_getaddrinfo
+socket.gethostbyname = _guarded_gethostbyname
+socket.gethostbyname_ex = _guarded_gethostbyname_ex

@@ -30,12 +30,33 @@ def test_child_processes_are_guarded_and_name_the_host():
     assert "network access to huggingface.co:443 is blocked" in result.stderr
 
 
+@pytest.mark.parametrize("call, where", [
+    ("s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', ('8.8.8.8', 53))", "8.8.8.8:53"),
+    ("s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', 0, ('1.1.1.1', 123))", "1.1.1.1:123"),
+    ("s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendmsg([b'x'], [], 0, ('9.9.9.9', 53))", "9.9.9.9:53"),
+    ("socket.gethostbyname('pypi.org')", "pypi.org"),
+    ("socket.gethostbyname_ex('huggingface.co')", "huggingface.co"),
+])
+def test_udp_and_name_lookups_are_blocked_too(call, where):
+    code = (
+        "import socket\n"
+        f"try:\n    {call}\n    print('NOT BLOCKED')\n"
+        "except ConnectionError as e:\n    print('BLOCKED', e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=_guarded_env(), capture_output=True, text=True, timeout=60)
+    assert f"BLOCKED network access to {where} is blocked" in result.stdout, result.stdout + result.stderr
+
+
 def test_loopback_still_works():
     code = (
         "import socket\n"
         "server = socket.socket(); server.bind(('127.0.0.1', 0)); server.listen(1)\n"
         "client = socket.create_connection(server.getsockname(), timeout=5)\n"
         "client6 = socket.create_connection(('localhost', server.getsockname()[1]), timeout=5)\n"
+        "udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(('127.0.0.1', 0))\n"
+        "udp.sendto(b'ping', udp.getsockname()); assert udp.recv(4) == b'ping'\n"
+        "assert socket.gethostbyname('localhost').startswith('127.')\n"
+        "socket.gethostbyname(socket.gethostname())\n"
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], env=_guarded_env(), capture_output=True, text=True, timeout=60)
