@@ -25,7 +25,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_many",
+           "atomic_write_text"]
+
+
+def _match_permissions(tmp: str, path: Path) -> None:
+    """The new file gets the old file's permissions, or the usual ones for a new file
+    (``mkstemp`` creates it readable by its owner only)."""
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, mode)
 
 
 @contextlib.contextmanager
@@ -50,14 +64,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | 
             yield f
             f.flush()
             os.fsync(f.fileno())
-        if path.exists():  # keep the permissions the old file had
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, path.stat().st_mode & 0o777)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, 0o666 & ~umask)
+        _match_permissions(tmp, path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -82,3 +89,38 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any, **dumps_kwargs: A
     dumps_kwargs.setdefault("indent", 2)
     dumps_kwargs.setdefault("ensure_ascii", False)
     atomic_write_text(path, json.dumps(data, **dumps_kwargs) + "\n")
+
+
+def atomic_write_many(contents: dict[str | os.PathLike[str], str | bytes]) -> None:
+    """Write several files as one change: all of them new, or (on any failure) none.
+
+    Every new content is first written in full to a temporary file beside its target; only when
+    all of them are on disk are they renamed over their targets (a rename does not run out of
+    space). ``make execute`` saves a notebook, the metrics, the run times and the README this way.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> atomic_write_many({folder / "a.txt": "A", folder / "b.bin": b"B"})
+    >>> sorted(p.name for p in folder.iterdir()), (folder / "a.txt").read_text()
+    (['a.txt', 'b.bin'], 'A')
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for target, data in contents.items():
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            staged.append((tmp, path))
+            raw = data.encode("utf-8") if isinstance(data, str) else data
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            _match_permissions(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
