@@ -14,7 +14,6 @@ asserts them, on the machine whose numbers the course quotes.
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
 import math
 import numbers
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from .runtime import current_run, fast_mode
 
@@ -77,12 +77,9 @@ def check_target(name: str, value: float, target: float, higher_is_better: bool 
 def _locked(path: Path):
     """An exclusive lock beside ``path``: notebooks running in parallel never lose an entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    # filelock: an OS-level lock on Linux, macOS and Windows alike (fcntl is POSIX-only).
+    with FileLock(str(path.with_suffix(".lock"))):
+        yield
 
 
 def load_metrics(path: Path | None = None) -> list[dict[str, Any]]:
