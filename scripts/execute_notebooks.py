@@ -5,10 +5,16 @@
     python scripts/execute_notebooks.py notebooks/04_*.ipynb  # some
 
 Each notebook runs top to bottom in a new kernel, with the working directory set to
-``notebooks/`` and ``COURSE_FAST`` unset (full mode). A notebook that raises stops with the
-error shown, and its file is left untouched. At the end a summary table (notebook, wall time,
-headline metrics against their targets) is printed and written to ``reports/course_run.md``;
-the wall times are kept in ``reports/course_run.json`` for the README's course map.
+``notebooks/``, ``COURSE_FAST`` unset (full mode) and ``COURSE_RECORD=1`` (its headline results
+are recorded and its timing targets asserted). At the end a summary table (notebook, wall time,
+headline metrics against their targets) is printed and written to ``reports/course_run.md``.
+
+Nothing is lost. The reports are read and checked before any notebook runs (a corrupt one stops
+the run at once, naming the file and the fix). While a notebook runs, its results go to a
+staging copy of ``reports/metrics.json``; only when it has passed are its saved outputs, its
+metrics, ``reports/course_run.json``, ``reports/course_run.md``, the README's course map and the
+instructor guide written, together, each atomically (all new, or, on any failure such as a
+full disk, all as they were). A notebook that fails leaves every file as it was.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
+from filelock import FileLock
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from tqdm import tqdm
@@ -30,12 +39,16 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
-from course_utils.results import _locked, describe_result, load_metrics, reports_dir  # noqa: E402
+import update_readme  # noqa: E402
+
+from course_utils.files import atomic_write_many  # noqa: E402
+from course_utils.results import describe_result, reports_dir  # noqa: E402
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
-def execute(path: Path, timeout: int) -> float:
+def execute(path: Path, timeout: int, env: dict[str, str]) -> tuple[nbformat.NotebookNode, float]:
+    """Run the notebook in a fresh kernel with ``env``; return it (not saved) and its wall time."""
     nb = nbformat.read(path, as_version=4)
     # Notebooks drafted in another tool (e.g. jupytext) get the standard kernel and lose its metadata.
     nb.metadata.pop("jupytext", None)
@@ -50,11 +63,16 @@ def execute(path: Path, timeout: int) -> float:
         store_widget_state=True,
         record_timing=False,  # no per-cell timestamps in the stored notebooks
     )
-    start = time.perf_counter()
-    client.execute()
-    elapsed = time.perf_counter() - start
-    nbformat.write(nb, path)
-    return elapsed
+    saved = dict(os.environ)
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        start = time.perf_counter()
+        client.execute()
+        elapsed = time.perf_counter() - start
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return nb, elapsed
 
 
 def metric_text(entry: dict) -> str:
@@ -62,8 +80,7 @@ def metric_text(entry: dict) -> str:
                            entry.get("unit", ""))
 
 
-def write_summary(times: dict[str, dict]) -> str:
-    metrics = load_metrics()
+def summary(times: dict[str, dict], metrics: list[dict]) -> str:
     by_nb: dict[str, list[dict]] = {}
     for entry in metrics:
         by_nb.setdefault(entry["notebook"], []).append(entry)
@@ -82,9 +99,55 @@ def write_summary(times: dict[str, dict]) -> str:
         metrics_md = "<br>".join(metric_text(e) for e in by_nb.get(name, [])) or "—"
         lines.append(f"| {name} | {info['wall_time_s']:.0f} s | {info['machine']} | {metrics_md} | {info['status']} |")
     lines += ["", f"Total: {total / 60:.1f} min."]
-    text = "\n".join(lines) + "\n"
-    (reports_dir() / "course_run.md").write_text(text, encoding="utf-8")
-    return text
+    return "\n".join(lines) + "\n"
+
+
+def check_reports() -> None:
+    """Read every report before anything runs: a corrupt one stops the run here, named."""
+    update_readme.read_run_times(reports_dir() / "course_run.json")
+    update_readme.read_metrics(reports_dir() / "metrics.json")
+    update_readme.rendered()  # the README and the guide have their markers
+
+
+def machine_name() -> str:
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            machine += f", {torch.cuda.get_device_name(0)}"
+    except Exception:  # a broken CUDA install must not stop the run
+        pass
+    return machine
+
+
+def _notebook_text(nb: nbformat.NotebookNode) -> str:
+    text = nbformat.writes(nb)
+    return text if text.endswith("\n") else text + "\n"  # as nbformat.write saves it
+
+
+def commit_notebook(path: Path, nb: nbformat.NotebookNode, staged_metrics: list[dict], entry: dict) -> None:
+    """Write the notebook, its metrics, the run times, the summary, README and guide as one change."""
+    reports = reports_dir()
+    with FileLock(str(reports / "reports.lock")):  # several `make execute` runs may share the reports
+        metrics = update_readme.read_metrics(reports / "metrics.json")
+        times = update_readme.read_run_times(reports / "course_run.json")
+        name = path.stem
+        # This notebook's entries are exactly the ones this run recorded (a result the notebook
+        # no longer records disappears with its old value).
+        metrics = [m for m in metrics if m["notebook"] != name] + [m for m in staged_metrics if m["notebook"] == name]
+        metrics.sort(key=lambda r: (r["notebook"], r["name"]))
+        times[name] = entry
+        files: dict[Path, str] = {
+            path: _notebook_text(nb),
+            reports / "metrics.json": json.dumps({"results": metrics}, indent=2, ensure_ascii=False) + "\n",
+            reports / "course_run.json": json.dumps(times, indent=2, sort_keys=True) + "\n",
+            reports / "course_run.md": summary(times, metrics),
+        }
+        for doc, text in update_readme.rendered(times, metrics).items():
+            if doc.read_text(encoding="utf-8") != text:
+                files[doc] = text
+        atomic_write_many(files)
 
 
 def main() -> int:
@@ -93,51 +156,50 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     args = parser.parse_args()
     paths = args.notebooks or sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if not paths:
-        print("no notebooks to run", file=sys.stderr)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if not paths or missing:
+        print(f"no such notebook: {', '.join(missing)}" if missing else "no notebooks to run", file=sys.stderr)
         return 1
-    os.environ.pop("COURSE_FAST", None)  # full mode
-    os.environ.pop("TQDM_DISABLE", None)
-    os.environ["COURSE_RECORD"] = "1"  # record_result writes reports/metrics.json and asserts timing targets
     reports_dir().mkdir(parents=True, exist_ok=True)
-    times_path = reports_dir() / "course_run.json"
-    times: dict[str, dict] = {}
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
     try:
-        import torch
-
-        if torch.cuda.is_available():
-            machine += f", {torch.cuda.get_device_name(0)}"
-    except Exception:
-        pass
+        check_reports()
+    except update_readme.ReportError as exc:
+        print(f"make execute: nothing was run. {exc}", file=sys.stderr)
+        return 1
+    machine = machine_name()
     failures = 0
     for path in tqdm(paths, desc="notebooks", unit="nb"):
         name = path.stem
         tqdm.write(f"running {name} ...")
-        try:
-            elapsed = execute(path.resolve(), args.timeout)
-            status = "passed"
-        except CellExecutionError as exc:
-            elapsed, status = float("nan"), "FAILED"
-            failures += 1
-            tqdm.write(f"{name} failed:\n{str(exc)[-3000:]}")
+        with tempfile.TemporaryDirectory(prefix="course-run-") as staging:
+            # The kernel's record_result writes here, not into reports/: a failed run records nothing.
+            if (reports_dir() / "metrics.json").exists():
+                shutil.copy(reports_dir() / "metrics.json", Path(staging) / "metrics.json")
+            env = {"COURSE_RECORD": "1", "COURSE_REPORTS_DIR": staging}
+            for var in ("COURSE_FAST", "TQDM_DISABLE"):  # full mode, with progress bars
+                os.environ.pop(var, None)
+            try:
+                nb, elapsed = execute(path.resolve(), args.timeout, env)
+            except CellExecutionError as exc:
+                failures += 1
+                tqdm.write(f"{name} FAILED (its notebook and the reports are left as they were):\n{str(exc)[-3000:]}")
+                continue
+            staged = update_readme.read_metrics(Path(staging) / "metrics.json")
         entry = {
             "wall_time_s": round(elapsed, 1),
-            "status": status,
+            "status": "passed",
             "machine": machine,
             "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        with _locked(times_path):  # several `make execute` runs may share the file
-            times = json.loads(times_path.read_text()) if times_path.exists() else {}
-            if status == "passed":  # a failed run leaves the notebook, and so its entry, as they were
-                times[name] = entry
-                times_path.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tqdm.write(f"{name}: {status} in {elapsed:.0f} s")
+        try:
+            commit_notebook(path.resolve(), nb, staged, entry)
+        except OSError as exc:
+            failures += 1
+            tqdm.write(f"{name}: could not save ({exc}); its notebook and the reports are left as they were")
+            continue
+        tqdm.write(f"{name}: passed in {elapsed:.0f} s")
     print()
-    print(write_summary(times))
-    from update_readme import main as update_readme
-
-    update_readme()
+    print((reports_dir() / "course_run.md").read_text(encoding="utf-8") if (reports_dir() / "course_run.md").exists() else "")
     return 1 if failures else 0
 
 
