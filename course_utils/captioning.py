@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import AdditiveAttention
-from .datasets.scenes import COLOURS, SHAPES, SceneDataset, Vocab, parse_caption, parse_relations
+from .datasets.scenes import COLOURS, SHAPES, SceneDataset, parse_caption, parse_relations
+from .datasets.vocab import Vocab
 from .positional import LearnedPositionalEmbedding
 from .runtime import get_device
 from .seq2seq import corpus_bleu
@@ -594,8 +595,9 @@ def _select(state: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torc
 def greedy_decode(model: Captioner, images: torch.Tensor, vocab: Vocab, max_len: int = 30) -> Decoded:
     """Pick the most likely word at every step until ``<eos>`` (or ``max_len`` words).
 
-    >>> model = Captioner(GridEncoder(16), AttentionLSTMDecoder(len(Vocab()), 16, hidden_dim=16))
-    >>> out = greedy_decode(model.eval(), torch.rand(3, 3, 32, 32), Vocab(), max_len=6)
+    >>> from course_utils.datasets.scenes import caption_vocab
+    >>> model = Captioner(GridEncoder(16), AttentionLSTMDecoder(len(caption_vocab()), 16, hidden_dim=16))
+    >>> out = greedy_decode(model.eval(), torch.rand(3, 3, 32, 32), caption_vocab(), max_len=6)
     >>> out.tokens.shape, out.attention.shape
     (torch.Size([3, 6]), torch.Size([3, 6, 16]))
     """
@@ -633,8 +635,9 @@ def beam_search(
     no cost. The best beam is chosen by ``log p / length ** length_penalty`` (0 = raw log p).
     With ``beam_size=1`` this is exactly greedy decoding.
 
-    >>> model = Captioner(GridEncoder(16), AttentionLSTMDecoder(len(Vocab()), 16, hidden_dim=16))
-    >>> out = beam_search(model.eval(), torch.rand(2, 3, 32, 32), Vocab(), beam_size=3, max_len=6)
+    >>> from course_utils.datasets.scenes import caption_vocab
+    >>> model = Captioner(GridEncoder(16), AttentionLSTMDecoder(len(caption_vocab()), 16, hidden_dim=16))
+    >>> out = beam_search(model.eval(), torch.rand(2, 3, 32, 32), caption_vocab(), beam_size=3, max_len=6)
     >>> out.tokens.shape, out.attention.shape
     (torch.Size([2, 6]), torch.Size([2, 6, 16]))
     """

@@ -41,7 +41,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checks import (
+    check_bool,
+    check_int,
+    check_positive_int,
+    check_real,
+    check_sequence_of_str,
+    check_tensor,
+    describe,
+)
+from .vocab import Vocab
+
 __all__ = [
+    "CAPTION_WORDS",
     "COLOURS",
     "FIX",
     "HELDOUT_COMBOS",
@@ -54,12 +66,15 @@ __all__ = [
     "Vocab",
     "available",
     "caption_from_objects",
+    "caption_vocab",
     "cell_masks",
+    "check_rng",
     "generate_scene",
     "make_dataset",
     "make_splits",
     "parse_caption",
     "parse_relations",
+    "render_scene",
 ]
 
 NOTEBOOKS = ["12_image_captioning"]
@@ -158,14 +173,23 @@ def caption_from_objects(objects: Sequence[SceneObject]) -> str:
     >>> caption_from_objects([c, b, a])
     'a small red circle left of a large blue square above a small green cross'
     """
-    if not objects:
-        raise ValueError("a scene needs at least one object, got none")
+    if isinstance(objects, str) or not isinstance(objects, Sequence) or not objects:
+        raise ValueError(f"objects must be a non-empty list of SceneObject, got {describe(objects)}")
+    if not all(isinstance(o, SceneObject) for o in objects):
+        raise TypeError(f"objects must be SceneObject instances, got {[type(o).__name__ for o in objects]}")
     ordered = sorted(objects, key=lambda o: (o.row, o.col))
     words = [ordered[0].phrase]
     for prev, nxt in zip(ordered, ordered[1:], strict=False):
         words.append("left of" if nxt.row == prev.row else "above")
         words.append(nxt.phrase)
     return " ".join(words)
+
+
+def _words(caption: str | Sequence[str]) -> list[str]:
+    if isinstance(caption, str):
+        return caption.split()
+    check_sequence_of_str("caption", caption, allow_empty=True)
+    return list(caption)
 
 
 def parse_caption(caption: str | Sequence[str]) -> list[tuple[str, str, str]]:
@@ -179,7 +203,7 @@ def parse_caption(caption: str | Sequence[str]) -> list[tuple[str, str, str]]:
     >>> parse_caption("a red circle above")
     [('?', 'red', 'circle')]
     """
-    words = caption.split() if isinstance(caption, str) else list(caption)
+    words = _words(caption)
     objects: list[list[str]] = []
     for w in words:
         if w == "a":
@@ -199,7 +223,7 @@ def parse_relations(caption: str | Sequence[str]) -> list[str]:
     >>> parse_relations("a small red circle left of a large blue square above a small red cross")
     ['left of', 'above']
     """
-    words = caption.split() if isinstance(caption, str) else list(caption)
+    words = _words(caption)
     rels = []
     for i, w in enumerate(words):
         if w == "above":
@@ -207,6 +231,52 @@ def parse_relations(caption: str | Sequence[str]) -> list[str]:
         elif w == "left" and i + 1 < len(words) and words[i + 1] == "of":
             rels.append("left of")
     return rels
+
+
+def _check_canvas(image_size: int, grid: int) -> int:
+    """The cell size in pixels of a ``grid × grid`` partition of an ``image_size`` canvas."""
+    check_positive_int("image_size", image_size)
+    check_positive_int("grid", grid)
+    if image_size % grid:
+        raise ValueError(f"image_size must be a multiple of grid, got {image_size} and {grid}")
+    cell = image_size // grid
+    if 2 * max(SIZES.values()) + 1 > cell:
+        raise ValueError(f"cells of {cell} px (image_size={image_size}, grid={grid}) are too small "
+                         f"for the large shapes: they need {2 * max(SIZES.values()) + 1} px")
+    return cell
+
+
+def _check_pairs(name: str, pairs: Sequence[tuple[str, str]]) -> None:
+    """``pairs`` is a non-empty list of known ``(colour, shape)`` pairs."""
+    if isinstance(pairs, str) or not isinstance(pairs, Sequence) or not pairs:
+        raise ValueError(f"{name} must be a non-empty list of (colour, shape) pairs, got {describe(pairs)}")
+    for pair in pairs:
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2 or pair[0] not in COLOURS
+                or pair[1] not in SHAPES):
+            raise ValueError(f"{name} must hold (colour, shape) pairs with a colour of {tuple(COLOURS)} "
+                             f"and a shape of {SHAPES}, got {pair!r}")
+
+
+def _draw_object(rng: np.random.Generator, image: np.ndarray, row: int, col: int, cell: int,
+                 colour: str, shape: str, size: str) -> tuple[SceneObject, np.ndarray]:
+    """Paint one shape at a random offset inside cell ``(row, col)``; its object and pixel mask."""
+    h = SIZES[size]
+    # an integer centre such that the whole shape stays inside its cell
+    cy = row * cell + int(rng.integers(h, cell - h))
+    cx = col * cell + int(rng.integers(h, cell - h))
+    mask = _shape_mask(shape, cy, cx, h, image.shape[-1])
+    ys, xs = np.nonzero(mask)
+    box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+    shade = 0.85 + 0.15 * rng.random()  # a little brightness variation
+    for ch in range(3):
+        image[ch][mask] = COLOURS[colour][ch] * shade
+    return SceneObject(shape, colour, size, row, col, cy, cx, box), mask
+
+
+def _finish(rng: np.random.Generator, image: np.ndarray, noise: float) -> np.ndarray:
+    image += rng.normal(0.0, noise, size=image.shape).astype(np.float32)
+    np.clip(image, 0.0, 1.0, out=image)
+    return image
 
 
 def generate_scene(
@@ -220,46 +290,100 @@ def generate_scene(
 ) -> tuple[np.ndarray, list[SceneObject], np.ndarray]:
     """One scene: ``(image (3, H, W) float32, objects, masks (n, H, W) bool)``.
 
-    ``allowed`` restricts the colour–shape pairs; ``require`` forces one object to use one of
-    these pairs (the held-out split). Objects are in reading order.
+    ``n_objects = (lo, hi)``: between ``lo`` and ``hi`` objects (inclusive), at most one per
+    cell. ``allowed`` restricts the colour–shape pairs; ``require`` forces one object to use
+    one of these pairs (the held-out split). Objects are in reading order.
 
     >>> img, objs, masks = generate_scene(np.random.default_rng(0))
     >>> img.shape, masks.shape[1:], 2 <= len(objs) <= 4
     ((3, 32, 32), (32, 32), True)
+    >>> generate_scene(np.random.default_rng(0), n_objects=(50, 60))
+    Traceback (most recent call last):
+    ...
+    ValueError: n_objects must be (lo, hi) with 1 <= lo <= hi <= 16 (one object per cell of a 4×4 grid), got (50, 60)
     """
-    if image_size % grid:
-        raise ValueError(f"image_size must be a multiple of grid, got {image_size} and {grid}")
-    cell = image_size // grid
-    if 2 * max(SIZES.values()) + 1 > cell:
-        raise ValueError(f"cells of {cell} px are too small for the large shapes")
+    check_rng(rng)
+    cell = _check_canvas(image_size, grid)
+    _check_n_objects(n_objects, grid)
+    check_real("noise", noise, 0.0)
+    if allowed is not None:
+        _check_pairs("allowed", allowed)
+    if require is not None:
+        _check_pairs("require", require)
     combos = list(allowed) if allowed is not None else [(c, s) for c in COLOURS for s in SHAPES]
     n = int(rng.integers(n_objects[0], n_objects[1] + 1))
     cells = rng.choice(grid * grid, size=n, replace=False)
     cells.sort()  # reading order
     forced = int(rng.integers(n)) if require else -1
-    image = np.empty((3, image_size, image_size), dtype=np.float32)
-    image[:] = 0.08
+    image = np.full((3, image_size, image_size), 0.08, dtype=np.float32)
     objects, masks = [], []
     for i, c in enumerate(cells):
         row, col = divmod(int(c), grid)
         pool = list(require) if i == forced else combos
         colour, shape = pool[int(rng.integers(len(pool)))]
         size = ("small", "large")[int(rng.integers(2))]
-        h = SIZES[size]
-        # an integer centre such that the whole shape stays inside its cell
-        cy = row * cell + int(rng.integers(h, cell - h))
-        cx = col * cell + int(rng.integers(h, cell - h))
-        mask = _shape_mask(shape, cy, cx, h, image_size)
-        ys, xs = np.nonzero(mask)
-        box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
-        shade = 0.85 + 0.15 * rng.random()  # a little brightness variation
-        for ch in range(3):
-            image[ch][mask] = COLOURS[colour][ch] * shade
-        objects.append(SceneObject(shape, colour, size, row, col, cy, cx, box))
+        obj, mask = _draw_object(rng, image, row, col, cell, colour, shape, size)
+        objects.append(obj)
         masks.append(mask)
-    image += rng.normal(0.0, noise, size=image.shape).astype(np.float32)
-    np.clip(image, 0.0, 1.0, out=image)
-    return image, objects, np.stack(masks)
+    return _finish(rng, image, noise), objects, np.stack(masks)
+
+
+def render_scene(
+    rng: np.random.Generator,
+    layout: Sequence[tuple[int, str, str]],
+    image_size: int = 32,
+    grid: int = 4,
+    noise: float = 0.03,
+) -> tuple[np.ndarray, list[SceneObject], np.ndarray]:
+    """Draw a scene whose layout is given: ``layout`` lists ``(cell, colour, shape)``, one
+    object per cell (cells numbered in reading order); sizes, offsets and shades are random.
+
+    Returns ``(image (3, H, W) float32, objects, masks (n, H, W) bool)``, objects in reading
+    order. The question generator of :mod:`course_utils.datasets.questions` uses it to build a
+    scene that fits a question and an answer.
+
+    >>> img, objs, _ = render_scene(np.random.default_rng(0), [(5, "red", "circle"), (0, "blue", "cross")])
+    >>> [(o.row, o.col, o.colour, o.shape) for o in objs]
+    [(0, 0, 'blue', 'cross'), (1, 1, 'red', 'circle')]
+    """
+    check_rng(rng)
+    cell = _check_canvas(image_size, grid)
+    check_real("noise", noise, 0.0)
+    if isinstance(layout, str) or not isinstance(layout, Sequence) or not layout:
+        raise ValueError(f"layout must be a non-empty list of (cell, colour, shape), got {describe(layout)}")
+    for item in layout:
+        if (not isinstance(item, (tuple, list)) or len(item) != 3 or isinstance(item[0], bool)
+                or not isinstance(item[0], (int, np.integer)) or not 0 <= item[0] < grid * grid):
+            raise ValueError(f"layout must hold (cell, colour, shape) with a cell in [0, {grid * grid}), "
+                             f"got {item!r}")
+        _check_pairs("layout's (colour, shape)", [(item[1], item[2])])
+    cells = [int(item[0]) for item in layout]
+    if len(set(cells)) != len(cells):
+        raise ValueError(f"layout must put at most one object per cell, got cells {cells}")
+    image = np.full((3, image_size, image_size), 0.08, dtype=np.float32)
+    objects, masks = [], []
+    for c, colour, shape in sorted(layout, key=lambda item: int(item[0])):
+        row, col = divmod(int(c), grid)
+        size = ("small", "large")[int(rng.integers(2))]
+        obj, mask = _draw_object(rng, image, row, col, cell, colour, shape, size)
+        objects.append(obj)
+        masks.append(mask)
+    return _finish(rng, image, noise), objects, np.stack(masks)
+
+
+def _check_n_objects(n_objects: tuple[int, int], grid: int) -> None:
+    ok = (isinstance(n_objects, (tuple, list)) and len(n_objects) == 2
+          and all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in n_objects)
+          and 1 <= n_objects[0] <= n_objects[1] <= grid * grid)
+    if not ok:
+        raise ValueError(f"n_objects must be (lo, hi) with 1 <= lo <= hi <= {grid * grid} (one object "
+                         f"per cell of a {grid}×{grid} grid), got {n_objects!r}")
+
+
+def check_rng(rng: np.random.Generator) -> None:
+    """``rng`` is a NumPy ``Generator`` (``np.random.default_rng(seed)``), not a seed or ``np.random``."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator such as np.random.default_rng(0), got {describe(rng)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,51 +391,22 @@ def generate_scene(
 # ---------------------------------------------------------------------------------------------
 
 
-class Vocab:
-    """Word <-> id for the captions; ``<pad>`` = 0, then ``<bos>``, ``<eos>``.
+#: the words of every caption, in id order after ``<pad> <bos> <eos>`` (ids 0, 1, 2)
+CAPTION_WORDS: tuple[str, ...] = ("a", *SIZES, *COLOURS, *SHAPES, "left", "of", "above")
 
-    >>> vocab = Vocab()
-    >>> ids = vocab.encode("a small red circle")
-    >>> ids[0] == vocab.bos, ids[-1] == vocab.eos
-    (True, True)
-    >>> vocab.decode(ids)
+
+def caption_vocab() -> Vocab:
+    """The captions' vocabulary: the course's one :class:`~course_utils.datasets.vocab.Vocab`,
+    closed (no ``<unk>``: a word outside the template is a bug, and an error).
+
+    >>> vocab = caption_vocab()
+    >>> ids = vocab.encode("a small red circle".split(), add_bos=True, add_eos=True)
+    >>> ids[0] == vocab.bos, ids[-1] == vocab.eos, len(vocab)
+    (True, True, 19)
+    >>> " ".join(vocab.decode(ids))
     'a small red circle'
     """
-
-    PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
-
-    def __init__(self) -> None:
-        words = ["a", *SIZES, *COLOURS, *SHAPES, "left", "of", "above"]
-        self.itos: list[str] = [self.PAD, self.BOS, self.EOS, *words]
-        self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
-        self.pad, self.bos, self.eos = 0, 1, 2
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def encode(self, caption: str) -> list[int]:
-        """``<bos> w1 ... wn <eos>`` as ids; an unknown word is a ``ValueError``."""
-        unknown = [w for w in caption.split() if w not in self.stoi]
-        if unknown:
-            raise ValueError(f"words {unknown} are not in the vocabulary {self.itos[3:]}")
-        return [self.bos, *(self.stoi[w] for w in caption.split()), self.eos]
-
-    def decode(self, ids: Sequence[int] | torch.Tensor, strip: bool = True) -> str:
-        """Ids back to words; stops at ``<eos>`` and drops ``<bos>``/``<pad>`` when ``strip``."""
-        return " ".join(self.words(ids, strip=strip))
-
-    def words(self, ids: Sequence[int] | torch.Tensor, strip: bool = True) -> list[str]:
-        """Like :meth:`decode`, as a list of words."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        out = []
-        for i in ids:
-            if strip and i == self.eos:
-                break
-            if strip and i in (self.pad, self.bos):
-                continue
-            out.append(self.itos[i])
-        return out
+    return Vocab(CAPTION_WORDS, unk=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,11 +423,37 @@ def cell_masks(masks: torch.Tensor, grid: int = 4) -> torch.Tensor:
     tensor([[0, 0],
             [1, 0]], dtype=torch.int32)
     """
+    check_tensor("masks", masks)
+    check_positive_int("grid", grid)
+    if masks.dim() < 2:
+        raise ValueError(f"masks must have shape (..., H, W), got {describe(masks)}")
     h, w = masks.shape[-2:]
     if h % grid or w % grid:
         raise ValueError(f"mask size {(h, w)} must be a multiple of grid={grid}")
     m = masks.reshape(*masks.shape[:-2], grid, h // grid, grid, w // grid)
     return m.any(dim=-1).any(dim=-2)
+
+
+def _check_vocab(vocab: Vocab) -> None:
+    if not isinstance(vocab, Vocab):
+        raise TypeError(f"vocab must be a course_utils.datasets.vocab.Vocab, got {describe(vocab)}")
+    missing = [w for w in CAPTION_WORDS if w not in vocab]
+    if missing:
+        raise ValueError(f"vocab must contain every caption word, it lacks {missing}")
+
+
+def _check_index(index: Sequence[int] | torch.Tensor, n: int) -> torch.Tensor:
+    """``index`` as a 1-D long tensor of positions in ``[0, n)``, or a clear error."""
+    try:
+        idx = torch.as_tensor(index)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"index must be a list or a 1-D tensor of ints, got {describe(index)}") from exc
+    if idx.dim() != 1 or idx.is_floating_point() or idx.dtype == torch.bool:
+        raise TypeError(f"index must be a list or a 1-D tensor of ints, got {describe(index)}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise ValueError(f"index must hold positions in [0, {n}), got values from {int(idx.min())} "
+                         f"to {int(idx.max())}")
+    return idx.long()
 
 
 @dataclass
@@ -360,7 +481,7 @@ class SceneDataset:
         return len(self.captions)
 
     def subset(self, index: Sequence[int] | torch.Tensor) -> SceneDataset:
-        idx = torch.as_tensor(index, dtype=torch.long)
+        idx = _check_index(index, len(self))
         pick = idx.tolist()
         return SceneDataset(
             self.images[idx], self.tokens[idx], [self.captions[i] for i in pick],
@@ -386,9 +507,13 @@ def make_dataset(
     >>> torch.equal(a.images, b.images) and a.captions == b.captions
     True
     """
-    if n <= 0:
-        raise ValueError(f"n must be a positive number of scenes, got {n}")
-    vocab = vocab or Vocab()
+    check_positive_int("n", n)
+    check_int("seed", seed, low=0)
+    _check_canvas(image_size, grid)
+    _check_n_objects(n_objects, grid)
+    check_bool("heldout", heldout)
+    vocab = vocab or caption_vocab()
+    _check_vocab(vocab)
     rng = np.random.default_rng(seed)
     seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELDOUT_COMBOS]
     kmax = n_objects[1]
@@ -405,7 +530,7 @@ def make_dataset(
         captions.append(caption_from_objects(objs))
         objects.append(objs)
         counts.append(len(objs))
-    ids = [vocab.encode(c) for c in captions]
+    ids = [vocab.encode(c.split(), add_bos=True, add_eos=True) for c in captions]
     tokens = torch.full((n, max(map(len, ids))), vocab.pad, dtype=torch.long)
     for i, row in enumerate(ids):
         tokens[i, : len(row)] = torch.tensor(row)
@@ -428,8 +553,11 @@ def make_splits(
     """``train``, ``valid``, ``test`` (seen colour–shape pairs only) and ``heldout`` (every
     scene has a pair from :data:`HELDOUT_COMBOS`), each from its own seed derived from ``seed``.
     """
-    vocab = Vocab()
+    check_int("seed", seed, low=0)
     sizes = {"train": n_train, "valid": n_valid, "test": n_test, "heldout": n_heldout}
+    for name, size in sizes.items():
+        check_positive_int(f"n_{name}", size)
+    vocab = caption_vocab()
     return {
         name: make_dataset(size, seed=seed * 1000 + k, heldout=(name == "heldout"), vocab=vocab,
                            **kwargs)

@@ -30,9 +30,9 @@ from course_utils.captioning import (
     train_jobs,
     transformer_grounding,
 )
-from course_utils.datasets.scenes import Vocab, make_dataset
+from course_utils.datasets.scenes import caption_vocab, make_dataset
 
-V = len(Vocab())
+V = len(caption_vocab())
 
 
 def _models(dim: int = 32):
