@@ -14,8 +14,8 @@ Variants (``name@learning_rate``; the default rate is 3e-3):
 * ``ln``         the first version: a LayerNorm after W
 * ``ln-v512``    with the LayerNorm, v of 512 numbers
 * ``mlp``        W replaced by 2,048 → 512 → 128 with a ReLU
-* ``initonly``   the issue's prototype: flatten(grid) → (h0, c0) through one wide linear layer,
-                 nothing from the image after the first step
+* ``initonly``   flatten(grid) → (h0, c0) through one wide linear layer, nothing from the
+                 image after the first step
 * ``linear-v64``, ``linear-v256``  v of 64 / 256 numbers
 * ``linear-h256``                   an LSTM of 256 units
 * ``mean``       the mean-pooled straw man
@@ -48,7 +48,7 @@ TABLE = ["ln@3e-4", "ln@1e-3", "ln@3e-3", "ln-v512@3e-3", "mlp@1e-3", "mlp@3e-3"
 
 
 class InitOnlyDecoder(nn.Module):
-    """The prototype's baseline: the flattened grid sets (h0, c0); no image input after that."""
+    """A baseline that sees the image once: the flattened grid sets (h0, c0); no image input after that."""
 
     def __init__(self, vocab_size: int, feat_dim: int = 128, grid_cells: int = 16, embed_dim: int = 64,
                  hidden_dim: int = 128) -> None:
