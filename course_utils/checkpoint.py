@@ -32,17 +32,17 @@ course_utils.checkpoint.CheckpointMismatchError: .../model.pt does not fit Seque
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import pickle
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .files import atomic_open
 
 __all__ = [
     "CheckpointMismatchError", "compare_state_dicts", "load_checkpoint", "save_checkpoint", "save_state", "versions",
@@ -173,16 +173,8 @@ def save_state(
         "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp_name)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:  # a crash or a full disk never leaves half a checkpoint
+        torch.save(payload, f)
     return path
 
 
@@ -230,6 +222,39 @@ def _mismatch_message(path: Path, model: nn.Module, diff: dict[str, list], ckpt:
     )
 
 
+def _check_map_location(map_location: Any) -> None:
+    """A CUDA ``map_location`` on a machine without CUDA fails here, saying what to pass instead."""
+    if callable(map_location) or isinstance(map_location, dict):
+        return
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"map_location must be a device such as 'cpu' or 'cuda:0', got {map_location!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"map_location={map_location!r} asks for a CUDA GPU, but this machine has none: "
+            "load with map_location='cpu' (the default)"
+        )
+
+
+def _check_optimizer_shapes(path: Path, optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) -> None:
+    """The saved per-parameter state (e.g. Adam's moments) must have each parameter's shape.
+
+    ``Optimizer.load_state_dict`` only compares the number of parameters, so the state of a
+    differently shaped model would load and fail (or, worse, broadcast) at the next step.
+    """
+    groups, state = saved.get("param_groups", []), saved.get("state", {})
+    for g, (group, saved_group) in enumerate(zip(optimizer.param_groups, groups, strict=False)):
+        for i, (param, pid) in enumerate(zip(group["params"], saved_group.get("params", []), strict=False)):
+            for name, value in state.get(pid, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(
+                        f"the optimizer state in {path} does not fit this model: parameter {i} of "
+                        f"group {g} has shape {tuple(param.shape)}, its saved {name!r} has shape "
+                        f"{tuple(value.shape)}; the optimizer was saved for a different model"
+                    )
+
+
 def load_checkpoint(
     path: str | Path,
     model: nn.Module | None = None,
@@ -247,7 +272,12 @@ def load_checkpoint(
     * a truncated/corrupt file, or one that is not a course checkpoint: ``ValueError`` naming it;
     * a model that does not fit: :class:`CheckpointMismatchError` (a ``ValueError``) naming the
       missing/unexpected keys and the mismatching shapes (expected vs received). Nothing is
-      loaded into the model in that case.
+      loaded into the model in that case;
+    * a file that holds Python objects (it would run code when unpickled): ``ValueError`` naming
+      the object it refused;
+    * ``map_location`` on a GPU this machine does not have: ``ValueError`` saying what to pass;
+    * an optimizer state saved for a differently shaped model: ``ValueError`` naming the
+      parameter and both shapes.
     """
     path = Path(path)
     if model is not None and not isinstance(model, nn.Module):
@@ -257,10 +287,13 @@ def load_checkpoint(
             f"no checkpoint at {path}: check the path, or train the model and save it with "
             "course_utils.checkpoint.save_checkpoint first"
         )
+    _check_map_location(map_location)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        # torch words the refusal "Unsupported global: GLOBAL x.y" (older) or
+        # "Trying to load unsupported GLOBAL x.y whose module x is blocked" (newer)
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(exc))
         if found is None:  # not a pickle of objects, just bytes that are not a checkpoint
             raise ValueError(
                 f"{path} is not a readable checkpoint (truncated or corrupt: the data is not a "
@@ -293,6 +326,7 @@ def load_checkpoint(
     if optimizer is not None:
         if ckpt.get("optimizer") is None:
             raise ValueError(f"{path} holds no optimizer state (it was saved without optimizer=...)")
+        _check_optimizer_shapes(path, optimizer, ckpt["optimizer"])
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError as exc:

@@ -130,9 +130,33 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path):
     evil.marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({"format": ck.FORMAT, "model": {}, "config": evil, "versions": {}}, path)
-    with pytest.raises(ValueError, match=r"could not be loaded with weights_only=True"):
+    with pytest.raises(ValueError, match=r"could not be loaded with weights_only=True: it holds a "
+                       r"Python object \(pathlib\.Path\.touch\)") as info:
         load_checkpoint(path)
+    assert "truncated or corrupt" not in str(info.value)
     assert not evil.marker.exists()
+
+
+def test_a_checkpoint_mapped_to_a_missing_gpu_says_so(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    path = save_checkpoint(tmp_path / "k.pt", nn.Linear(2, 2))
+    for where in ("cuda", "cuda:0", torch.device("cuda")):
+        with pytest.raises(ValueError, match=r"asks for a CUDA GPU, but this machine has none: load with map_location='cpu'"):
+            load_checkpoint(path, map_location=where)
+    with pytest.raises(ValueError, match="map_location must be a device such as 'cpu'"):
+        load_checkpoint(path, map_location="gpu please")
+
+
+def test_an_optimizer_state_of_a_differently_shaped_model_is_refused(tmp_path):
+    small, big = nn.Linear(2, 2), nn.Linear(3, 3)  # the same number of parameters (weight, bias)
+    opt = torch.optim.Adam(small.parameters())
+    small(torch.randn(4, 2)).sum().backward()
+    opt.step()
+    path = save_checkpoint(tmp_path / "a.pt", small, opt)
+    with pytest.raises(ValueError, match=r"parameter 0 of group 0 has shape \(3, 3\), its saved 'exp_avg' has "
+                                         r"shape \(2, 2\)"):
+        load_checkpoint(path, optimizer=torch.optim.Adam(big.parameters()))
 
 
 def test_a_bare_state_dict_is_explained(tmp_path):
@@ -152,7 +176,7 @@ def test_a_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = save_checkpoint(tmp_path / "k.pt", nn.Linear(2, 2), step=1)
 
     def broken_save(obj, f):
-        pathlib.Path(f).write_bytes(b"half")
+        f.write(b"half")
         raise OSError("disk full")
 
     monkeypatch.setattr(ck.torch, "save", broken_save)
