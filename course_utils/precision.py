@@ -2,9 +2,14 @@
 
 * CPU: autocast runs matrix multiplications in **bfloat16** (same exponent range as fp32, so
   no loss scaling is needed).
-* CUDA: **bfloat16** where the GPU supports it (Ampere and newer), otherwise **float16**, which
+* CUDA: **bfloat16** where the GPU computes it natively (compute capability 8.0 and newer:
+  A100, RTX 30xx, H100, ...), otherwise **float16** (V100 7.0, T4 and RTX 20xx 7.5), which
   has a narrow exponent range: small gradients underflow to zero unless the loss is scaled
-  up first, hence ``torch.amp.GradScaler``.
+  up first, hence ``torch.amp.GradScaler``. Recent PyTorch counts *emulated* bf16 on older
+  cards as "supported"; emulated bf16 is slow, so the course asks for native support only.
+* TF32: on CUDA, :func:`enable_tf32` lets float32 matrix products use TensorFloat-32 tensor
+  cores (Ampere and newer; 10 mantissa bits instead of 23, float32's range).
+  ``setup_notebook`` calls it once when the notebook runs on a GPU; nothing else sets it.
 
 ``MixedPrecision`` bundles the three decisions (dtype, autocast, scaler) so training loops
 read the same on every device::
@@ -17,6 +22,7 @@ read the same on every device::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -40,15 +46,60 @@ def _as_device(device: object, available: bool = True) -> torch.device:
     return device
 
 
+def cuda_bf16_native(device: torch.device | str = "cuda") -> bool:
+    """True when the CUDA (or ROCm) GPU ``device`` computes bfloat16 in hardware.
+
+    Uses ``torch.cuda.is_bf16_supported(including_emulation=False)`` where the installed
+    PyTorch has that argument, and the compute capability (8.0 or newer) where it does not:
+    without it, current PyTorch answers True on a T4 or V100, whose bf16 is emulated and slow.
+
+    >>> cuda_bf16_native("cpu")
+    False
+    """
+    device = _as_device(device, available=False)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if torch.version.hip:
+        return True  # every GPU ROCm supports has bf16 units
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index == torch.cuda.current_device() and _has_emulation_argument():
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
+def _has_emulation_argument() -> bool:
+    try:
+        return "including_emulation" in inspect.signature(torch.cuda.is_bf16_supported).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
+def enable_tf32() -> None:
+    """Let float32 matrix products on CUDA use TF32 tensor cores (the course's one switch for it).
+
+    ``torch.set_float32_matmul_precision("high")``: float32 inputs and outputs, products computed
+    with 10-bit mantissas on Ampere and newer GPUs (on older GPUs and on CPUs it changes nothing).
+    cuDNN convolutions use TF32 by default already.
+
+    >>> enable_tf32(); torch.get_float32_matmul_precision()
+    'high'
+    >>> torch.set_float32_matmul_precision("highest")   # back to the default for the other doctests
+    """
+    torch.set_float32_matmul_precision("high")
+
+
 def amp_dtype(device: torch.device | str) -> torch.dtype:
     """The autocast dtype the course uses on ``device``.
+
+    CPU: bfloat16. CUDA: bfloat16 when the GPU has native bf16 (compute capability 8.0+),
+    float16 (with a ``GradScaler``) on older GPUs. MPS: float16.
 
     >>> amp_dtype("cpu")
     torch.bfloat16
     """
     device = _as_device(device, available=False)  # a rule, answered for any device type
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_bf16_native(device) else torch.float16
     if device.type == "mps":
         return torch.float16
     if device.type == "cpu":
@@ -75,11 +126,15 @@ class MixedPrecision:
         if not isinstance(self.dtype, torch.dtype) or self.dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"mixed precision dtype must be torch.float16 or torch.bfloat16, got {self.dtype}")
         # Loss scaling is only needed (and only supported) for fp16 on a GPU.
-        use_scaler = enabled and self.dtype == torch.float16 and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.needs_grad_scaler)
 
     def __repr__(self) -> str:
         return f"MixedPrecision(device={self.device}, dtype={self.dtype}, grad_scaler={self.scaler.is_enabled()})"
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        """True for float16 on a GPU: the one case where small gradients would underflow unscaled."""
+        return self.enabled and self.dtype == torch.float16 and self.device.type == "cuda"
 
     def autocast(self):
         """A ``torch.autocast`` context for this device and dtype (a no-op when disabled)."""
@@ -114,15 +169,21 @@ class PrecisionReport:
     tf32: bool
     autocast_dtype: str
     grad_scaler: bool
+    tf32_enabled: bool = False
+    capability: str = ""
 
     def __str__(self) -> str:
         yes = {True: "yes", False: "no"}
+        tf32 = yes[self.tf32] + ((", on" if self.tf32_enabled else ", off") if self.tf32 else "")
+        lines = [f"device                 {self.device}"]
+        if self.capability:
+            lines.append(f"compute capability     {self.capability}")
         return "\n".join(
-            [
-                f"device                 {self.device}",
+            lines
+            + [
                 f"bfloat16 supported     {yes[self.bf16]}",
                 f"float16 supported      {yes[self.fp16]}",
-                f"TF32 matmuls           {yes[self.tf32]}",
+                f"TF32 matmuls           {tf32}",
                 f"course autocast dtype  {self.autocast_dtype}",
                 f"GradScaler needed      {yes[self.grad_scaler]}",
             ]
@@ -136,9 +197,11 @@ def precision_report(device: torch.device | str = "cpu") -> PrecisionReport:
     bfloat16
     """
     device = _as_device(device)
+    capability = ""
     if device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        bf16, fp16, tf32 = torch.cuda.is_bf16_supported(), True, major >= 8
+        major, minor = torch.cuda.get_device_capability(device)
+        capability = f"{major}.{minor}"
+        bf16, fp16, tf32 = cuda_bf16_native(device), True, major >= 8  # bf16: native, not emulated
     elif device.type == "mps":
         bf16, fp16, tf32 = False, True, False
     else:
@@ -152,4 +215,6 @@ def precision_report(device: torch.device | str = "cpu") -> PrecisionReport:
         tf32=tf32,
         autocast_dtype=str(dtype).replace("torch.", ""),
         grad_scaler=dtype == torch.float16 and device.type == "cuda",
+        tf32_enabled=tf32 and torch.get_float32_matmul_precision() != "highest",
+        capability=capability,
     )

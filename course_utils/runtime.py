@@ -7,9 +7,10 @@ Every notebook starts with::
     device = run.device
 
 which seeds Python, NumPy and PyTorch, picks the best device (CUDA, then MPS, then CPU),
-and tells the learner which mode the notebook runs in. ``COURSE_FAST=1`` (set by
-``make test``) shrinks data and epochs so that CI runs every notebook in under a minute;
-full mode is what a learner runs and what the stored outputs show.
+switches TF32 matrix products on when the device is a CUDA GPU (the course's one place for it:
+:func:`course_utils.precision.enable_tf32`), and tells the learner which mode the notebook
+runs in. ``COURSE_FAST=1`` (set by ``make test``) shrinks data and epochs so that CI runs every
+notebook in under a minute; full mode is what a learner runs and what the stored outputs show.
 """
 
 from __future__ import annotations
@@ -133,10 +134,17 @@ class NotebookRun:
         return time.perf_counter() - self.started
 
     def __str__(self) -> str:
+        where = str(self.device)
+        if self.device.type == "cuda":
+            where += f" ({torch.cuda.get_device_name(self.device)}, TF32 matmuls {_tf32_state()})"
         return (
-            f"{self.name}: {self.mode} mode on {self.device} "
+            f"{self.name}: {self.mode} mode on {where} "
             f"(torch {torch.__version__}, {torch.get_num_threads()} CPU threads, seed {self.seed})"
         )
+
+
+def _tf32_state() -> str:
+    return "off" if torch.get_float32_matmul_precision() == "highest" else "on"
 
 
 _current_run: NotebookRun | None = None
@@ -152,6 +160,10 @@ def setup_notebook(name: str, seed: int = 0, device: str | None = None, quiet: b
     global _current_run
     seed_everything(seed)
     run = NotebookRun(name=name, device=get_device(device), seed=seed, fast=fast_mode())
+    if run.device.type == "cuda":
+        from .precision import enable_tf32
+
+        enable_tf32()  # float32 matmuls on tensor cores (Ampere+); see notebook 00
     _current_run = run
     if not quiet:
         print(run)

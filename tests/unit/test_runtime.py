@@ -64,3 +64,21 @@ def test_setup_notebook_reports_and_remembers(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "42_test: fast mode on cpu" in out and "seed 7" in out
     assert current_run() is run and run.fast and run.elapsed() >= 0
+
+
+def test_setup_notebook_turns_tf32_on_for_cuda_only(monkeypatch, capsys):
+    previous = torch.get_float32_matmul_precision()
+    monkeypatch.delenv("COURSE_DEVICE", raising=False)
+    try:
+        torch.set_float32_matmul_precision("highest")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+        setup_notebook("99_cpu")
+        assert torch.get_float32_matmul_precision() == "highest"  # the CPU's numerics stay untouched
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+        setup_notebook("99_gpu")
+        assert torch.get_float32_matmul_precision() == "high"
+        assert "on cuda (Fake GPU, TF32 matmuls on)" in capsys.readouterr().out
+    finally:
+        torch.set_float32_matmul_precision(previous)
