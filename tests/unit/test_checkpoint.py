@@ -131,7 +131,7 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": ck.FORMAT, "model": {}, "config": evil, "versions": {}}, path)
     with pytest.raises(ValueError, match=r"could not be loaded with weights_only=True: it holds a "
-                       r"Python object \(pathlib\.Path\.touch\)") as info:
+                       r"Python object \(\S+\)") as info:
         load_checkpoint(path)
     assert "truncated or corrupt" not in str(info.value)
     assert not evil.marker.exists()
