@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from course_utils import training
 from course_utils.training import NonFiniteLossError, train_steps
 
 
@@ -50,3 +51,67 @@ def test_bad_arguments():
         train_steps(lambda i: 0.0, -1)
     with pytest.raises(ValueError, match="without a 'loss' entry"):
         train_steps(lambda i: {"acc": 1.0}, 1, disable_progress=True)
+
+
+def test_interrupt_counts_steps_not_log_entries(capsys):
+    def step(i):
+        if i == 7:
+            raise KeyboardInterrupt
+        return 1.0
+
+    history = train_steps(step, 100, log_every=5, disable_progress=True)
+    assert history["step"] == [0, 5]
+    assert "Interrupted after 7 of 100 steps" in capsys.readouterr().out
+
+
+@pytest.fixture
+def fake_gpu_losses(monkeypatch):
+    """Losses that count as living on a GPU; any ``.item()`` fails, every ``.tolist()`` is counted."""
+    monkeypatch.setattr(training, "_on_accelerator", lambda metrics: True)
+    reads = {"tolist": 0}
+    real_tolist = torch.Tensor.tolist
+
+    def counting_tolist(self):
+        reads["tolist"] += 1
+        return real_tolist(self)
+
+    def no_item(self):
+        raise AssertionError(".item() on a GPU loss: one device synchronisation per step")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    return reads
+
+
+def test_gpu_losses_are_read_once_per_block(fake_gpu_losses):
+    losses = torch.linspace(2.0, 1.0, 100)
+    history = train_steps(lambda i: {"loss": losses[i], "acc": losses[i] / 2}, 100, log_every=10,
+                          sync_every=25, disable_progress=True)
+    assert fake_gpu_losses["tolist"] == 4  # 100 steps, one transfer every 25
+    assert history["step"] == [*range(0, 100, 10), 99]
+    expected = [round(float(v), 6) for v in losses[history["step"]].tolist()]
+    assert [round(v, 6) for v in history["loss"]] == expected
+    assert all(isinstance(v, float) for v in history["acc"])
+
+
+def test_a_gpu_nan_is_reported_at_its_own_step(fake_gpu_losses):
+    losses = torch.ones(60)
+    losses[30] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 30; the last finite loss was 1 at step 29"):
+        train_steps(lambda i: losses[i], 60, sync_every=25, disable_progress=True)
+
+
+def test_interrupt_keeps_the_unread_gpu_steps(fake_gpu_losses, capsys):
+    def step(i):
+        if i == 10:
+            raise KeyboardInterrupt
+        return torch.tensor(float(i))
+
+    history = train_steps(step, 100, sync_every=25, disable_progress=True)
+    assert history.interrupted and history["step"] == list(range(10))
+    assert "Interrupted after 10 of 100 steps" in capsys.readouterr().out
+
+
+def test_sync_every_is_checked():
+    with pytest.raises(ValueError, match="sync_every must be an int >= 1, got 0"):
+        train_steps(lambda i: 0.0, 1, sync_every=0)
