@@ -18,8 +18,9 @@ The pieces, in the order the notebook meets them:
   self-attention over the last ``K`` observations, built from the course's
   :class:`~course_utils.transformer.TransformerEncoderLayer`).
 * :func:`compute_gae` (generalised advantage estimation, bootstrapping at time-limit
-  truncation), :func:`train_ppo` (one PPO loop for every policy) and :func:`evaluate`
-  (greedy or stochastic returns).
+  truncation), :func:`ppo_loss` (the clipped surrogate, the value loss and the entropy bonus,
+  a pure function of one minibatch), :func:`train_ppo` (one PPO loop for every policy, on the
+  policy's device; autocast on CUDA) and :func:`evaluate` (greedy or stochastic returns).
 
 References: Schulman et al. (2017), *Proximal Policy Optimization Algorithms*; Schulman et al.
 (2016), *High-Dimensional Continuous Control Using Generalized Advantage Estimation*;
@@ -38,7 +39,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checks import (
+    check_bool,
+    check_finite,
+    check_float_tensor,
+    check_int,
+    check_positive_int,
+    check_real,
+    check_shape,
+    check_tensor,
+    describe,
+)
 from .positional import LearnedPositionalEmbedding
+from .precision import MixedPrecision
 from .training import NonFiniteLossError
 from .transformer import TransformerEncoder, TransformerEncoderLayer
 
@@ -53,6 +66,7 @@ __all__ = [
     "compute_gae",
     "evaluate",
     "make_vector_env",
+    "ppo_loss",
     "record_episode",
     "train_ppo",
 ]
@@ -109,9 +123,8 @@ class BlankedObservation(gym.ObservationWrapper):
     """
 
     def __init__(self, env: gym.Env, blank_prob: float) -> None:
+        check_real("blank_prob", blank_prob, 0.0, 1.0)
         super().__init__(env)
-        if not 0.0 <= blank_prob <= 1.0:
-            raise ValueError(f"blank_prob must be in [0, 1], got {blank_prob!r}")
         box = env.observation_space
         self.blank_prob = blank_prob
         self.observation_space = gym.spaces.Box(
@@ -135,18 +148,18 @@ class BlankedObservation(gym.ObservationWrapper):
         return out if seen else np.zeros_like(out)
 
 
-def make_vector_env(num_envs: int, seed: int | None = None, blank_prob: float = 0.0) -> gym.vector.SyncVectorEnv:
+def make_vector_env(num_envs: int, blank_prob: float = 0.0) -> gym.vector.SyncVectorEnv:
     """``num_envs`` no-velocity CartPoles in one ``SyncVectorEnv`` (gymnasium's default autoreset,
-    ``NEXT_STEP``). ``blank_prob > 0`` adds :class:`BlankedObservation`. If ``seed`` is given the
-    environments are reset with seeds ``seed, seed + 1, ...``.
+    ``NEXT_STEP``). ``blank_prob > 0`` adds :class:`BlankedObservation`. Seed them with
+    ``envs.reset(seed=s)``: environment ``i`` gets seed ``s + i``.
 
-    >>> envs = make_vector_env(4, seed=0)
+    >>> envs = make_vector_env(4)
     >>> obs, _ = envs.reset(seed=0)
     >>> obs.shape
     (4, 2)
     """
-    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs <= 0:
-        raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+    check_positive_int("num_envs", num_envs)
+    check_real("blank_prob", blank_prob, 0.0, 1.0)
 
     def make() -> gym.Env:
         env: gym.Env = NoVelocityObservation(gym.make("CartPole-v1"))
@@ -188,20 +201,30 @@ class HistoryBuffer:
 
     def __init__(self, num_envs: int, window: int, obs_dim: int, device: torch.device | str = "cpu") -> None:
         for name, n in (("num_envs", num_envs), ("window", window), ("obs_dim", obs_dim)):
-            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-                raise ValueError(f"{name} must be a positive int, got {n!r}")
+            check_positive_int(name, n)
         self.num_envs, self.window, self.obs_dim = num_envs, window, obs_dim
         self.obs = torch.zeros(num_envs, window, obs_dim, device=device)  # (N, K, D)
         self.valid = torch.zeros(num_envs, window, dtype=torch.bool, device=device)  # (N, K)
 
     def _as_tensor(self, obs: torch.Tensor | np.ndarray) -> torch.Tensor:
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.obs.device)
+        if isinstance(obs, np.ndarray):
+            real = np.issubdtype(obs.dtype, np.integer) or np.issubdtype(obs.dtype, np.floating)
+        elif isinstance(obs, torch.Tensor):
+            real = obs.dtype != torch.bool and not obs.is_complex()
+        else:
+            raise TypeError(f"obs must be a tensor or a NumPy array of shape (num_envs, obs_dim), "
+                            f"got {describe(obs)}")
+        if not real:
+            raise TypeError(f"obs must hold real numbers, got dtype {obs.dtype}")
+        obs = torch.as_tensor(obs, dtype=torch.float32)  # checked on the CPU: no device sync
         if obs.shape != (self.num_envs, self.obs_dim):
             raise ValueError(
                 f"obs must have shape (num_envs, obs_dim) = {(self.num_envs, self.obs_dim)}, "
                 f"got {tuple(obs.shape)}"
             )
-        return obs
+        if obs.device.type == "cpu":
+            check_finite("obs", obs)
+        return obs.to(self.obs.device)
 
     def reset(self, obs: torch.Tensor | np.ndarray) -> None:
         """Start every environment afresh with its first observation ``obs (N, D)``."""
@@ -214,7 +237,10 @@ class HistoryBuffer:
     def push(self, obs: torch.Tensor | np.ndarray, new_episode: torch.Tensor | np.ndarray) -> None:
         """Append ``obs (N, D)``; clear the older slots where ``new_episode (N,)`` is True."""
         obs = self._as_tensor(obs)
-        new = torch.as_tensor(new_episode, dtype=torch.bool, device=self.obs.device)
+        if not isinstance(new_episode, (torch.Tensor, np.ndarray)) or new_episode.dtype not in (torch.bool, np.bool_):
+            raise TypeError(f"new_episode must be a bool tensor or array of shape ({self.num_envs},) "
+                            f"(True = this environment starts a new episode), got {describe(new_episode)}")
+        new = torch.as_tensor(new_episode, device=self.obs.device)
         if new.shape != (self.num_envs,):
             raise ValueError(f"new_episode must have shape ({self.num_envs},), got {tuple(new.shape)}")
         self.obs = torch.cat([self.obs[:, 1:], obs[:, None]], dim=1)  # shift left: oldest drops out
@@ -234,6 +260,8 @@ class HistoryBuffer:
 
 
 def _check_policy_input(obs: torch.Tensor, valid: torch.Tensor, window: int, obs_dim: int) -> None:
+    check_float_tensor("obs", obs)
+    check_tensor("valid", valid)
     if obs.dim() != 3 or obs.size(-1) != obs_dim or obs.size(1) < window:
         raise ValueError(
             f"obs must have shape (B, K >= {window}, obs_dim={obs_dim}), got {tuple(obs.shape)}"
@@ -272,6 +300,7 @@ class MLPPolicy(nn.Module):
     def __init__(self, obs_dim: int, n_actions: int, frames: int = 1, hidden: int = 64,
                  obs_scale: tuple[float, ...] | None = CARTPOLE_SCALE) -> None:
         super().__init__()
+        _check_sizes(obs_dim=obs_dim, n_actions=n_actions, frames=frames, hidden=hidden)
         self.obs_dim, self.n_actions, self.window = obs_dim, n_actions, frames
         inp = frames * obs_dim + (frames if frames > 1 else 0)
         self.actor = _mlp(inp, hidden, n_actions, out_gain=0.01)
@@ -289,11 +318,26 @@ class MLPPolicy(nn.Module):
         return self.actor(x), self.critic(x).squeeze(-1)
 
 
+def _check_sizes(**sizes: int) -> None:
+    for name, n in sizes.items():
+        check_positive_int(name, n)
+
+
 def _scale(obs_scale: tuple[float, ...] | None, obs_dim: int) -> torch.Tensor:
+    """``(obs_dim,)`` divisors of the observations: ``obs_scale`` first, 1 for the rest."""
     scale = torch.ones(obs_dim)
-    if obs_scale is not None:
-        n = min(len(obs_scale), obs_dim)
-        scale[:n] = torch.tensor(obs_scale[:n], dtype=torch.float32)
+    if obs_scale is None:
+        return scale
+    if isinstance(obs_scale, (str, bytes)) or not hasattr(obs_scale, "__len__"):
+        raise TypeError(f"obs_scale must be a sequence of positive numbers (or None), got {describe(obs_scale)}")
+    if obs_scale is CARTPOLE_SCALE:  # the default: (x, theta) first, whatever obs_dim is
+        obs_scale = obs_scale[:obs_dim]
+    if len(obs_scale) > obs_dim:
+        raise ValueError(f"obs_scale must have at most obs_dim={obs_dim} entries, got {len(obs_scale)}: "
+                         f"{tuple(obs_scale)}")
+    for i, v in enumerate(obs_scale):
+        check_real(f"obs_scale[{i}]", v, 0.0, low_open=True)  # 0 would divide by zero
+    scale[:len(obs_scale)] = torch.tensor([float(v) for v in obs_scale], dtype=torch.float32)
     return scale
 
 
@@ -321,6 +365,7 @@ class AttentionPolicy(nn.Module):
                  nhead: int = 4, num_layers: int = 1, dim_feedforward: int = 64, hidden: int = 64,
                  obs_scale: tuple[float, ...] | None = CARTPOLE_SCALE) -> None:
         super().__init__()
+        _check_sizes(obs_dim=obs_dim, n_actions=n_actions, window=window, hidden=hidden)
         self.obs_dim, self.n_actions, self.window = obs_dim, n_actions, window
         self.embed = nn.Linear(obs_dim, d_model)
         self.pos = LearnedPositionalEmbedding(window, d_model)
@@ -354,7 +399,7 @@ class AttentionPolicy(nn.Module):
         may attend to every earlier one (the causal mask removes nothing from its row). So
         the last layer runs one query against the ``K`` keys instead of ``K`` queries, and the
         feed-forward block on one position instead of ``K``: several times cheaper in training,
-        and equal to the full causal computation (``tests/test_rl.py`` checks it).
+        and equal to the full causal computation (``tests/unit/test_rl.py`` checks it).
         """
         _check_policy_input(obs, valid, self.window, self.obs_dim)
         obs, valid = obs[:, -self.window:], valid[:, -self.window:]
@@ -402,6 +447,9 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.T
     observation ``s_t`` to ``s_{t+1}``. ``values`` is ``(T+1, ...)``: ``values[t] = V(s_t)``,
     where ``s_{t+1}`` is the observation *returned by* step ``t`` — when the episode ended
     there, the final observation (gymnasium's ``NEXT_STEP`` autoreset returns it).
+    ``rewards`` and ``values`` are floating-point (integer rewards would truncate every
+    discounted sum), ``terminated`` and ``truncated`` boolean. The defaults ``gamma=0.99``,
+    ``lam=0.95`` are the GAE paper's and Stable-Baselines3's.
 
     .. math::
         \delta_t = r_t + \gamma V(s_{t+1})(1 - \text{terminated}_t) - V(s_t), \qquad
@@ -419,11 +467,7 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.T
     >>> ret                                    # 1 + 0.5 * (1 + 0.5 * 2.0)
     tensor([2., 2.])
     """
-    if values.shape[0] != rewards.shape[0] + 1 or values.shape[1:] != rewards.shape[1:]:
-        raise ValueError(
-            f"values must have shape (T+1, ...) for rewards (T, ...) = {tuple(rewards.shape)}, "
-            f"got {tuple(values.shape)}"
-        )
+    _check_gae_inputs(rewards, values, terminated, truncated, gamma, lam)
     not_term = 1.0 - terminated.float()
     not_done = 1.0 - (terminated | truncated).float()
     advantages = torch.zeros_like(rewards)
@@ -435,14 +479,125 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.T
     return advantages, advantages + values[:-1]
 
 
+def _check_gae_inputs(rewards, values, terminated, truncated, gamma, lam) -> None:
+    check_float_tensor("rewards", rewards, min_dims=1)
+    check_float_tensor("values", values, min_dims=1)
+    if values.shape[0] != rewards.shape[0] + 1 or values.shape[1:] != rewards.shape[1:]:
+        raise ValueError(
+            f"values must have shape (T+1, ...) for rewards (T, ...) = {tuple(rewards.shape)}, "
+            f"got {tuple(values.shape)}"
+        )
+    if values.dtype != rewards.dtype:
+        raise TypeError(f"rewards and values must have the same dtype, got rewards {rewards.dtype} "
+                        f"and values {values.dtype}")
+    for name, flags in (("terminated", terminated), ("truncated", truncated)):
+        check_tensor(name, flags)
+        if flags.dtype != torch.bool:
+            raise TypeError(f"{name} must be a bool tensor (True where the episode ended), got {describe(flags)}")
+        check_shape(name, flags, rewards.shape, what=f"(T, ...) = {tuple(rewards.shape)} like rewards")
+    check_real("gamma", gamma, 0.0, 1.0)
+    check_real("lam", lam, 0.0, 1.0)
+    check_finite("rewards", rewards)
+    check_finite("values", values)
+
+
 # ---------------------------------------------------------------------------------------------
 # PPO
 # ---------------------------------------------------------------------------------------------
 
 
+def ppo_loss(logits: torch.Tensor, actions: torch.Tensor, old_log_probs: torch.Tensor,
+             advantages: torch.Tensor, values: torch.Tensor, returns: torch.Tensor,
+             clip: float = 0.2, vf_coef: float = 0.5, ent_coef: float = 0.0,
+             normalize_advantages: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    r"""PPO's loss on one minibatch (Schulman et al., 2017): a pure function, no optimiser.
+
+    ``logits (B, A)`` and ``values (B,)`` are the current policy's outputs; ``actions (B,)``,
+    ``old_log_probs (B,)`` (of those actions under the policy that collected them),
+    ``advantages (B,)`` and ``returns (B,)`` come from the rollout.
+
+    .. math::
+        \rho = \frac{\pi_\theta(a\mid h)}{\pi_{\text{old}}(a\mid h)}, \quad
+        \mathcal{L} = -\,\overline{\min\big(\rho A,\ \text{clip}(\rho, 1-\epsilon, 1+\epsilon) A\big)}
+        + c_v\,\overline{\tfrac12 (V - \hat R)^2} - c_e\,\overline{\mathcal{H}[\pi_\theta]}
+
+    With ``normalize_advantages`` (the default, as Stable-Baselines3 and CleanRL) the
+    advantages are first standardised over the minibatch, ``(A - mean) / (std + 1e-8)`` with
+    the unbiased std (a minibatch of one is left as it is). The value loss has the factor ½
+    (as CleanRL; Stable-Baselines3 leaves it out). Defaults: ``clip=0.2`` (the paper's
+    :math:`\epsilon`), ``vf_coef=0.5``, ``ent_coef=0.0`` (Stable-Baselines3's).
+
+    Returns ``(loss, stats)``: ``stats`` holds detached 0-d tensors ``policy``, ``value``,
+    ``entropy``, ``clip_fraction`` (share of samples with :math:`|\rho - 1| > \epsilon`) and
+    ``approx_kl`` (an estimate of KL(old ‖ new)) — tensors, so that reading them is a choice
+    (on a GPU each ``.item()`` waits for the device).
+
+    >>> logits = torch.zeros(2, 2)                          # uniform policy: entropy ln 2
+    >>> old = torch.log(torch.tensor([0.5 / 1.5, 0.5 / 0.5]))   # ratios 1.5 and 0.5
+    >>> loss, stats = ppo_loss(logits, torch.tensor([0, 1]), old, torch.tensor([1.0, -1.0]),
+    ...                        torch.zeros(2), torch.zeros(2), normalize_advantages=False)
+    >>> round(stats["policy"].item(), 4)            # -mean(min(1.5, 1.2), min(-0.5, -0.8))
+    -0.2
+    >>> round(stats["entropy"].item(), 4), stats["clip_fraction"].item()
+    (0.6931, 1.0)
+    """
+    _check_ppo_inputs(logits, actions, old_log_probs, advantages, values, returns)
+    check_real("clip", clip, 0.0, low_open=True)
+    check_real("vf_coef", vf_coef, 0.0)
+    check_real("ent_coef", ent_coef, 0.0)
+    check_bool("normalize_advantages", normalize_advantages)
+    logits, values = logits.float(), values.float()  # under autocast they may be bf16 / fp16
+    dist = torch.distributions.Categorical(logits=logits, validate_args=False)
+    log_probs = dist.log_prob(actions)  # (B,)
+    if normalize_advantages and advantages.numel() > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    ratio = (log_probs - old_log_probs).exp()  # (B,)
+    policy_loss = -torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages).mean()
+    value_loss = 0.5 * F.mse_loss(values, returns)
+    entropy = dist.entropy().mean()
+    loss = policy_loss + vf_coef * value_loss - ent_coef * entropy
+    with torch.no_grad():
+        log_ratio = log_probs - old_log_probs
+        stats = {
+            "policy": policy_loss.detach(),
+            "value": value_loss.detach(),
+            "entropy": entropy.detach(),
+            "clip_fraction": ((ratio - 1.0).abs() > clip).float().mean(),
+            "approx_kl": ((ratio - 1.0) - log_ratio).mean(),  # Schulman's k3 estimator, >= 0
+        }
+    return loss, stats
+
+
+def _check_ppo_inputs(logits, actions, old_log_probs, advantages, values, returns) -> None:
+    check_float_tensor("logits", logits, dims=2)
+    b, n_actions = logits.shape
+    check_tensor("actions", actions, dims=1)
+    if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
+        raise TypeError(f"actions must be an integer tensor of action indices, got {describe(actions)}")
+    for name, t in (("actions", actions), ("old_log_probs", old_log_probs), ("advantages", advantages),
+                    ("values", values), ("returns", returns)):
+        if name != "actions":
+            check_float_tensor(name, t)
+        check_shape(name, t, (b,), what=f"(B,) = ({b},), one per row of logits")
+    if actions.device.type == "cpu" and b and (int(actions.min()) < 0 or int(actions.max()) >= n_actions):
+        # (only on the CPU: reading the values back from a GPU would wait for it every step)
+        raise ValueError(f"actions must be in [0, {n_actions}) for logits of {n_actions} actions, got "
+                         f"values from {int(actions.min())} to {int(actions.max())}")
+
+
 @dataclass
 class PPOConfig:
-    """PPO's settings (defaults tuned for no-velocity CartPole, after RL Zoo's)."""
+    """PPO's settings. Every field is checked when the config is made.
+
+    The defaults follow RL Zoo's tuned PPO for ``CartPole-v1`` (Raffin et al.): 8 environments
+    × 32 steps per update, minibatches of 256, learning rate 1e-3 annealed linearly to 0,
+    ``gamma=0.98``, ``gae_lambda=0.8``, no entropy bonus; and Stable-Baselines3's PPO defaults
+    for ``clip=0.2`` (the paper's), ``vf_coef=0.5`` and ``max_grad_norm=0.5``. Where they differ
+    from RL Zoo: 10 epochs per update instead of 20, a constant clip range instead of an
+    annealed one, and 200k environment steps instead of 100k (without velocities the task is
+    harder). ``autocast`` ``None`` means: on when the policy is on a CUDA device (bf16, or fp16
+    with a ``GradScaler`` before Ampere), off on the CPU; ``True``/``False`` forces it.
+    """
 
     total_steps: int = 200_000
     num_envs: int = 8
@@ -458,14 +613,44 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     blank_prob: float = 0.0  # > 0: the variant task with blanked observations
     threads: int | None = 1  # torch threads while training (small nets: 1 is fastest)
+    autocast: bool | None = None  # None: on for CUDA, off for the CPU
+
+    def __post_init__(self) -> None:
+        for name in ("total_steps", "num_envs", "rollout_len", "epochs", "minibatch_size"):
+            check_positive_int(name, getattr(self, name))
+        batch = self.num_envs * self.rollout_len
+        if self.total_steps < batch:
+            raise ValueError(
+                f"total_steps must be at least num_envs * rollout_len = {self.num_envs} * "
+                f"{self.rollout_len} = {batch} (one update), got {self.total_steps}"
+            )
+        check_real("lr", self.lr, 0.0, low_open=True)
+        check_real("gamma", self.gamma, 0.0, 1.0)
+        check_real("gae_lambda", self.gae_lambda, 0.0, 1.0)
+        check_real("clip", self.clip, 0.0, low_open=True)
+        check_real("ent_coef", self.ent_coef, 0.0)
+        check_real("vf_coef", self.vf_coef, 0.0)
+        check_real("max_grad_norm", self.max_grad_norm, 0.0, low_open=True)
+        check_real("blank_prob", self.blank_prob, 0.0, 1.0)
+        if self.threads is not None:
+            check_positive_int("threads", self.threads)
+        if self.autocast is not None:
+            check_bool("autocast", self.autocast)
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train_ppo` returns: the curve, the wall time and the settings."""
+    """What :func:`train_ppo` returns: the curve, the losses, the wall time and the settings.
+
+    ``losses``, ``entropies`` and ``clip_fractions`` are per update, averaged over its
+    minibatches (read back from the device once per update, not once per step).
+    """
 
     steps: list[int] = field(default_factory=list)  # env steps at each update
     returns: list[float] = field(default_factory=list)  # mean return of episodes finished so far (last 20)
+    losses: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
+    clip_fractions: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
     rollout_time_s: float = 0.0  # of which: collecting experience (env + policy forward)
     episodes: int = 0
@@ -475,9 +660,32 @@ class TrainResult:
 
 def _forward_sample(policy: nn.Module, obs: torch.Tensor, valid: torch.Tensor, greedy: bool = False):
     logits, value = policy(obs, valid)
-    dist = torch.distributions.Categorical(logits=logits, validate_args=False)
+    dist = torch.distributions.Categorical(logits=logits.float(), validate_args=False)
     action = logits.argmax(-1) if greedy else dist.sample()
-    return action, dist.log_prob(action), value
+    return action, dist.log_prob(action), value.float()
+
+
+def _policy_device(policy: nn.Module) -> torch.device:
+    param = next(policy.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _check_policy(policy: object, blank_prob: float) -> None:
+    """A policy of this module's interface, reading the observations the environment gives."""
+    if not isinstance(policy, nn.Module) or not all(hasattr(policy, a) for a in ("window", "obs_dim")):
+        raise TypeError("policy must be an nn.Module with attributes window and obs_dim (MLPPolicy, "
+                        f"AttentionPolicy or one of the same interface), got {describe(policy)}")
+    want = 2 + (blank_prob > 0)  # (x, theta), plus the seen flag when observations are blanked
+    if policy.obs_dim != want:
+        extra = " (x, theta, seen)" if blank_prob > 0 else " (x, theta)"
+        raise ValueError(f"policy.obs_dim must be {want}{extra} for blank_prob={blank_prob}, "
+                         f"got {policy.obs_dim}")
+
+
+def _mixed_precision(device: torch.device, autocast: bool | None) -> MixedPrecision:
+    """Autocast (and a GradScaler for fp16) on CUDA by default; off on the CPU unless forced."""
+    enabled = device.type == "cuda" if autocast is None else autocast
+    return MixedPrecision(device, enabled=enabled)
 
 
 def train_ppo(policy: nn.Module, config: PPOConfig | None = None, seed: int = 0,
@@ -488,7 +696,10 @@ def train_ppo(policy: nn.Module, config: PPOConfig | None = None, seed: int = 0,
     reads) and ``policy.obs_dim``. The rollout handles the ``NEXT_STEP`` autoreset: the step
     taken on an episode's final observation is a no-op for the environment, so it is stored
     but excluded from the loss (``valid_step``), and the history of the environment is
-    cleared when its new episode starts.
+    cleared when its new episode starts. The loss of each minibatch is :func:`ppo_loss`.
+
+    Training runs on the policy's device. On CUDA the update runs under autocast (see
+    :class:`PPOConfig`), and the losses are read back once per update, never once per step.
 
     >>> policy = MLPPolicy(obs_dim=2, n_actions=2)
     >>> result = train_ppo(policy, PPOConfig(total_steps=512, num_envs=4, rollout_len=64,
@@ -496,7 +707,11 @@ def train_ppo(policy: nn.Module, config: PPOConfig | None = None, seed: int = 0,
     >>> result.steps
     [256, 512]
     """
-    cfg = config or PPOConfig()
+    cfg = PPOConfig() if config is None else config
+    if not isinstance(cfg, PPOConfig):
+        raise TypeError(f"config must be a PPOConfig, got {describe(cfg)}")
+    _check_policy(policy, cfg.blank_prob)
+    check_int("seed", seed, low=0)
     torch.manual_seed(seed)
     np.random.seed(seed)
     old_threads = torch.get_num_threads()
@@ -511,27 +726,30 @@ def train_ppo(policy: nn.Module, config: PPOConfig | None = None, seed: int = 0,
 
 def _train(policy, cfg: PPOConfig, seed: int, desc: str, progress: bool | None, start: float) -> TrainResult:
     n, t_len, k = cfg.num_envs, cfg.rollout_len, policy.window
+    device = _policy_device(policy)
     envs = make_vector_env(n, blank_prob=cfg.blank_prob)
     obs, _ = envs.reset(seed=seed)
-    hist = HistoryBuffer(n, k, policy.obs_dim)
+    hist = HistoryBuffer(n, k, policy.obs_dim, device=device)
     hist.reset(obs)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
+    mp = _mixed_precision(device, cfg.autocast)
     batch = n * t_len
-    num_updates = max(1, cfg.total_steps // batch)
+    num_updates = cfg.total_steps // batch
     result = TrainResult(config=asdict(cfg))
 
     last_done = torch.zeros(n, dtype=torch.bool)  # did the previous step end each episode?
     ep_return = np.zeros(n)
     finished: list[float] = []
-    buf_obs = torch.zeros(t_len, n, k, policy.obs_dim)  # (T, N, K, D)
-    buf_valid = torch.zeros(t_len, n, k, dtype=torch.bool)  # (T, N, K)
-    buf_act = torch.zeros(t_len, n, dtype=torch.long)
-    buf_logp = torch.zeros(t_len, n)
-    buf_val = torch.zeros(t_len + 1, n)
-    buf_rew = torch.zeros(t_len, n)
-    buf_term = torch.zeros(t_len, n, dtype=torch.bool)
-    buf_trunc = torch.zeros(t_len, n, dtype=torch.bool)
-    buf_step_ok = torch.zeros(t_len, n, dtype=torch.bool)  # False on the autoreset no-op steps
+    zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
+    buf_obs = zeros(t_len, n, k, policy.obs_dim)  # (T, N, K, D)
+    buf_valid = zeros(t_len, n, k, dtype=torch.bool)  # (T, N, K)
+    buf_act = zeros(t_len, n, dtype=torch.long)
+    buf_logp = zeros(t_len, n)
+    buf_val = zeros(t_len + 1, n)
+    buf_rew = zeros(t_len, n)
+    buf_term = zeros(t_len, n, dtype=torch.bool)
+    buf_trunc = zeros(t_len, n, dtype=torch.bool)
+    buf_step_ok = zeros(t_len, n, dtype=torch.bool)  # False on the autoreset no-op steps
 
     bar = tqdm(range(num_updates), desc=desc, disable=progress is False, leave=False)
     last_finite: tuple[int, float] | None = None
@@ -545,10 +763,11 @@ def _train(policy, cfg: PPOConfig, seed: int, desc: str, progress: bool | None, 
             with torch.no_grad():
                 for t in range(t_len):
                     x, m = hist.obs, hist.valid
-                    action, logp, value = _forward_sample(policy, x, m)
+                    with mp.autocast():
+                        action, logp, value = _forward_sample(policy, x, m)
                     buf_obs[t], buf_valid[t], buf_act[t], buf_logp[t], buf_val[t] = x, m, action, logp, value
                     buf_step_ok[t] = ~last_done  # acting on a final observation does nothing
-                    obs, reward, term, trunc, _ = envs.step(action.numpy())
+                    obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
                     buf_rew[t] = torch.from_numpy(reward).float()
                     buf_term[t], buf_trunc[t] = torch.from_numpy(term), torch.from_numpy(trunc)
                     ep_return += reward
@@ -558,7 +777,8 @@ def _train(policy, cfg: PPOConfig, seed: int, desc: str, progress: bool | None, 
                     ep_return[done] = 0.0
                     hist.push(obs, new_episode=last_done)  # new episode iff the *previous* step ended one
                     last_done = torch.from_numpy(done)
-                buf_val[t_len] = policy(hist.obs, hist.valid)[1]  # bootstrap value of the next observation
+                with mp.autocast():
+                    buf_val[t_len] = policy(hist.obs, hist.valid)[1].float()  # bootstrap value of the next observation
             adv, ret = compute_gae(buf_rew, buf_val, buf_term, buf_trunc, cfg.gamma, cfg.gae_lambda)
             result.rollout_time_s += time.perf_counter() - t0
 
@@ -569,32 +789,31 @@ def _train(policy, cfg: PPOConfig, seed: int, desc: str, progress: bool | None, 
             b_act, b_logp = buf_act.flatten()[ok], buf_logp.flatten()[ok]
             b_adv, b_ret = adv.flatten()[ok], ret.flatten()[ok]
             size = b_act.numel()
-            stats = {}
+            logged: list[torch.Tensor] = []  # (loss, entropy, clip fraction) per minibatch, on the device
             for _ in range(cfg.epochs):
-                perm = torch.randperm(size)
+                perm = torch.randperm(size).to(device)
                 for lo in range(0, size, cfg.minibatch_size):
                     idx = perm[lo:lo + cfg.minibatch_size]
-                    logits, value = policy(b_obs[idx], b_valid[idx])
-                    dist = torch.distributions.Categorical(logits=logits, validate_args=False)
-                    logp = dist.log_prob(b_act[idx])
-                    a = b_adv[idx]
-                    a = (a - a.mean()) / (a.std() + 1e-8) if a.numel() > 1 else a
-                    ratio = (logp - b_logp[idx]).exp()
-                    pg_loss = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
-                    v_loss = 0.5 * F.mse_loss(value, b_ret[idx])
-                    entropy = dist.entropy().mean()
-                    loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+                    with mp.autocast():
+                        logits, value = policy(b_obs[idx], b_valid[idx])
+                    loss, stats = ppo_loss(logits, b_act[idx], b_logp[idx], b_adv[idx], value, b_ret[idx],
+                                           clip=cfg.clip, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    stats = {"loss": loss.item(), "entropy": entropy.item()}
-            if not np.isfinite(stats.get("loss", 0.0)):
+                    mp.step(loss, optimizer, clip_grad_norm=cfg.max_grad_norm, parameters=policy.parameters())
+                    logged.append(torch.stack([loss.detach(), stats["entropy"], stats["clip_fraction"]]))
+            # one read-back per update (a device sync on a GPU), not one per minibatch
+            losses, entropies, clip_fractions = torch.stack(logged).T.tolist() if logged else ([], [], [])
+            bad = [v for v in losses if not np.isfinite(v)]
+            if bad:
                 where = (f"the last finite loss was {last_finite[1]:.4g} at update {last_finite[0]}"
                          if last_finite else "no finite loss was seen before it")
-                raise NonFiniteLossError(f"PPO loss became {stats['loss']} at update {update}; {where}. "
+                raise NonFiniteLossError(f"PPO loss became {bad[0]} at update {update}; {where}. "
                                          "Lower the learning rate or check the observations for NaN.")
-            last_finite = (update, stats["loss"])
+            if losses:
+                last_finite = (update, losses[-1])
+                result.losses.append(float(np.mean(losses)))
+                result.entropies.append(float(np.mean(entropies)))
+                result.clip_fractions.append(float(np.mean(clip_fractions)))
             result.steps.append((update + 1) * batch)
             recent = finished[-20:]
             result.returns.append(float(np.mean(recent)) if recent else float("nan"))
@@ -628,16 +847,19 @@ def evaluate(policy: nn.Module, episodes: int = 20, greedy: bool = True, seed: i
     >>> returns.shape
     (3,)
     """
+    _check_run_args(policy, blank_prob, seed, max_steps)
+    check_positive_int("episodes", episodes)
+    check_bool("greedy", greedy)
     policy.eval()
     envs = make_vector_env(episodes, blank_prob=blank_prob)
     obs, _ = envs.reset(seed=seed)
-    hist = HistoryBuffer(episodes, policy.window, policy.obs_dim)
+    hist = HistoryBuffer(episodes, policy.window, policy.obs_dim, device=_policy_device(policy))
     hist.reset(obs)
     total = np.zeros(episodes)
     running = np.ones(episodes, dtype=bool)
     for _ in range(max_steps):
         action, _, _ = _forward_sample(policy, hist.obs, hist.valid, greedy=greedy)
-        obs, reward, term, trunc, _ = envs.step(action.numpy())
+        obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
         total += reward * running
         running &= ~(term | trunc)
         if not running.any():
@@ -661,26 +883,38 @@ def record_episode(policy: AttentionPolicy, seed: int = 20_000, blank_prob: floa
     >>> ep["attention"].shape[1:]
     (4, 4)
     """
+    if not isinstance(policy, AttentionPolicy):
+        raise TypeError(f"policy must be an AttentionPolicy (its attention is recorded), got {describe(policy)}")
+    _check_run_args(policy, blank_prob, seed, max_steps)
     policy.eval()
     envs = make_vector_env(1, blank_prob=blank_prob)
     obs, _ = envs.reset(seed=seed)
-    hist = HistoryBuffer(1, policy.window, policy.obs_dim)
+    hist = HistoryBuffer(1, policy.window, policy.obs_dim, device=_policy_device(policy))
     hist.reset(obs)
     seen, states, features, attention = [], [], [], []
     before = policy.store_attention
     policy.store_attention = True
-    for _ in range(max_steps):
-        features.append(policy.encode(hist.obs, hist.valid)[0, -1].numpy())  # (d_model,)
-        weights = policy.encoder.layers[-1].self_attn.last_attn_weights  # (1, H, K, K)
-        attention.append(weights[0, :, -1].numpy())  # (H, K): the newest query's row
-        seen.append(hist.obs[0, -1].numpy())
-        states.append(np.array(envs.envs[0].unwrapped.state, dtype=np.float32))
-        action, _, _ = _forward_sample(policy, hist.obs, hist.valid, greedy=True)
-        obs, _, term, trunc, _ = envs.step(action.numpy())
-        if term[0] or trunc[0]:
-            break
-        hist.push(obs, new_episode=torch.zeros(1, dtype=torch.bool))
-    envs.close()
-    policy.store_attention = before
+    try:
+        for _ in range(max_steps):
+            features.append(policy.encode(hist.obs, hist.valid)[0, -1].float().cpu().numpy())  # (d_model,)
+            weights = policy.encoder.layers[-1].self_attn.last_attn_weights  # (1, H, K, K)
+            attention.append(weights[0, :, -1].float().cpu().numpy())  # (H, K): the newest query's row
+            seen.append(hist.obs[0, -1].cpu().numpy())
+            states.append(np.array(envs.envs[0].unwrapped.state, dtype=np.float32))
+            action, _, _ = _forward_sample(policy, hist.obs, hist.valid, greedy=True)
+            obs, _, term, trunc, _ = envs.step(action.cpu().numpy())
+            if term[0] or trunc[0]:
+                break
+            hist.push(obs, new_episode=torch.zeros(1, dtype=torch.bool))
+    finally:
+        envs.close()
+        policy.store_attention = before
     return {"obs": np.stack(seen), "state": np.stack(states), "features": np.stack(features),
             "attention": np.stack(attention)}
+
+
+def _check_run_args(policy: nn.Module, blank_prob: float, seed: int, max_steps: int) -> None:
+    check_real("blank_prob", blank_prob, 0.0, 1.0)
+    _check_policy(policy, blank_prob)
+    check_int("seed", seed, low=0)
+    check_positive_int("max_steps", max_steps)
