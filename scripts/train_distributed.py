@@ -105,6 +105,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# Options that only steer this run (where to log, when to stop, how to launch): a resumed run may
+# change them. Every other option shapes the model or the training trajectory and must equal the
+# checkpoint's, or the resumed run would silently be a different experiment.
+RUN_ONLY_OPTIONS = {"checkpoint", "save_every", "resume", "stop_at", "log_every", "log_json", "dump_params",
+                    "measure_comm", "warmup_steps", "simulate_failure", "workers", "device", "timeout_s"}
+
+
+def check_resume_config(saved: dict, args: argparse.Namespace, path: str) -> None:
+    """Refuse to resume with options that differ from the checkpoint's, naming each one."""
+    differ = [f"--{name.replace('_', '-')}: checkpoint {saved[name]!r}, this run {value!r}"
+              for name, value in vars(args).items()
+              if name not in RUN_ONLY_OPTIONS and name in saved and saved[name] != value]
+    if differ:
+        raise SystemExit(
+            f"cannot resume from {path}: it was trained with other options ({'; '.join(differ)}). "
+            "Run again with the checkpoint's options, or start a new run with another --checkpoint."
+        )
+
+
 def build_model(args: argparse.Namespace) -> ViT:
     return ViT(image_size=8, patch_size=args.patch_size, in_channels=1, num_classes=10, dim=args.dim,
                depth=args.depth, heads=args.heads, mlp_dim=args.mlp_dim, dropout=0.0)
@@ -252,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         start_step = 0
         if args.resume and Path(args.checkpoint).is_file():
             ckpt = load_checkpoint(args.checkpoint, map_location=ctx.device)
+            if ckpt["step"] >= args.steps:
+                rank_zero_print(f"{args.checkpoint} is already finished: it holds step {ckpt['step']}, and this "
+                                f"run asks for --steps {args.steps}; nothing to do (the checkpoint is left as it is)")
+                return 0
+            check_resume_config(ckpt["config"], args, args.checkpoint)
             load_state(model, optimizer, ckpt, args.fsdp)
             if "scaler" in ckpt["extra"] and mp.scaler.is_enabled():
                 mp.scaler.load_state_dict(ckpt["extra"]["scaler"])
@@ -277,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         running, counted = 0.0, 0
         timed_start, timed_steps = None, 0
         end = min(args.steps, args.stop_at) if args.stop_at else args.steps
+        if end <= start_step:
+            rank_zero_print(f"--stop-at {args.stop_at} is not after the checkpoint's step {start_step}: nothing to do "
+                            "(the checkpoint is left as it is)")
+            return 0
         bar = progress(range(start_step, end), desc=f"training on {ctx.world_size} process(es)",
                        initial=start_step, total=args.steps, leave=False)
         model.train()
@@ -288,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 timed_start = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, args)
-            step_loss = 0.0
+            step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
             for micro in range(args.grad_accum):
                 x, y = next(batches)
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
@@ -306,12 +334,14 @@ def main(argv: list[str] | None = None) -> int:
                         mp.step(loss, optimizer)  # backward (+ all-reduce), optimizer step, zero grads
                     else:
                         mp.scaler.scale(loss).backward()
-                step_loss += loss.item()
+                # a detached sum, read once per log interval: .item() at every step would make the
+                # CPU wait for the GPU at every step
+                step_loss = step_loss + loss.detach().double()
             if timed_start is not None:
                 timed_steps += 1
             running, counted = running + step_loss, counted + 1
             if (step + 1) % args.log_every == 0 or step + 1 == end:
-                mean_loss = all_reduce_mean(running / counted, ctx.device)
+                mean_loss = all_reduce_mean(float(running) / counted, ctx.device)
                 history["step"].append(step + 1)
                 history["loss"].append(mean_loss)
                 bar.set_postfix(loss=f"{mean_loss:.3f}")
