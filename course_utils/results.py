@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from filelock import FileLock
 
+from .checks import check_bool, check_str, describe
+from .files import atomic_write_json
 from .runtime import current_run, fast_mode
 
 
@@ -62,9 +64,10 @@ def check_target(name: str, value: float, target: float, higher_is_better: bool 
     ...
     course_utils.results.TargetMissed: accuracy = 0.95 missed its target ≥ 0.98 by 0.03
     """
+    _check_names(name, higher_is_better)
     for what, x in (("value", value), ("target", target)):
-        if not isinstance(x, numbers.Real):
-            raise TypeError(f"{name}: {what} must be a real number, got {type(x).__name__} {x!r}")
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise TypeError(f"{name}: {what} must be a real number, got {describe(x)}")
     if not math.isfinite(value):
         raise TargetMissed(f"{name} = {value} is not a finite number (target {target})")
     ok = value >= target if higher_is_better else value <= target
@@ -100,6 +103,19 @@ def load_metrics(path: Path | None = None) -> list[dict[str, Any]]:
     return data.get("results", [])
 
 
+def _check_names(name: Any, higher_is_better: Any, unit: Any = "") -> None:
+    """A result's name is a non-empty string (it keys the reports), the direction a real bool."""
+    check_str("name", name, allow_empty=False)
+    check_bool("higher_is_better", higher_is_better)
+    check_str("unit", unit)
+
+
+def check_real_number(what: str, x: Any) -> None:
+    """A real number (NaN and infinities included: a miss, not a type error)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{what} must be a real number, got {describe(x)}")
+
+
 def _shown(name: str, value: float, unit: str = "") -> str:
     return f"{name} = {value:.4g}{(' ' + unit) if unit else ''}"
 
@@ -113,6 +129,10 @@ def describe_result(name: str, value: float, target: float | None, higher_is_bet
     >>> describe_result("test BLEU", 92.41, None)
     'test BLEU = 92.41 (reported, no target)'
     """
+    _check_names(name, higher_is_better, unit)
+    for what, x in (("value", value), ("target", target)):
+        if x is not None or what == "value":
+            check_real_number(f"{name}: {what}", x)
     if target is None:
         return f"{_shown(name, value, unit)} (reported, no target)"
     return f"{_shown(name, value, unit)} (target {'≥' if higher_is_better else '≤'} {target:.4g})"
@@ -158,6 +178,11 @@ def record_result(
     >>> record_result("doctest_value", 0.5, target=1.0, higher_is_better=False, notebook="doctest")
     doctest_value = 0.5 (target ≤ 1)
     """
+    _check_names(name, higher_is_better, unit)
+    for flag in ("full_mode_only", "timing"):
+        check_bool(flag, locals()[flag])
+    if notebook is not None:
+        check_str("notebook", notebook, allow_empty=False)
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_complex():
             raise ValueError(
@@ -165,9 +190,9 @@ def record_result(
                 f"shape {tuple(value.shape)} and dtype {value.dtype}"
             )
         value = value.item()
-    for what, x in (("value", value), ("target", target)):
-        if not isinstance(x, numbers.Real) and not (what == "target" and x is None):
-            raise TypeError(f"{name}: {what} must be a real number, got {type(x).__name__} {x!r}")
+    check_real_number(f"{name}: value", value)
+    if target is not None:
+        check_real_number(f"{name}: target", target)
     value = float(value)
     target = None if target is None else float(target)
     if full_mode_only and fast_mode() and target is not None:
@@ -215,6 +240,4 @@ def record_result(
         results = [r for r in load_metrics(path) if (r["notebook"], r["name"]) != (notebook, name)]
         results.append(entry)
         results.sort(key=lambda r: (r["notebook"], r["name"]))
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"results": results}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_json(path, {"results": results})

@@ -116,3 +116,45 @@ def test_a_missed_timing_target_warns_on_a_learners_machine_and_fails_under_make
     monkeypatch.setenv("COURSE_RECORD", "1")
     with pytest.raises(TargetMissed, match="speedup = 2 missed its target ≥ 5 by 3"):
         record_result("speedup", 2.0, target=5.0, unit="x", timing=True)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: record_result(123, 0.5, target=0.1), TypeError, "name must be a str, got int 123"),
+    (lambda: record_result("", 0.5, target=0.1), ValueError, "name must be a non-empty str"),
+    (lambda: record_result("acc", 0.5, target=0.1, higher_is_better="no"), TypeError,
+     "higher_is_better must be True or False, got str 'no'"),
+    (lambda: record_result("acc", "0.5", target=0.1), TypeError, "acc: value must be a real number, got str '0.5'"),
+    (lambda: record_result("acc", 0.5, target=True), TypeError, "acc: target must be a real number, got bool True"),
+    (lambda: record_result("acc", 0.5, target=0.1, timing="yes"), TypeError, "timing must be True or False"),
+    (lambda: record_result("acc", 0.5, target=0.1, unit=3), TypeError, "unit must be a str, got int 3"),
+])
+def test_bad_arguments_are_named(call, error, message):
+    setup_notebook("00_test", quiet=True, device="cpu")
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_describe_result_names_a_bad_value():
+    from course_utils.results import describe_result
+
+    with pytest.raises(TypeError, match="x: target must be a real number, got str 'a'"):
+        describe_result("x", 0.5, "a")
+    with pytest.raises(TypeError, match="x: value must be a real number, got str 'a'"):
+        describe_result("x", "a", 0.5)
+
+
+def test_a_failed_write_leaves_the_metrics_as_they_were(monkeypatch):
+    monkeypatch.setenv("COURSE_RECORD", "1")
+    setup_notebook("00_test", quiet=True, device="cpu")
+    record_result("accuracy", 0.9, target=0.8)
+    before = metrics_path().read_bytes()
+    import course_utils.files as files
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        record_result("accuracy", 0.95, target=0.8)
+    assert metrics_path().read_bytes() == before
+    assert sorted(p.name for p in metrics_path().parent.iterdir() if not p.name.endswith(".lock")) == ["metrics.json"]
