@@ -32,6 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_utils.checks import (
+    check_finite,
+    check_float_tensor,
+    check_non_negative_int,
+    check_one_of,
+    check_positive_int,
+    check_probability,
+    check_real,
+    check_shape,
+    check_tensor,
+    describe,
+)
 from course_utils.positional import LearnedPositionalEmbedding
 from course_utils.transformer import TransformerEncoder, TransformerEncoderLayer
 
@@ -48,12 +60,13 @@ __all__ = [
 
 
 def _check_images(x: object, channels: int, size: int) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4 or x.size(1) != channels or x.size(2) != size or x.size(3) != size:
-        raise ValueError(
-            f"images must have shape (B, {channels}, {size}, {size}), got {tuple(x.shape)}"
-        )
+    check_float_tensor("images", x)
+    check_shape("images", x, (None, channels, size, size), what=f"(B, {channels}, {size}, {size})")
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, n in sizes.items():
+        check_positive_int(name, n)
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -69,8 +82,8 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
             [ 8.,  9., 12., 13.],
             [10., 11., 14., 15.]])
     """
-    if images.dim() != 4:
-        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    check_float_tensor("images", images, dims=4)
+    check_positive_int("patch_size", patch_size)
     h, w = images.shape[-2:]
     if h % patch_size or w % patch_size:
         raise ValueError(f"image size {h}×{w} is not divisible by patch_size={patch_size}")
@@ -95,10 +108,7 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int) -> None:
         super().__init__()
-        for name, n in (("image_size", image_size), ("patch_size", patch_size),
-                        ("in_channels", in_channels), ("dim", dim)):
-            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        _check_sizes(image_size=image_size, patch_size=patch_size, in_channels=in_channels, dim=dim)
         if image_size % patch_size:
             raise ValueError(
                 f"image_size must be divisible by patch_size, got {image_size} and {patch_size}"
@@ -109,13 +119,12 @@ class PatchEmbedding(nn.Module):
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor, method: str = "conv") -> torch.Tensor:
+        check_one_of("method", method, ("conv", "unfold"))
         _check_images(x, self.in_channels, self.image_size)
         if method == "conv":
             return self.proj(x).flatten(2).transpose(1, 2)  # (B, dim, g, g) -> (B, N, dim)
-        if method == "unfold":
-            weight = self.proj.weight.flatten(1)  # (dim, C·p·p)
-            return F.linear(patchify(x, self.patch_size), weight, self.proj.bias)  # (B, N, dim)
-        raise ValueError(f'method must be "conv" or "unfold", got {method!r}')
+        weight = self.proj.weight.flatten(1)  # (dim, C·p·p)
+        return F.linear(patchify(x, self.patch_size), weight, self.proj.bias)  # (B, N, dim)
 
 
 class ConvStem(nn.Sequential):
@@ -133,7 +142,8 @@ class ConvStem(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, channels: tuple[int, ...] | list[int]) -> None:
-        if isinstance(channels, int) or not all(
+        check_positive_int("in_channels", in_channels)
+        if isinstance(channels, (int, str)) or not hasattr(channels, "__iter__") or not all(
             isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels
         ):
             raise ValueError(f"conv stem channels must be a sequence of positive ints, got {channels!r}")
@@ -161,12 +171,15 @@ class TokenMixingMLP(nn.Module):
 
     def __init__(self, num_tokens: int, hidden_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
+        _check_sizes(num_tokens=num_tokens, hidden_dim=hidden_dim)
+        check_probability("dropout", dropout)
         self.num_tokens = num_tokens
         self.fc1 = nn.Linear(num_tokens, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, num_tokens)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, query: torch.Tensor, *args: object, **kwargs: object) -> tuple[torch.Tensor, None]:
+        check_float_tensor("query", query)
         if query.dim() != 3 or query.size(1) != self.num_tokens:
             raise ValueError(
                 f"query must have shape (B, T={self.num_tokens}, E), got {tuple(query.shape)}"
@@ -217,10 +230,15 @@ class ViT(nn.Module):
         conv_stem: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
-        if token_mixing not in ("attention", "mlp"):
-            raise ValueError(f'token_mixing must be "attention" or "mlp", got {token_mixing!r}')
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+        _check_sizes(image_size=image_size, patch_size=patch_size, in_channels=in_channels, dim=dim,
+                     depth=depth, heads=heads, mlp_dim=mlp_dim)
+        check_non_negative_int("num_classes", num_classes)
+        check_probability("dropout", dropout)
+        check_real("layer_norm_eps", layer_norm_eps, 0.0, low_open=True)
+        check_one_of("token_mixing", token_mixing, ("attention", "mlp"))
+        if isinstance(conv_stem, (int, str)) or not hasattr(conv_stem, "__len__"):
+            raise TypeError(f"conv_stem must be a sequence of channel counts such as (32, 32), or () for "
+                            f"none, got {describe(conv_stem)}")
         self.config = dict(image_size=image_size, patch_size=patch_size, in_channels=in_channels,
                            num_classes=num_classes, dim=dim, depth=depth, heads=heads,
                            mlp_dim=mlp_dim, dropout=dropout, layer_norm_eps=layer_norm_eps,
@@ -358,29 +376,39 @@ def attention_rollout(attentions: torch.Tensor, residual: float = 0.5) -> torch.
     ``(depth, B, T, T)``. Heads are averaged; the residual connection is modelled by mixing in the
     identity, :math:`\hat A_l = (1 - r) A_l + r I` (rows renormalised); the layers are multiplied,
     :math:`R = \hat A_L \cdots \hat A_1`. Returns ``R`` ``(B, T, T)``; every row sums to 1.
-    ``R[:, 0, 1:]`` is how much each patch contributes to the class token.
+    ``R[:, 0, 1:]`` is how much each patch contributes to the class token. (A query row with no
+    weight at all — fully masked, with ``residual=0`` — stays a row of zeros, never NaN.)
 
     >>> att = torch.softmax(torch.randn(2, 3, 4, 5, 5), dim=-1)   # (depth, B, heads, T, T)
     >>> r = attention_rollout(att)
     >>> r.shape, torch.allclose(r.sum(-1), torch.ones(3, 5))
     (torch.Size([3, 5, 5]), True)
     """
+    _check_rollout_inputs(attentions, residual)
     if attentions.dim() == 5:
         attentions = attentions.mean(dim=2)  # average the heads: (depth, B, T, T)
-    if attentions.dim() != 4 or attentions.size(-1) != attentions.size(-2):
-        raise ValueError(
-            f"attentions must be (depth, B, heads, T, T) or (depth, B, T, T), got {tuple(attentions.shape)}"
-        )
-    if not 0.0 <= residual <= 1.0:
-        raise ValueError(f"residual must be in [0, 1], got {residual}")
-    t = attentions.size(-1)
-    eye = torch.eye(t, dtype=attentions.dtype, device=attentions.device)
+    if attentions.dtype != torch.float64:
+        attentions = attentions.float()  # (bf16/fp16 weights: multiply the layers in fp32)
+    eye = torch.eye(attentions.size(-1), dtype=attentions.dtype, device=attentions.device)
     rollout = eye.expand_as(attentions[0]).clone()  # (B, T, T)
-    for a in attentions.float() if attentions.dtype != torch.float64 else attentions:
+    for a in attentions:  # first layer first
         a_hat = (1.0 - residual) * a + residual * eye
-        a_hat = a_hat / a_hat.sum(dim=-1, keepdim=True)
-        rollout = a_hat.to(rollout.dtype) @ rollout  # later layers multiply from the left
+        # a query row with no weight at all (fully masked, residual 0) stays zero, not 0/0 = NaN
+        a_hat = a_hat / a_hat.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(a_hat.dtype).tiny)
+        rollout = a_hat @ rollout  # later layers multiply from the left
     return rollout
+
+
+def _check_rollout_inputs(attentions: torch.Tensor, residual: float) -> None:
+    check_float_tensor("attentions", attentions, dims=(4, 5))
+    if attentions.size(-1) != attentions.size(-2):
+        raise ValueError(f"attentions must be (depth, B, heads, T, T) or (depth, B, T, T) with square "
+                         f"T × T weights, got {tuple(attentions.shape)}")
+    check_real("residual", residual, 0.0, 1.0)
+    check_finite("attentions", attentions)
+    if attentions.numel() and float(attentions.min()) < 0:
+        raise ValueError(f"attentions must be attention weights (>= 0, rows summing to 1), got a minimum "
+                         f"of {float(attentions.min()):.3g}")
 
 
 def random_shift(images: torch.Tensor, max_shift: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -393,6 +421,10 @@ def random_shift(images: torch.Tensor, max_shift: int = 1, generator: torch.Gene
     >>> y.shape, y.sum().item()          # same size, the pixel moved by at most one
     (torch.Size([1, 1, 4, 4]), 1.0)
     """
+    check_tensor("images", images, dims=4)
+    check_non_negative_int("max_shift", max_shift)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {describe(generator)}")
     if max_shift == 0:
         return images
     b, _, h, w = images.shape
@@ -413,5 +445,7 @@ def count_parameters(model: nn.Module) -> int:
     >>> count_parameters(nn.Linear(3, 2))
     8
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {describe(model)}")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -11,11 +11,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from course_utils.checks import check_bool, check_int, check_real, describe
 
 __all__ = ["DigitsSplit", "available", "default_data_root", "load_digits_split", "load_mnist"]
 
@@ -58,12 +61,20 @@ def load_digits_split(test_size: float = 0.2, seed: int = 0) -> DigitsSplit:
     >>> split.y_test.bincount().tolist()
     [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]
     """
-    if not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
+    check_real("test_size", test_size, 0.0, 1.0, low_open=True, high_open=True)
+    check_int("seed", seed, low=0, high=2**32 - 1)  # NumPy's range for a random_state
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     data = load_digits()
+    n, classes = len(data.target), len(set(data.target.tolist()))
+    n_test = math.ceil(test_size * n)
+    if n_test < classes or n - n_test < classes:
+        raise ValueError(
+            f"test_size must leave at least one image of each of the {classes} digits in both splits "
+            f"(a test share between {classes / n:.4f} and {1 - classes / n:.4f}), got {test_size} "
+            f"({n_test} test and {n - n_test} training images of {n})"
+        )
     images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
     labels = torch.tensor(data.target, dtype=torch.long)  # (1797,)
     idx_train, idx_test = train_test_split(
@@ -106,6 +117,11 @@ def load_mnist(
     ...
     FileNotFoundError: MNIST is not on disk: looked for .../MNIST/raw ...
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be 'mnist' or 'fashion-mnist', got {describe(name)}")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path (str or pathlib.Path) or None, got {describe(root)}")
+    check_bool("train", train)
     cls = _mnist_class(name)
     root = Path(root) if root is not None else default_data_root()
     folder = root / cls.__name__ / "raw"

@@ -59,3 +59,31 @@ def test_doctor_sees_the_digits():
     ok, detail = digits.available()
     assert ok and "1797" in detail
     assert digits.NOTEBOOKS == ("11_vision_transformer",) and digits.FIX
+
+
+@pytest.mark.parametrize("kwargs, error, says", [
+    ({"test_size": 0.001}, ValueError, "test_size must leave at least one image of each of the 10 digits"),
+    ({"test_size": 0.999}, ValueError, "(1796 test and 1 training images of 1797)"),
+    ({"test_size": "0.2"}, TypeError, "test_size must be a real number, got str '0.2'"),
+    ({"test_size": float("nan")}, ValueError, "test_size must be a real number in (0.0, 1.0), got nan"),
+    ({"seed": -1}, ValueError, "seed must be an int in [0, 4294967295], got -1"),
+    ({"seed": 1.5}, TypeError, "seed must be an int, got float 1.5"),
+])
+def test_split_bad_arguments_name_themselves(kwargs, error, says):
+    with pytest.raises(error) as info:
+        load_digits_split(**kwargs)
+    assert says in str(info.value)
+
+
+def test_smallest_valid_test_share_keeps_every_digit_in_both_splits():
+    split = load_digits_split(test_size=0.0056)  # 11 test images: one of each digit at least
+    assert split.y_test.unique().numel() == 10 and split.y_train.unique().numel() == 10
+
+
+def test_mnist_bad_arguments(tmp_path):
+    with pytest.raises(TypeError, match="name must be 'mnist' or 'fashion-mnist', got int 3"):
+        load_mnist(tmp_path, name=3)
+    with pytest.raises(TypeError, match="train must be True or False"):
+        load_mnist(tmp_path, train="no")
+    with pytest.raises(TypeError, match="root must be a folder path"):
+        load_mnist(123)
