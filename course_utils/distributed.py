@@ -10,7 +10,13 @@ This module reads them and wraps ``torch.distributed``:
 * :func:`flat_parameters`, :func:`ranks_identical`, :func:`all_reduce_mean` — checks and
   logging across ranks;
 * :func:`training_memory` — the memory arithmetic of DDP against FSDP (ZeRO stage 3);
+* :func:`launch_plan` — how many processes, which backend and which device fit this machine
+  (0 GPUs: CPU processes with gloo; 1 GPU: one NCCL process, or CPU processes for a multi-rank
+  demo; several GPUs: one process per GPU with NCCL); ``python -m course_utils.distributed``
+  prints it with the command line;
 * :func:`torchrun_command` — the single-node and multi-node command lines;
+* :func:`run_torchrun` — run a script under ``torchrun`` from Python (a notebook): its own
+  process group, and every process ended on a timeout, an interrupt or a dead kernel;
 * :class:`SlowDigits`, :func:`loader_throughput` — data-loading throughput experiments;
 * :func:`saved_activation_bytes` — how much memory autograd keeps for the backward pass.
 
@@ -25,6 +31,7 @@ import datetime as _dt
 import os
 import shlex
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import closing
@@ -37,6 +44,7 @@ from torch import nn
 
 __all__ = [
     "DistContext",
+    "LaunchPlan",
     "MemoryEstimate",
     "SlowDigits",
     "all_reduce_mean",
@@ -45,10 +53,12 @@ __all__ = [
     "flat_parameters",
     "free_port",
     "init_distributed",
+    "launch_plan",
     "loader_throughput",
     "progress",
     "rank_zero_print",
     "ranks_identical",
+    "run_torchrun",
     "saved_activation_bytes",
     "torchrun_command",
     "training_memory",
@@ -345,6 +355,142 @@ def torchrun_command(script: str, script_args: Iterable[str] = (), nproc_per_nod
     return [*launcher, script, *script_args]
 
 
+# -- launch plan -------------------------------------------------------------------------------
+
+
+def loopback_interface() -> str | None:
+    """The name of the network interface that carries 127.0.0.1 (``lo`` on Linux, ``lo0`` on macOS).
+
+    gloo needs it (``GLOO_SOCKET_IFNAME``) to keep single-machine traffic off the real network;
+    None where no interface reports the loopback address (gloo then picks one itself).
+
+    >>> loopback_interface() in (None, "lo", "lo0") or isinstance(loopback_interface(), str)
+    True
+    """
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == "127.0.0.1" for a in addresses):
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What ``torchrun`` should start on this machine: processes, backend, device, and why.
+
+    >>> plan = LaunchPlan(nproc=2, backend="gloo", device="cpu", gpus=0, reason="no GPU: 2 CPU processes")
+    >>> print(shlex.join(plan.torchrun("scripts/train_distributed.py", ["--steps", "10"])))
+    torchrun --standalone --nproc_per_node=2 scripts/train_distributed.py --steps 10 --device cpu
+    """
+
+    nproc: int
+    backend: str
+    device: str
+    gpus: int
+    reason: str
+
+    def devices(self) -> list[str]:
+        """The device of each local rank (``cuda:LOCAL_RANK`` on GPUs, ``cpu`` otherwise)."""
+        if self.device == "cuda":
+            return [f"cuda:{rank}" for rank in range(self.nproc)]
+        return ["cpu"] * self.nproc
+
+    def script_args(self, args: Iterable[str] = ()) -> list[str]:
+        """``args`` plus ``--device`` for the training script, so every rank uses the planned device."""
+        return [*map(str, args), "--device", self.device]
+
+    def torchrun(self, script: str, args: Iterable[str] = ()) -> list[str]:
+        """The ``torchrun`` command line to type for this plan."""
+        return torchrun_command(script, self.script_args(args), nproc_per_node=self.nproc)
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment for the launcher: one thread per CPU rank, gloo on the loopback interface."""
+        env = dict(os.environ if base is None else base)
+        if self.device == "cpu":
+            env["OMP_NUM_THREADS"] = "1"  # W processes on W cores, not W × all cores
+            interface = loopback_interface()
+            if interface is not None:
+                env.setdefault("GLOO_SOCKET_IFNAME", interface)
+        return env
+
+    def __str__(self) -> str:
+        return f"launch plan: {_count(self.nproc, 'process')}, backend {self.backend}, device {self.device}. {self.reason}"
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 process``, ``2 processes``, ``1 GPU``, ``8 GPUs``."""
+    return f"{n} {noun}" + ("" if n == 1 else ("es" if noun.endswith("s") else "s"))
+
+
+def launch_plan(nproc: int | None = None, device: str | None = None) -> LaunchPlan:
+    """Processes, backend and device for a ``torchrun`` job on this machine.
+
+    * no GPU: ``nproc`` CPU processes (default 2) with gloo, one thread each;
+    * one GPU: one process with NCCL on it, or — when ``nproc`` asks for more ranks than there
+      are GPUs, as a 2-rank demo does — ``nproc`` CPU processes with gloo: NCCL refuses two
+      ranks on one GPU, and rank 1 would look for a ``cuda:1`` that does not exist;
+    * several GPUs: one process per GPU (default: all of them) with NCCL.
+
+    ``device="cpu"`` (or ``COURSE_DEVICE=cpu``) plans CPU processes whatever the machine has.
+    The plan says in one sentence which case applied (``print(plan)``).
+
+    >>> plan = launch_plan(2, device="cpu")
+    >>> plan.nproc, plan.backend, plan.device
+    (2, 'gloo', 'cpu')
+    """
+    if nproc is not None and (isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1):
+        raise ValueError(f"nproc must be a positive int (the number of ranks on this machine) or None, got {nproc!r}")
+    forced = device or os.environ.get("COURSE_DEVICE") or None
+    if forced is not None and torch.device(forced).type not in ("cpu", "cuda"):
+        if device is not None:
+            raise ValueError(f"device must be 'cpu', 'cuda' or None, got {device!r}")
+        forced = "cpu"  # COURSE_DEVICE=mps: torch.distributed has no MPS backend; CPU processes
+    gpus = torch.cuda.device_count()
+    gpu_backend = "nccl" if dist.is_nccl_available() else "gloo"  # no NCCL on Windows: gloo drives GPUs there
+    if forced is not None and torch.device(forced).type == "cpu":
+        n = nproc or 2
+        return LaunchPlan(n, "gloo", "cpu", gpus, f"CPU requested: {_count(n, 'CPU process')} with gloo, one thread each.")
+    if forced is not None and gpus == 0:
+        raise RuntimeError(f"device {forced!r} was requested but this machine has no CUDA GPU")
+    if gpus == 0:
+        n = nproc or 2
+        return LaunchPlan(n, "gloo", "cpu", 0, f"No GPU here: {_count(n, 'CPU process')} with gloo, one thread each.")
+    if nproc is None:
+        return LaunchPlan(gpus, gpu_backend, "cuda", gpus,
+                          f"{_count(gpus, 'GPU')}: one process per GPU with {gpu_backend}.")
+    if nproc <= gpus:
+        return LaunchPlan(nproc, gpu_backend, "cuda", gpus,
+                          f"{_count(gpus, 'GPU')}: {_count(nproc, 'process')}, one per GPU, with {gpu_backend}.")
+    return LaunchPlan(nproc, "gloo", "cpu", gpus,
+                      f"{_count(gpus, 'GPU')} but {nproc} ranks asked for: a GPU takes one rank (NCCL refuses two), so "
+                      f"the {nproc}-rank demo runs as {nproc} CPU processes with gloo; "
+                      f"launch_plan({gpus}) trains on the GPU(s) instead.")
+
+
+def run_torchrun(plan: LaunchPlan, script: str | os.PathLike, args: Iterable[str] = (), timeout: float = 300.0,
+                 cwd: str | os.PathLike | None = None):
+    """Run ``script`` under ``torchrun`` as ``plan`` says, from Python; return the finished process.
+
+    The launcher runs in a process group of its own, and the launcher and every worker are
+    ended on a timeout, an interrupt (the notebook's stop button) or when the calling kernel
+    dies (:func:`course_utils.process_guard.run_process_tree`). A non-zero exit raises a
+    ``RuntimeError`` with the end of the output.
+    """
+    from .process_guard import run_process_tree
+
+    if not isinstance(plan, LaunchPlan):
+        raise TypeError(f"plan must be a LaunchPlan (from launch_plan()), got {type(plan).__name__}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={plan.nproc}",
+           os.fspath(script), *plan.script_args(args)]
+    env = plan.env()
+    env.setdefault("TQDM_DISABLE", "1")
+    result = run_process_tree(cmd, timeout=timeout, env=env, cwd=cwd)
+    if result.returncode:
+        raise RuntimeError(f"torchrun failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
 # -- data loading ------------------------------------------------------------------------------
 
 
@@ -457,3 +603,24 @@ def format_bytes(n: float) -> str:
 def shlex_join(command: Iterable[str]) -> str:
     """A command line, quoted for a shell (for printing what a notebook runs)."""
     return shlex.join([str(c) for c in command])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_utils.distributed [--nproc N] [--device cpu]``: this machine's plan and command."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print the torchrun launch plan that fits this machine.")
+    parser.add_argument("--nproc", type=int, default=None, help="ranks on this machine (default: one per GPU, or 2 CPU processes)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    parser.add_argument("--script", default="scripts/train_distributed.py")
+    parser.add_argument("script_args", nargs="*", help="arguments for the script (after --)")
+    args = parser.parse_args(argv)
+    plan = launch_plan(args.nproc, device=args.device)
+    print(plan)
+    env = " ".join(f"{k}={plan.env({})[k]}" for k in ("OMP_NUM_THREADS", "GLOO_SOCKET_IFNAME") if k in plan.env({}))
+    print((env + " " if env else "") + shlex.join(plan.torchrun(args.script, args.script_args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
