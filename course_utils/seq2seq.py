@@ -22,20 +22,37 @@ greedy). Evaluation: :func:`corpus_bleu` (sacrebleu) and :func:`bleu_by_length`.
 
 from __future__ import annotations
 
+import io
 import math
 import random
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from tqdm.auto import tqdm
 
 from course_utils.attention import AdditiveAttention, MultiHeadAttention
-from course_utils.datasets.translation import Vocab, detokenize, length_bucket, tokenize
+from course_utils.checks import (
+    check_bool,
+    check_non_negative_int,
+    check_one_of,
+    check_positive_int,
+    check_probability,
+    check_real,
+    check_sequence_of_str,
+    check_tensor,
+    check_token_ids,
+    describe,
+)
+from course_utils.datasets.translation import bucket_order, detokenize, length_bucket, tokenize
+from course_utils.datasets.vocab import Vocab
 from course_utils.positional import SinusoidalPositionalEncoding
-from course_utils.training import train_steps
+from course_utils.precision import MixedPrecision
+from course_utils.training import TrainHistory, train_steps
 from course_utils.transformer import (
     TransformerDecoder,
     TransformerDecoderLayer,
@@ -44,14 +61,20 @@ from course_utils.transformer import (
 )
 
 __all__ = [
+    "MODEL_KINDS",
     "Batch",
     "BatchIterator",
     "GRUSeq2Seq",
+    "TrainedModel",
+    "TranslationData",
+    "TranslationJob",
     "TransformerSeq2Seq",
+    "build_model",
     "beam_search",
     "bleu_by_length",
     "corpus_bleu",
     "greedy_decode",
+    "train_jobs",
     "train_seq2seq",
     "translate",
 ]
@@ -77,7 +100,7 @@ class Batch:
 
 
 def _pad(seqs: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), pad, dtype=torch.long)
+    out = torch.full((len(seqs), max((len(s) for s in seqs), default=0)), pad, dtype=torch.long)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
@@ -92,10 +115,25 @@ def make_batch(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]
     >>> b.src.tolist(), b.tgt_in.tolist(), b.tgt_out.tolist()
     ([[4, 2, 0], [4, 5, 2]], [[1, 5, 4, 4], [1, 4, 0, 0]], [[5, 4, 4, 2], [4, 2, 0, 0]])
     """
+    _check_id_lists(src_ids, tgt_ids)
     src = _pad([list(s) + [src_vocab.eos] for s in src_ids], src_vocab.pad)
     tgt_in = _pad([[tgt_vocab.bos] + list(t) for t in tgt_ids], tgt_vocab.pad)
     tgt_out = _pad([list(t) + [tgt_vocab.eos] for t in tgt_ids], tgt_vocab.pad)
+    check_token_ids("src_ids", src, len(src_vocab))
+    check_token_ids("tgt_ids", tgt_out, len(tgt_vocab))
     return Batch(src, src == src_vocab.pad, tgt_in, tgt_out)
+
+
+def _check_id_lists(src_ids: object, tgt_ids: object) -> None:
+    for name, ids in (("src_ids", src_ids), ("tgt_ids", tgt_ids)):
+        if isinstance(ids, (str, torch.Tensor)) or not isinstance(ids, Sequence) or not ids:
+            raise TypeError(f"{name} must be a non-empty list of id lists (one per sentence), "
+                            f"got {describe(ids)}")
+        bad = next((i for i, x in enumerate(ids) if isinstance(x, str) or not isinstance(x, Sequence)), None)
+        if bad is not None:
+            raise TypeError(f"{name}[{bad}] must be a list of token ids, got {describe(ids[bad])}")
+    if len(src_ids) != len(tgt_ids):  # type: ignore[arg-type]
+        raise ValueError(f"need as many sources as targets, got {len(src_ids)} and {len(tgt_ids)}")  # type: ignore[arg-type]
 
 
 class BatchIterator:
@@ -113,9 +151,9 @@ class BatchIterator:
     def __init__(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
                  src_vocab: Vocab, tgt_vocab: Vocab, batch_size: int = 64, seed: int = 0,
                  pool: int = 50) -> None:
-        if len(src_ids) != len(tgt_ids) or not src_ids:
-            raise ValueError(f"need as many sources as targets (and at least one), got "
-                             f"{len(src_ids)} and {len(tgt_ids)}")
+        _check_id_lists(src_ids, tgt_ids)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("pool", pool)
         self.src_ids, self.tgt_ids = list(src_ids), list(tgt_ids)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.batch_size, self.pool = batch_size, pool
@@ -141,6 +179,29 @@ class BatchIterator:
         idx = self._queue.pop(0)
         return make_batch([self.src_ids[i] for i in idx], [self.tgt_ids[i] for i in idx],
                           self.src_vocab, self.tgt_vocab)
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, n in sizes.items():
+        check_positive_int(name, n)
+
+
+def _check_source(src: torch.Tensor, src_pad: torch.Tensor, vocab_size: int) -> None:
+    """``src (B, S)`` token ids below ``vocab_size``, ``src_pad`` its bool padding mask, and no
+    sentence made only of padding (it has nothing to encode). Reading the ids' values costs a
+    device synchronisation, so on a GPU that part is left to :func:`translate` and the decoders."""
+    check_tensor("src", src, dims=2)
+    if src.device.type == "cpu" or not torch.is_grad_enabled():
+        check_token_ids("src", src, vocab_size)
+    if not isinstance(src_pad, torch.Tensor) or src_pad.dtype != torch.bool or src_pad.shape != src.shape:
+        raise TypeError(f"src_pad must be a bool tensor of src's shape {tuple(src.shape)} (True = "
+                        f"padding), got {describe(src_pad)}")
+    if src.device.type == "cpu" or not torch.is_grad_enabled():
+        empty = src_pad.all(dim=1)
+        if bool(empty.any()):
+            row = int(empty.nonzero()[0, 0])
+            raise ValueError(f"src row {row} is all padding: every source needs at least one token "
+                             "(a sentence ends with <eos>, so even an empty one has one)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +232,10 @@ class GRUSeq2Seq(nn.Module):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, emb_dim: int = 128,
                  enc_hidden: int = 128, dec_hidden: int = 256, attention: bool = True,
                  attn_dim: int | None = None, dropout: float = 0.1, pad_id: int = 0) -> None:
+        _check_sizes(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, emb_dim=emb_dim,
+                     enc_hidden=enc_hidden, dec_hidden=dec_hidden, attn_dim=attn_dim or 1)
+        check_bool("attention", attention)
+        check_probability("dropout", dropout)
         super().__init__()
         self.attention = attention
         self.pad_id = pad_id
@@ -188,6 +253,7 @@ class GRUSeq2Seq(nn.Module):
     # -- encoder --
     def encode(self, src: torch.Tensor, src_pad: torch.Tensor) -> dict[str, torch.Tensor]:
         """``src (B, S)`` → annotations ``(B, S, 2He)``, summary ``c (B, 2He)``, projected keys."""
+        _check_source(src, src_pad, self.src_emb.num_embeddings)
         lengths = (~src_pad).sum(1).cpu()
         x = self.drop(self.src_emb(src))  # (B, S, E)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -259,6 +325,9 @@ class TransformerSeq2Seq(nn.Module):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 128,
                  nhead: int = 4, num_layers: int = 3, dim_feedforward: int = 256,
                  dropout: float = 0.1, max_len: int = 256, pad_id: int = 0) -> None:
+        _check_sizes(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, d_model=d_model,
+                     nhead=nhead, num_layers=num_layers, dim_feedforward=dim_feedforward, max_len=max_len)
+        check_probability("dropout", dropout)
         super().__init__()
         self.d_model, self.pad_id = d_model, pad_id
         self.src_emb = nn.Embedding(src_vocab_size, d_model, padding_idx=pad_id)
@@ -284,6 +353,8 @@ class TransformerSeq2Seq(nn.Module):
                 m.use_sdpa = True
 
     def encode(self, src: torch.Tensor, src_pad: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``src (B, S)`` → the encoder's output ``memory (B, S, D)`` and the padding mask."""
+        _check_source(src, src_pad, self.src_emb.num_embeddings)
         x = self.pos(self.src_emb(src) * math.sqrt(self.d_model))  # (B, S, D)
         return {"memory": self.encoder(x, src_key_padding_mask=src_pad), "src_pad": src_pad}
 
@@ -432,14 +503,24 @@ def translate(model: nn.Module, sentences: Sequence[str], src_vocab: Vocab, tgt_
 def train_seq2seq(model: nn.Module, batches: Iterator[Batch], num_steps: int, lr: float = 1e-3,
                   warmup: int = 100, clip: float = 1.0, label_smoothing: float = 0.0,
                   device: torch.device | str = "cpu", desc: str = "training",
-                  pad_id: int = 0):
+                  pad_id: int = 0, progress: bool | None = None) -> TrainHistory:
     """Adam with linear warm-up then cosine decay, gradient clipping, teacher forcing.
+
+    On a GPU the forward pass runs under autocast (bf16, or fp16 with a gradient scaler on
+    cards without bf16: :class:`course_utils.precision.MixedPrecision`), and the loss is read
+    back every few dozen steps, not every step; on the CPU everything stays in float32.
 
     Returns the :func:`course_utils.training.train_steps` history (``loss`` per step, the
     per-token cross-entropy without label smoothing, so the models compare).
     """
+    check_real("lr", lr, 0.0, low_open=True)
+    check_non_negative_int("warmup", warmup)
+    check_real("clip", clip, 0.0, low_open=True)
+    check_real("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+    device = torch.device(device)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    mp = MixedPrecision(device, enabled=device.type == "cuda")
 
     def schedule(step: int) -> float:
         if step < warmup:
@@ -451,49 +532,215 @@ def train_seq2seq(model: nn.Module, batches: Iterator[Batch], num_steps: int, lr
 
     def step_fn(step: int):
         batch = next(batches).to(device)
-        logits = model(batch.src, batch.src_pad, batch.tgt_in)  # (B, T, V)
-        flat, target = logits.reshape(-1, logits.size(-1)), batch.tgt_out.reshape(-1)
+        with mp.autocast():
+            logits = model(batch.src, batch.src_pad, batch.tgt_in)  # (B, T, V)
+        flat, target = logits.float().reshape(-1, logits.size(-1)), batch.tgt_out.reshape(-1)
         loss = F.cross_entropy(flat, target, ignore_index=pad_id, label_smoothing=label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
+        mp.step(loss, opt, clip_grad_norm=clip, parameters=model.parameters())
         sched.step()
         with torch.no_grad():
             nll = loss if label_smoothing == 0 else F.cross_entropy(flat, target, ignore_index=pad_id)
-        return {"loss": nll}
+        return {"loss": nll.detach()}
 
-    history = train_steps(step_fn, num_steps, desc=desc)
+    history = train_steps(step_fn, num_steps, desc=desc,
+                          disable_progress=None if progress is None else not progress)
     model.eval()
     return history
 
 
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+# ---------------------------------------------------------------------------------------------
+# Several models, trained side by side (one process per CPU core)
+# ---------------------------------------------------------------------------------------------
+
+MODEL_KINDS = ("gru", "attn", "transformer")
+
+
+@dataclass
+class TranslationJob:
+    """One model to train: its kind, size, seed and optimisation settings.
+
+    ``kind`` is ``"gru"`` (fixed context), ``"attn"`` (Bahdanau attention) or ``"transformer"``;
+    ``sizes`` holds ``emb, enc, dec`` for the GRUs and ``d_model, layers, ff, heads`` for the
+    transformer. ``seed`` draws the initial weights *and* the order of the batches, so two jobs
+    with the same seed see the same batches.
+
+    >>> job = TranslationJob("t", "transformer", steps=10, lr=1e-3, warmup=2,
+    ...                      sizes=dict(d_model=16, layers=1, ff=32, heads=2))
+    >>> type(build_model(job, 20, 30)).__name__
+    'TransformerSeq2Seq'
+    """
+
+    name: str
+    kind: str
+    steps: int
+    lr: float
+    warmup: int
+    label_smoothing: float = 0.0
+    seed: int = 0
+    batch_size: int = 64
+    sizes: dict = field(default_factory=dict)
+
+
+def build_model(job: TranslationJob, src_vocab_size: int, tgt_vocab_size: int) -> nn.Module:
+    """A fresh model for ``job``, its weights drawn with ``job.seed`` (no dropout)."""
+    check_one_of("job.kind", job.kind, MODEL_KINDS)
+    torch.manual_seed(job.seed)
+    z = job.sizes
+    if job.kind == "transformer":
+        return TransformerSeq2Seq(src_vocab_size, tgt_vocab_size, d_model=z.get("d_model", 128),
+                                  nhead=z.get("heads", 4), num_layers=z.get("layers", 2),
+                                  dim_feedforward=z.get("ff", 256), dropout=0.0,
+                                  max_len=z.get("max_len", 128))
+    return GRUSeq2Seq(src_vocab_size, tgt_vocab_size, emb_dim=z.get("emb", 64),
+                      enc_hidden=z.get("enc", 96), dec_hidden=z.get("dec", 160),
+                      attention=job.kind == "attn", attn_dim=z.get("enc", 96), dropout=0.0)
+
+
+@dataclass
+class TranslationData:
+    """What training reads: token ids of the training pairs and the two vocabularies."""
+
+    src_ids: list[list[int]]
+    tgt_ids: list[list[int]]
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+
+
+@dataclass
+class TrainedModel:
+    """What :func:`train_jobs` returns per job: the model, its history, its training seconds."""
+
+    model: nn.Module
+    history: TrainHistory
+    seconds: float
+
+
+_WORKER_DATA: TranslationData | None = None
+
+
+def _worker_init(data: TranslationData) -> None:
+    global _WORKER_DATA
+    torch.set_num_threads(1)  # one process per core, one thread per process
+    _WORKER_DATA = data
+
+
+def _run_job(job: TranslationJob, data: TranslationData | None = None, device: str = "cpu",
+             progress: bool | None = None):
+    in_worker = data is None
+    data = data if data is not None else _WORKER_DATA
+    model = build_model(job, len(data.src_vocab), len(data.tgt_vocab))
+    batches = BatchIterator(data.src_ids, data.tgt_ids, data.src_vocab, data.tgt_vocab,
+                            batch_size=job.batch_size, seed=job.seed)
+    t0 = time.perf_counter()
+    history = train_seq2seq(model, batches, job.steps, lr=job.lr, warmup=job.warmup,
+                            label_smoothing=job.label_smoothing, device=device, desc=job.name,
+                            pad_id=data.tgt_vocab.pad, progress=False if in_worker else progress)
+    seconds = time.perf_counter() - t0
+    if in_worker:  # send the weights back as bytes
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        return job.name, buf.getvalue(), dict(history), history.interrupted, seconds
+    return TrainedModel(model, history, seconds)
+
+
+def train_jobs(jobs: Sequence[TranslationJob], data: TranslationData, workers: int = 1,
+               device: torch.device | str = "cpu") -> dict[str, TrainedModel]:
+    """Train every job; on the CPU with ``workers > 1``, that many at a time, one process per core.
+
+    Each job is seeded by itself (weights and batches) and trains with one thread, so the
+    trained models are the same, bit for bit, however many workers run them; only the
+    wall-clock time changes. With several workers the longest jobs go first, and a progress
+    bar counts finished jobs. On a GPU, or with ``workers=1``, they run one after the other in
+    this process.
+    """
+    if isinstance(jobs, TranslationJob) or not isinstance(jobs, Sequence) or not jobs:
+        raise TypeError(f"jobs must be a non-empty list of TranslationJob, got {describe(jobs)}")
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"job names must be unique, got {names}")
+    check_positive_int("workers", workers)
+    device = torch.device(device)
+    if workers == 1 or len(jobs) == 1 or device.type != "cpu":
+        return {j.name: _run_job(j, data, str(device)) for j in jobs}
+    cost = {"gru": 1.0, "attn": 1.25, "transformer": 1.1}  # measured seconds per step, relative
+    order = sorted(jobs, key=lambda j: -j.steps * cost[j.kind])
+    ctx = torch.multiprocessing.get_context("spawn")  # not fork: a forked OpenMP runtime can hang
+    outputs = {}
+    with ctx.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(data,)) as pool:
+        for out in tqdm(pool.imap_unordered(_run_job, order), total=len(order),
+                        desc=f"training {len(order)} models, {workers} at a time", leave=False):
+            outputs[out[0]] = out
+    results = {}
+    for job in jobs:
+        _, weights, hist, interrupted, seconds = outputs[job.name]
+        model = build_model(job, len(data.src_vocab), len(data.tgt_vocab))
+        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+        history = TrainHistory(hist)
+        history.interrupted = interrupted
+        results[job.name] = TrainedModel(model.eval(), history, seconds)
+    return results
+
+
+def _reference_lists(hypotheses: Sequence[str], references: Sequence[str | Sequence[str]]
+                     ) -> list[list[str]]:
+    """Check ``hypotheses`` and ``references``; one list of references per hypothesis."""
+    check_sequence_of_str("hypotheses", hypotheses)
+    if isinstance(references, str) or not isinstance(references, Sequence):
+        raise TypeError(f"references must be a list with one reference (a str) or a list of "
+                        f"references per hypothesis, got {describe(references)}")
+    if len(hypotheses) != len(references):
+        raise ValueError(f"got {len(hypotheses)} hypotheses for {len(references)} references")
+    out = []
+    for i, refs in enumerate(references):
+        refs = [refs] if isinstance(refs, str) else refs
+        check_sequence_of_str(f"references[{i}]", refs)
+        out.append(list(refs))
+    return out
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str | Sequence[str]],
+                lowercase: bool = False) -> float:
     """Corpus BLEU (0–100) with sacrebleu's defaults (13a tokenisation), as papers report it.
+
+    ``references[i]`` is the reference of ``hypotheses[i]``, or a list of its references
+    (any number each: a hypothesis is scored against the closest). Case counts unless
+    ``lowercase=True`` (then say "lowercase BLEU" when you report it).
 
     >>> round(corpus_bleu(["le chat noir dort ."], ["le chat noir dort ."]), 1)
     100.0
+    >>> hyps = ["Je suis fatiguée ce soir.", "Il est dans la cuisine."]
+    >>> refs = [["Je suis fatigué ce soir.", "Je suis fatiguée ce soir."], ["Il est dans la cuisine."]]
+    >>> round(corpus_bleu(hyps, refs), 1), round(corpus_bleu(hyps, [r[0] for r in refs]), 1)
+    (100.0, 69.2)
     """
     import sacrebleu
 
-    if len(hypotheses) != len(references):
-        raise ValueError(f"got {len(hypotheses)} hypotheses for {len(references)} references")
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+    refs = _reference_lists(hypotheses, references)
+    check_bool("lowercase", lowercase)
+    n_streams = max(len(r) for r in refs)
+    # sacrebleu takes reference *streams* (the k-th reference of every sentence); None where a
+    # sentence has fewer references than the most
+    streams = [[r[k] if k < len(r) else None for r in refs] for k in range(n_streams)]
+    return float(sacrebleu.corpus_bleu(list(hypotheses), streams, lowercase=lowercase).score)
 
 
-def bleu_by_length(sources: Sequence[str], hypotheses: Sequence[str], references: Sequence[str],
+def bleu_by_length(sources: Sequence[str], hypotheses: Sequence[str],
+                   references: Sequence[str | Sequence[str]],
                    edges: Sequence[int] = (10, 20, 30)) -> dict[str, tuple[float, int]]:
     """Corpus BLEU per source-length bucket: ``{"1-10": (bleu, n_sentences), ...}`` (Bahdanau Fig. 2).
 
     >>> bleu_by_length(["a b", "a b c d"], ["x y", "z"], ["x y", "z w"], edges=(2,))
     {'1-2': (0.0, 1), '3+': (0.0, 1)}
     """
+    check_sequence_of_str("sources", sources)
+    refs = _reference_lists(hypotheses, references)
+    if len(sources) != len(hypotheses):
+        raise ValueError(f"got {len(sources)} sources for {len(hypotheses)} hypotheses")
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(sources):
         groups.setdefault(length_bucket(len(tokenize(s)), edges), []).append(i)
     result = {}
-    for label in sorted(groups, key=lambda g: int(g.split("-")[0].rstrip("+"))):
+    for label in sorted(groups, key=bucket_order):
         idx = groups[label]
-        result[label] = (corpus_bleu([hypotheses[i] for i in idx], [references[i] for i in idx]),
-                         len(idx))
+        result[label] = (corpus_bleu([hypotheses[i] for i in idx], [refs[i] for i in idx]), len(idx))
     return result

@@ -240,3 +240,175 @@ def test_transformer_greedy_equals_argmax_of_teacher_forcing_on_its_own_output()
     alive = torch.ones_like(tokens, dtype=torch.bool)  # positions up to the first <eos>
     alive[:, 1:] = (tokens[:, :-1] != v.eos).cumprod(1).bool()
     assert torch.equal(logits.argmax(-1)[alive], tokens[alive])
+
+
+# ---- the decoders before they went through course_utils.decoding --------------------------------
+# Kept verbatim (apart from the step, which reads the models' teacher-forcing core `_decode`, the
+# same computation their old `step` ran, without a KV cache) to prove that the thin wrappers over
+# course_utils.decoding give the same tokens as before on fixed models.
+
+
+def _legacy_step(model, y_prev, state, memory):
+    if isinstance(model, GRUSeq2Seq):
+        logits, state, weights = model._decode(y_prev[:, None], state, memory)
+        return logits[:, 0].log_softmax(-1), state, None if weights is None else weights[:, 0]
+    prefix = torch.cat([state, y_prev[:, None]], dim=1)  # (B, t): re-read the whole prefix
+    return model._decode(prefix, memory)[:, -1].log_softmax(-1), prefix, None
+
+
+def _legacy_init_state(model, memory):
+    if isinstance(model, GRUSeq2Seq):
+        return model.init_state(memory)
+    return memory["memory"].new_zeros(memory["memory"].size(0), 0, dtype=torch.long)
+
+
+def _legacy_reorder(model, state, index):
+    if isinstance(model, GRUSeq2Seq):
+        return tuple(s.index_select(1, index) for s in state)
+    return state.index_select(0, index)
+
+
+@torch.no_grad()
+def _legacy_greedy_decode(model, src, src_pad, max_len, bos=1, eos=2, pad=0):
+    memory = model.encode(src, src_pad)
+    state = _legacy_init_state(model, memory)
+    b = src.size(0)
+    y = torch.full((b,), bos, dtype=torch.long, device=src.device)
+    done = torch.zeros(b, dtype=torch.bool, device=src.device)
+    tokens, weights = [], []
+    for _ in range(max_len):
+        logp, state, w = _legacy_step(model, y, state, memory)
+        logp[:, [pad, bos]] = float("-inf")  # never emit <pad> or <bos> as a word
+        y = logp.argmax(-1).masked_fill(done, pad)  # (B,)
+        tokens.append(y)
+        if w is not None:
+            weights.append(w)
+        done |= y == eos
+        if done.all():
+            break
+    return torch.stack(tokens, 1), (torch.stack(weights, 1) if weights else None)
+
+
+@torch.no_grad()
+def _legacy_beam_search(model, src, src_pad, beam_width, max_len, length_penalty=0.6, bos=1, eos=2,
+                        pad=0):
+    b, k = src.size(0), beam_width
+    memory = {name: t.repeat_interleave(k, dim=0) for name, t in model.encode(src, src_pad).items()}
+    state = _legacy_init_state(model, memory)
+    dev = src.device
+    y = torch.full((b * k,), bos, dtype=torch.long, device=dev)
+    scores = torch.zeros(b, k, device=dev)
+    scores[:, 1:] = float("-inf")  # all beams start identical: keep only the first one alive
+    finished = torch.zeros(b * k, dtype=torch.bool, device=dev)
+    lengths = torch.zeros(b * k, dtype=torch.long, device=dev)
+    tokens = torch.empty(b * k, 0, dtype=torch.long, device=dev)
+    base = (torch.arange(b, device=dev) * k)[:, None]  # (B, 1)
+    for _ in range(max_len):
+        logp, state, _ = _legacy_step(model, y, state, memory)  # (B·K, V)
+        v = logp.size(-1)
+        logp[:, bos] = float("-inf")  # never emit <bos> as a word
+        logp = torch.where(finished[:, None], torch.full_like(logp, float("-inf")), logp)
+        logp[:, pad] = torch.where(finished, 0.0, float("-inf"))
+        cand = (scores.view(-1, 1) + logp).view(b, k * v)  # (B, K·V)
+        scores, flat = cand.topk(k, dim=-1)  # (B, K)
+        rows = (base + flat // v).view(-1)  # (B·K,) which beam each survivor extends
+        y = (flat % v).view(-1)
+        state = _legacy_reorder(model, state, rows)
+        tokens = torch.cat([tokens[rows], y[:, None]], dim=1)
+        lengths = lengths[rows] + (~finished[rows]).long()
+        finished = finished[rows] | (y == eos)
+        if finished.all():
+            break
+    penalty = ((5.0 + lengths.float()) / 6.0) ** length_penalty  # (B·K,)
+    best = (scores.view(-1) / penalty).view(b, k).argmax(-1)  # (B,)
+    return tokens.view(b, k, -1)[torch.arange(b, device=dev), best]
+
+
+def _trimmed(tokens, eos=2):
+    """Each row up to and including its first <eos> (the rest is padding)."""
+    out = []
+    for row in tokens.tolist():
+        out.append(row[: row.index(eos) + 1] if eos in row else row)
+    return out
+
+
+@pytest.mark.parametrize("name", ["gru", "attn", "transformer"])
+@pytest.mark.parametrize("seed", [1, 3, 5])
+def test_greedy_gives_the_same_tokens_and_weights_as_before(name, seed):
+    model = models()[name].eval()
+    src, pad, _ = batch(b=5, seed=seed)
+    new, new_w = greedy_decode(model, src, pad, max_len=12)
+    old, old_w = _legacy_greedy_decode(model, src, pad, max_len=12)
+    assert _trimmed(new) == _trimmed(old)
+    assert (new_w is None) == (old_w is None)
+    if old_w is not None:
+        torch.testing.assert_close(new_w[:, : old_w.size(1)], old_w)
+
+
+@pytest.mark.parametrize("name", ["gru", "attn", "transformer"])
+@pytest.mark.parametrize("width, penalty", [(1, 0.6), (3, 0.6), (4, 0.0), (5, 1.0)])
+def test_beam_search_gives_the_same_tokens_as_before(name, width, penalty):
+    model = models()[name].eval()
+    for seed in (1, 3, 5):
+        src, pad, _ = batch(b=5, seed=seed)
+        new = beam_search(model, src, pad, beam_width=width, max_len=12, length_penalty=penalty)
+        old = _legacy_beam_search(model, src, pad, width, 12, length_penalty=penalty)
+        assert _trimmed(new) == _trimmed(old), (seed, new, old)
+
+
+# ---- the real-data path end to end: a perfect system scores 100 -----------------------------------
+
+
+class _PerfectSystem(torch.nn.Module):
+    """A "model" that knows the answer: for each source it writes one given translation, token by
+    token, through the same interface (encode / init_state / step / reorder_state) as the
+    course's models, so it runs through translate(), the decoders and the detokeniser."""
+
+    def __init__(self, answers: dict[tuple[int, ...], list[int]], eos: int = 2):
+        super().__init__()
+        self.answers, self.eos = answers, eos
+        self.vocab_size = 1 + max(max(a) for a in answers.values())
+
+    def encode(self, src, src_pad):
+        return {"src": src, "src_pad": src_pad}
+
+    def init_state(self, memory, *args, **kwargs):
+        return torch.zeros(memory["src"].size(0), dtype=torch.long)  # (B,) tokens written so far
+
+    def step(self, y_prev, state, memory):
+        logits = torch.zeros(y_prev.size(0), self.vocab_size)
+        for b in range(y_prev.size(0)):
+            key = tuple(memory["src"][b][~memory["src_pad"][b]].tolist())
+            answer = self.answers[key] + [self.eos]
+            logits[b, answer[min(int(state[b]), len(answer) - 1)]] = 50.0
+        return logits.log_softmax(-1), state + 1, None
+
+    @staticmethod
+    def reorder_state(state, index):
+        return state.index_select(0, index)
+
+
+def test_a_perfect_system_scores_100_on_the_tatoeba_sample():
+    """Tatoeba-style references are cased, elided and French-spaced, and a source may have several:
+    a system that writes one of them must score exactly 100 BLEU after the whole pipeline."""
+    from conftest import REPO
+
+    from course_utils.datasets.translation import load_tatoeba, split_corpus, tokenize
+
+    pairs = load_tatoeba(REPO / "data" / "tatoeba_sample.tsv")
+    c = split_corpus(pairs, n_valid=8, n_test=24, seed=0)
+    src_vocab = Vocab.build(tokenize(en) for en, _ in pairs)
+    tgt_vocab = Vocab.build(tokenize(fr) for _, fr in pairs)  # a perfect system knows every word
+    sources, refs = [en for en, _ in c.test], c.references("test")
+    assert any(len(r) > 1 for r in refs)
+    answers = {tuple(src_vocab.encode(tokenize(en), add_eos=True)): tgt_vocab.encode(tokenize(r[-1]))
+               for en, r in zip(sources, refs, strict=True)}  # the LAST reference of each
+    oracle = _PerfectSystem(answers, eos=tgt_vocab.eos)
+    for beam_width in (1, 3):
+        hyps = translate(oracle, sources, src_vocab, tgt_vocab, beam_width=beam_width, batch_size=5)
+        assert hyps == [r[-1].replace("\u202f", " ").replace("\xa0", " ") for r in refs]
+        assert corpus_bleu(hyps, refs) == pytest.approx(100.0)
+    assert corpus_bleu(hyps, [r[0] for r in refs]) < 95  # scored on the first reference only
+    lowered = [h.lower() for h in hyps]
+    assert corpus_bleu(lowered, refs) < 90  # case counts...
+    assert corpus_bleu(lowered, refs, lowercase=True) == pytest.approx(100.0)  # ...unless asked

@@ -8,6 +8,7 @@ import zipfile
 
 import pytest
 import torch
+from conftest import REPO
 
 from course_utils.datasets import translation as tr
 from course_utils.datasets.translation import (
@@ -245,7 +246,7 @@ def test_tatoeba_malformed_line_names_file_and_line(tmp_path):
 
 
 def test_tatoeba_missing_file_says_where_to_get_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="manythings"):
+    with pytest.raises(FileNotFoundError, match="download_tatoeba"):
         load_tatoeba(tmp_path / "nope.txt")
 
 
@@ -263,3 +264,178 @@ def test_available_for_the_doctor():
     ok, detail = tr.available()
     assert ok and "→" in detail
     assert tr.NOTEBOOKS == ("10_translation",) and tr.FIX
+
+
+# ---- the real-data path, offline, on the Tatoeba-format sample in data/ -----------------------
+
+SAMPLE = REPO / "data" / "tatoeba_sample.tsv"
+
+
+def _spaces(text: str) -> str:
+    return text.replace("\u202f", " ").replace("\xa0", " ")  # the kind of space is not kept
+
+
+def test_the_sample_round_trips_through_tokenize_and_detokenize():
+    """Case, elision (l', qu', aujourd'hui, s’il), numbers (3,50 9:30), French spacing before
+    ! ? : ; %, guillemets, quotes, brackets, ellipses: detokenize(tokenize(x)) gives x back."""
+    pairs = load_tatoeba(SAMPLE)
+    assert len(pairs) >= 70
+    for en, fr in pairs:
+        assert detokenize(tokenize(fr)) == _spaces(fr), fr
+        assert detokenize(tokenize(en), lang="en") == _spaces(en), en
+
+
+def test_the_sample_keeps_several_references_per_source():
+    pairs = load_tatoeba(SAMPLE)
+    c = split_corpus(pairs, n_valid=8, n_test=20, seed=0)
+    refs = dict(zip([en for en, _ in c.test], c.references("test"), strict=True))
+    multi = {en: r for en, r in refs.items() if len(r) > 1}
+    assert multi, "the sample's test split should hold sources with several translations"
+    by_source: dict[str, list[str]] = {}
+    for en, fr in pairs:
+        by_source.setdefault(en, []).append(fr)
+    for en, r in refs.items():
+        assert r == by_source[en]  # every translation, in file order
+    # a training source keeps every translation as a training pair
+    train_sources = {en for en, _ in c.train}
+    assert sum(len(by_source[en]) for en in train_sources) == len(c.train)
+    assert not train_sources & set(refs) and not train_sources & {en for en, _ in c.valid}
+
+
+def test_repeated_pairs_are_one_reference_and_one_training_pair():
+    pairs = [("Hi.", "Salut !"), ("Hi.", "Bonjour !"), ("Hi.", "Salut !"), ("Go.", "Va !"),
+             ("Run!", "Cours !"), ("Who?", "Qui ?")]
+    for seed in range(6):
+        c = split_corpus(pairs, n_valid=1, n_test=1, seed=seed)
+        assert c.translations["Hi."] == ("Salut !", "Bonjour !")
+        assert sorted(set(c.train)) == sorted(c.train)  # no pair twice
+        in_train = [p for p in c.train if p[0] == "Hi."]
+        assert in_train in ([], [("Hi.", "Salut !"), ("Hi.", "Bonjour !")])
+        for split in ("valid", "test"):
+            for (en, fr), refs in zip(getattr(c, split), c.references(split), strict=True):
+                assert fr == refs[0] and refs == list(c.translations[en])
+
+
+def test_tokenize_keeps_case_unless_asked():
+    assert tokenize("Tom est là.") == ["Tom", "est", "là", "."]
+    assert tokenize("Tom est là.", lower=True) == ["tom", "est", "là", "."]
+    assert tokenize("L’homme") == ["L’", "homme"]  # a typographic apostrophe stays what it was
+
+
+def test_the_recommended_download_has_a_pinned_checksum():
+    assert tr.TATOEBA_URL.startswith("https://") and tr.TATOEBA_URL.endswith("fra-eng.zip")
+    assert len(tr.TATOEBA_SHA1) == 40 and int(tr.TATOEBA_SHA1, 16) >= 0
+
+
+def test_download_tatoeba_checks_the_pinned_checksum(tmp_path):
+    src = tmp_path / "fra-eng.zip"
+    with zipfile.ZipFile(src, "w") as zf:
+        zf.writestr("fra-eng/fra.txt", GOOD)
+    import hashlib
+
+    good = hashlib.sha1(src.read_bytes()).hexdigest()
+    path = tr.download_tatoeba(tmp_path / "data" / "fra-eng.zip", url=src.as_uri(), sha1=good)
+    assert len(load_tatoeba(path)) == 3
+    with pytest.raises(ValueError, match="checksum mismatch.*expected sha1 0{40}"):
+        tr.download_tatoeba(tmp_path / "other" / "fra-eng.zip", url=src.as_uri(), sha1="0" * 40)
+
+
+def test_there_is_one_checksum_function():
+    from course_utils import download
+
+    assert tr.sha256_file is download.sha256_file
+
+
+# ---- bad input: a clear error naming the argument, never a hang or a silent wrong answer ---------
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(n_pairs=5, max_words=0), ValueError, "max_words must be at least 3"),
+    (dict(n_pairs=3, max_words=2), ValueError, "max_words must be at least 3"),
+    (dict(n_pairs=0), ValueError, "n_pairs must be a positive int"),
+    (dict(n_pairs=-4), ValueError, "n_pairs must be a positive int"),
+    (dict(n_pairs=2.5), ValueError, "n_pairs must be a positive int"),
+    (dict(n_pairs=3, seed="a"), TypeError, "seed must be an int"),
+])
+def test_make_corpus_bad_arguments_fail_at_once(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        make_corpus(**kwargs)
+
+
+def test_make_corpus_with_a_tight_limit_ends_with_an_error_not_a_hang(monkeypatch):
+    monkeypatch.setattr(tr, "generate_pair", lambda rng: ("a b c d e .", "x"))  # always 6 tokens
+    with pytest.raises(ValueError, match="max_words=3 keeps too few sentences"):
+        make_corpus(2, max_words=3)
+
+
+def test_make_corpus_at_the_smallest_limit_still_works():
+    pairs = make_corpus(3, seed=0, max_words=3)
+    assert all(len(tokenize(en)) == 3 for en, _ in pairs)
+
+
+@pytest.mark.parametrize("args, kwargs, error, message", [
+    ((10, 8, 8), {}, ValueError, "leaves no training pair"),
+    ((10, -1, 2), {}, ValueError, "n_valid must be a non-negative int"),
+    ((10, 1, 1.5), {}, ValueError, "n_test must be a non-negative int"),
+    ((10, 1, 1), {"edges": (20, 10)}, ValueError, "strictly increasing"),
+])
+def test_split_corpus_bad_arguments(args, kwargs, error, message):
+    n, n_valid, n_test = args
+    with pytest.raises(error, match=message):
+        split_corpus(make_corpus(n, seed=0), n_valid, n_test, **kwargs)
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ("Go.\tVa !", "pairs must be a list of"),
+    ([("Go.", "Va !"), "Hi."], r"pairs\[1\] must be an \(english, french\) pair"),
+    ([("Go.", "")], r"pairs\[0\] must be an \(english, french\) pair of non-empty strings"),
+    ([("Go.", "Va", "x")], r"pairs\[0\]"),
+])
+def test_split_corpus_rejects_what_is_not_pairs(pairs, message):
+    with pytest.raises(TypeError, match=message):
+        split_corpus(pairs, 0, 0)
+
+
+def test_split_corpus_fills_a_small_bucket_from_the_others():
+    pairs = [(f"w{i} x .", f"f{i} .") for i in range(30)] + [(" ".join(["y"] * 40) + " .", "long .")]
+    c = split_corpus(pairs, n_valid=5, n_test=12, seed=0)
+    assert len(c.test) == 12 and len(c.valid) == 5  # buckets 11-20 and 21-30 are empty, 31+ has one
+    assert len(c.train) == 31 - 17
+
+
+@pytest.mark.parametrize("n, edges, error, message", [
+    (-1, (10, 20), ValueError, "n_words must be a non-negative int"),
+    (3.5, (10, 20), ValueError, "n_words must be a non-negative int"),
+    (3, (20, 10), ValueError, "strictly increasing"),
+    (3, (10, 10), ValueError, "strictly increasing"),
+    (3, (), ValueError, "non-empty"),
+    (3, (0, 10), ValueError, "positive ints"),
+    (3, "10", ValueError, "edges must be"),
+])
+def test_length_bucket_bad_input(n, edges, error, message):
+    with pytest.raises(error, match=message):
+        tr.length_bucket(n, edges)
+
+
+def test_length_bucket_of_zero_words_is_the_first_bucket():
+    assert tr.length_bucket(0) == "1-10" and tr.bucket_order("31+") == 31
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: tokenize(["le", "chat"]), TypeError, "text must be a str"),
+    (lambda: tokenize(None), TypeError, "text must be a str"),
+    (lambda: detokenize("le chat"), TypeError, "got a single str 'le chat'"),
+    (lambda: detokenize(["le", 3]), TypeError, r"tokens\[1\] must be a str"),
+    (lambda: detokenize(["le"], lang="de"), ValueError, "lang must be one of 'fr', 'en'"),
+    (lambda: encode_batch("le chat", Vocab(["le"])), TypeError, "token_lists must be a non-empty list"),
+    (lambda: encode_batch([], Vocab(["le"])), TypeError, "token_lists must be a non-empty list"),
+    (lambda: encode_batch(["le chat"], Vocab(["le"])), TypeError, "tokens must be a list of str"),
+    (lambda: encode_batch([[]], Vocab(["le"]), add_eos=False), ValueError, "nothing to encode"),
+    (lambda: generate_pair(0), TypeError, "rng must be a random.Random"),
+    (lambda: generate_pair(random.Random(0), n_clauses=0), ValueError, "n_clauses must be an int in"),
+    (lambda: generate_pair(random.Random(0), complexity=2.0), ValueError, "complexity must be a real"),
+    (lambda: load_tatoeba(SAMPLE, max_pairs=0), ValueError, "max_pairs must be a positive int"),
+])
+def test_bad_input_names_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
