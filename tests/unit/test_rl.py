@@ -712,3 +712,17 @@ def test_training_and_evaluation_check_the_policy_and_their_arguments():
         make_vector_env(2, blank_prob=-0.5)
     with pytest.raises(ValueError, match="num_envs must be a positive int"):
         make_vector_env(0)
+
+
+def test_exercises_of_notebook_14_think_beyond_the_cells():
+    from course_utils.exercises import check, exercises
+    from course_utils.exercises.nb14 import _memoryless_rules
+
+    mine = {i: ex for i, ex in exercises().items() if i.startswith("14.")}
+    assert len(mine) >= 3 and sum(ex.kind in ("predict", "derive", "debug", "extend") for ex in mine.values()) >= 2
+    assert all(len(ex.mistakes) >= 3 and ex.minutes and ex.difficulty for ex in mine.values())
+    rules = _memoryless_rules()  # the measurements the predict checker compares with
+    assert rules["always right"] < rules["random"] < rules["push towards the lean"] < 100
+    assert check("14.1", None).kind == "not attempted"
+    off_by_one_sample = check("14.2", lambda r, a, c: ((a > 0) & (r > 1 + c)) | ((a < 0) & (r < 1 - c - 0.05)))
+    assert "first difference at sample" in off_by_one_sample.message

@@ -344,3 +344,22 @@ def test_random_shift_and_count_parameters_bad_input():
         random_shift(torch.zeros(1, 1, 4, 4), generator=0)
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         count_parameters([torch.zeros(3)])
+
+
+def test_exercises_of_notebook_11_think_beyond_the_cells():
+    from course_utils.exercises import check, exercises
+
+    mine = {i: ex for i, ex in exercises().items() if i.startswith("11.")}
+    assert len(mine) >= 3 and sum(ex.kind in ("predict", "derive", "debug", "extend") for ex in mine.values()) >= 2
+    assert all(len(ex.mistakes) >= 3 and ex.minutes and ex.difficulty for ex in mine.values())
+    assert check("11.1", None).kind == "not attempted"  # the notebook's placeholder prediction
+    # the fallback names where the first difference is
+
+    def nudged(a):
+        r = attention_rollout(a).clone()
+        r[1, 2, 3] += 1e-2  # rows still sum to 1
+        r[1, 2, 4] -= 1e-2
+        return r
+
+    off = check("11.2", nudged)
+    assert not off.passed and "first at (b=1, i=2, j=3)" in off.message
