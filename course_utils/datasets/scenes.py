@@ -140,16 +140,13 @@ class SceneObject:
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:size, 0:size]
-    return yy, xx
+@functools.lru_cache(maxsize=16)
+def _template(shape: str, h: int) -> np.ndarray:
+    """Boolean ``(2h+1, 2h+1)`` mask of one shape of half-extent ``h``, centred in the window.
 
-
-def _shape_mask(shape: str, cy: int, cx: int, h: int, size: int) -> np.ndarray:
-    """Boolean (size, size) mask of one shape of half-extent ``h`` centred at (cy, cx)."""
-    yy, xx = _grid(size)
-    dy, dx = yy - cy, xx - cx
+    Centres are whole pixels, so every shape of a kind and size is this one stamp, moved.
+    """
+    dy, dx = np.mgrid[-h : h + 1, -h : h + 1]
     if shape == "circle":  # a disc: the square's corners cut off
         return dy**2 + dx**2 <= h**2 + 1.5
     if shape == "square":
@@ -159,9 +156,15 @@ def _shape_mask(shape: str, cy: int, cx: int, h: int, size: int) -> np.ndarray:
         return (t >= 0) & (t <= 1) & (np.abs(dx) <= t * h + 0.01)
     if shape == "cross":  # a plus sign
         arm = h // 3
-        inside = (np.abs(dy) <= h) & (np.abs(dx) <= h)
-        return inside & ((np.abs(dy) <= arm) | (np.abs(dx) <= arm))
+        return (np.abs(dy) <= arm) | (np.abs(dx) <= arm)
     raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+
+
+def _shape_mask(shape: str, cy: int, cx: int, h: int, size: int) -> np.ndarray:
+    """Boolean (size, size) mask of one shape of half-extent ``h`` centred at (cy, cx)."""
+    mask = np.zeros((size, size), dtype=bool)
+    mask[cy - h : cy + h + 1, cx - h : cx + h + 1] = _template(shape, h)
+    return mask
 
 
 def caption_from_objects(objects: Sequence[SceneObject]) -> str:
@@ -264,12 +267,15 @@ def _draw_object(rng: np.random.Generator, image: np.ndarray, row: int, col: int
     # an integer centre such that the whole shape stays inside its cell
     cy = row * cell + int(rng.integers(h, cell - h))
     cx = col * cell + int(rng.integers(h, cell - h))
-    mask = _shape_mask(shape, cy, cx, h, image.shape[-1])
-    ys, xs = np.nonzero(mask)
-    box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+    stamp = _template(shape, h)
+    ys, xs = np.nonzero(stamp)
+    box = (cy - h + int(ys.min()), cx - h + int(xs.min()), cy - h + int(ys.max()) + 1,
+           cx - h + int(xs.max()) + 1)
     shade = 0.85 + 0.15 * rng.random()  # a little brightness variation
-    for ch in range(3):
-        image[ch][mask] = COLOURS[colour][ch] * shade
+    window = image[:, cy - h : cy + h + 1, cx - h : cx + h + 1]  # (3, 2h+1, 2h+1), a view
+    window[:, stamp] = (np.asarray(COLOURS[colour]) * shade)[:, None]  # float64, then stored as float32
+    mask = np.zeros(image.shape[1:], dtype=bool)
+    mask[cy - h : cy + h + 1, cx - h : cx + h + 1] = stamp
     return SceneObject(shape, colour, size, row, col, cy, cx, box), mask
 
 
