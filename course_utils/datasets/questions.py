@@ -41,7 +41,7 @@ lands on them.
 (torch.Size([8, 3, 32, 32]), 8, 16)
 >>> q = train.specs[0]
 >>> q.text, train.answer_names[int(train.answers[0])] == answer(q, train.objects[0])
-('is there a cross above the yellow triangle?', True)
+('what colour is the shape right of the cyan square?', True)
 """
 
 from __future__ import annotations
