@@ -16,7 +16,7 @@ XDIST  ?= -n 2 --dist loadscope
 OFFLINE = PYTHONPATH="$(CURDIR)/tests/offline"
 NBVAL   = --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: install lab test unit alltests screenshots notebooks execute bench doctor lint clean help
+.PHONY: install lab test unit alltests screenshots mutate notebooks execute bench doctor lint clean help
 
 help:
 	@echo "make lab      start JupyterLab on the course (installs on first use)"
@@ -55,6 +55,14 @@ notebooks: $(STAMP)
 	$(OFFLINE) COURSE_FAST=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(PY) -m pytest $(XDIST) $(NBVAL) $(NOTEBOOKS)
 
 test: lint alltests notebooks
+
+# Mutation testing of one module (or MODULE=--all): plants small bugs one at a time and reports the
+# ones the tests miss in reports/mutation.md. Minutes per module on 2 cores; not part of `make test`.
+MODULE ?=
+mutate: $(STAMP)
+	@$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -e ".[test,dev]"
+	@test -n "$(MODULE)" || { echo "usage: make mutate MODULE=course_utils/attention.py  (or MODULE=--all)"; exit 2; }
+	$(PY) scripts/mutate.py $(MODULE)
 
 # Refresh the committed browser screenshot (tests otherwise write it to build/screenshots/).
 screenshots: $(STAMP)
