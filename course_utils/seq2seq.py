@@ -407,6 +407,7 @@ def greedy_decode(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor, ma
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pick the most likely word at every step: tokens ``(B, ≤max_len)`` (after ``<eos>``: pad)
     and, for attention GRUs, the weights ``(B, T, S)``."""
+    check_positive_int("max_len", max_len)
     memory = model.encode(src, src_pad)
     state = model.init_state(memory)
     b = src.size(0)
@@ -437,8 +438,9 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor, beam
     log-probability by the GNMT length penalty ``((5 + |y|) / 6) ** length_penalty`` (Wu et al.
     2016), so longer hypotheses are not unfairly punished. ``beam_width=1`` is greedy decoding.
     """
-    if beam_width < 1:
-        raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    check_positive_int("beam_width", beam_width)
+    check_positive_int("max_len", max_len)
+    check_real("length_penalty", length_penalty, 0.0)
     b, k = src.size(0), beam_width
     memory = _expand(model.encode(src, src_pad), k)  # rows b·k .. b·k+k-1 belong to sentence b
     state = model.init_state(memory)
@@ -475,7 +477,17 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor, beam
 def translate(model: nn.Module, sentences: Sequence[str], src_vocab: Vocab, tgt_vocab: Vocab,
               beam_width: int = 1, batch_size: int = 250, device: torch.device | str = "cpu",
               max_len_factor: float = 1.5) -> list[str]:
-    """English strings → French strings (detokenised), greedy when ``beam_width == 1``."""
+    """English strings → French strings (detokenised), greedy when ``beam_width == 1``.
+
+    ``sentences`` is a list of strings (one per sentence); each is tokenised like the training
+    data (:func:`~course_utils.datasets.translation.tokenize`), translated in batches of
+    ``batch_size`` sentences of similar length, and at most ``max_len_factor`` × its length + 5
+    words long.
+    """
+    check_sequence_of_str("sentences", sentences, allow_empty=True)
+    check_positive_int("beam_width", beam_width)
+    check_positive_int("batch_size", batch_size)
+    check_real("max_len_factor", max_len_factor, 0.0, low_open=True)
     model.eval()
     out: list[str | None] = [None] * len(sentences)
     order = sorted(range(len(sentences)), key=lambda i: len(tokenize(sentences[i])))
@@ -670,6 +682,8 @@ def train_jobs(jobs: Sequence[TranslationJob], data: TranslationData, workers: i
         for out in tqdm(pool.imap_unordered(_run_job, order), total=len(order),
                         desc=f"training {len(order)} models, {workers} at a time", leave=False):
             outputs[out[0]] = out
+        pool.close()  # let the workers exit on their own (no leaked semaphores), then wait
+        pool.join()
     results = {}
     for job in jobs:
         _, weights, hist, interrupted, seconds = outputs[job.name]

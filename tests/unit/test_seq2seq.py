@@ -123,11 +123,103 @@ def test_wider_beam_finds_a_likelier_translation():
     assert torch.all(lp_w >= lp_g - 1e-4), (lp_w, lp_g)
 
 
-def test_beam_search_rejects_bad_width():
-    model = models()["gru"].eval()
+def _tiny_vocabs():
+    return Vocab([f"e{i}" for i in range(SV - 4)]), Vocab([f"f{i}" for i in range(TV - 4)])
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m, s, p: beam_search(m, s, p, beam_width=0, max_len=5), ValueError,
+     "beam_width must be a positive int, got 0"),
+    (lambda m, s, p: beam_search(m, s, p, beam_width=2, max_len=0), ValueError,
+     "max_len must be a positive int, got 0"),
+    (lambda m, s, p: beam_search(m, s, p, beam_width=2, max_len=4, length_penalty=-1.0), ValueError,
+     "length_penalty must be a real number"),
+    (lambda m, s, p: greedy_decode(m, s, p, max_len=0), ValueError, "max_len must be a positive int, got 0"),
+    (lambda m, s, p: greedy_decode(m, s.clamp(max=SV - 1) + 3, p, max_len=4), ValueError,
+     r"src must hold token ids in \[0, 23\)"),
+    (lambda m, s, p: greedy_decode(m, s, torch.ones_like(p), max_len=4), ValueError,
+     "src row 0 is all padding"),
+    (lambda m, s, p: greedy_decode(m, s, p.long(), max_len=4), TypeError, "src_pad must be a bool tensor"),
+    (lambda m, s, p: greedy_decode(m, s.float(), p, max_len=4), TypeError, "src must be an integer tensor"),
+    (lambda m, s, p: greedy_decode(m, s[0], p[0], max_len=4), ValueError, "src must have 2 dims"),
+    (lambda m, s, p: translate(m, "the cat", *_tiny_vocabs()), TypeError,
+     "sentences must be a list of str .* got a single str 'the cat'"),
+    (lambda m, s, p: translate(m, ["e1 e2"], *_tiny_vocabs(), batch_size=0), ValueError,
+     "batch_size must be a positive int, got 0"),
+    (lambda m, s, p: translate(m, ["e1 e2"], *_tiny_vocabs(), beam_width=0), ValueError,
+     "beam_width must be a positive int, got 0"),
+    (lambda m, s, p: translate(m, ["e1"], *_tiny_vocabs(), max_len_factor=0), ValueError,
+     "max_len_factor must be a real number in \\(0.0, inf\\)"),
+])
+@pytest.mark.parametrize("name", ["attn", "transformer"])
+def test_bad_input_gets_a_clear_error(name, call, error, message):
+    model = models()[name].eval()
     src, pad, _ = batch()
-    with pytest.raises(ValueError, match="beam_width must be >= 1"):
-        beam_search(model, src, pad, beam_width=0, max_len=5)
+    with pytest.raises(error, match=message):
+        call(model, src, pad)
+
+
+def test_translate_nothing_is_nothing_and_an_empty_sentence_is_eos_only():
+    model = models()["attn"].eval()
+    assert translate(model, [], *_tiny_vocabs()) == []
+    assert len(translate(model, [""], *_tiny_vocabs())) == 1  # the source is just <eos>
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(emb_dim=0), ValueError, "emb_dim must be a positive int"),
+    (dict(dropout=1.5), ValueError, "dropout must be a real number in"),
+    (dict(attention="yes"), TypeError, "attention must be True or False"),
+])
+def test_gru_constructor_checks(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        GRUSeq2Seq(SV, TV, **kwargs)
+
+
+def test_transformer_constructor_checks():
+    with pytest.raises(ValueError, match="num_layers must be a positive int"):
+        TransformerSeq2Seq(SV, TV, d_model=16, nhead=2, num_layers=0)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda v: make_batch([[4]], [[4], [5]], v, v), ValueError, "as many sources as targets"),
+    (lambda v: make_batch([], [], v, v), TypeError, "src_ids must be a non-empty list"),
+    (lambda v: make_batch(["ab"], [[4]], v, v), TypeError, r"src_ids\[0\] must be a list of token ids"),
+    (lambda v: make_batch([[4, 99]], [[4]], v, v), ValueError, r"src_ids must hold token ids in \[0, 6\)"),
+    (lambda v: make_batch([[4]], [[-1]], v, v), ValueError, "tgt_ids must hold token ids"),
+    (lambda v: BatchIterator([[4]], [[4]], v, v, batch_size=0), ValueError, "batch_size must be a positive int"),
+    (lambda v: BatchIterator([[4]], [[4]], v, v, pool=0), ValueError, "pool must be a positive int"),
+])
+def test_batches_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call(Vocab(["a", "b"]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr=0.0), "lr must be a real number in \\(0.0, inf\\)"),
+    (dict(lr=float("nan")), "lr must be a real number"),
+    (dict(warmup=-1), "warmup must be a non-negative int"),
+    (dict(clip=0.0), "clip must be a real number"),
+    (dict(label_smoothing=1.0), "label_smoothing must be a real number in \\[0.0, 1.0\\)"),
+])
+def test_training_bad_settings(kwargs, message):
+    v = Vocab(["a"])
+    with pytest.raises(ValueError, match=message):
+        train_seq2seq(models()["gru"], BatchIterator([[4]], [[4]], v, v), num_steps=1, **kwargs)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: corpus_bleu("le chat", "le chat"), TypeError, "hypotheses must be a list of str .* single str"),
+    (lambda: corpus_bleu(["le chat"], "le chat"), TypeError, "references must be a list"),
+    (lambda: corpus_bleu(["le chat"], [["le chat", 3]]), TypeError, r"references\[0\]\[1\] must be a str"),
+    (lambda: corpus_bleu(["le chat"], [[]]), ValueError, r"references\[0\] must not be empty"),
+    (lambda: corpus_bleu([], []), ValueError, "hypotheses must not be empty"),
+    (lambda: corpus_bleu(["a"], ["a"], lowercase="no"), TypeError, "lowercase must be True or False"),
+    (lambda: bleu_by_length(["a b"], ["x"], ["x"], edges=(3, 2)), ValueError, "strictly increasing"),
+    (lambda: bleu_by_length(["a b", "c"], ["x"], ["x"]), ValueError, "2 sources for 1 hypotheses"),
+])
+def test_bleu_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
 
 
 def test_make_batch_shifts_targets():
@@ -412,3 +504,97 @@ def test_a_perfect_system_scores_100_on_the_tatoeba_sample():
     lowered = [h.lower() for h in hyps]
     assert corpus_bleu(lowered, refs) < 90  # case counts...
     assert corpus_bleu(lowered, refs, lowercase=True) == pytest.approx(100.0)  # ...unless asked
+
+
+# ---- several models side by side, and the validation sweep -----------------------------------------
+
+
+def _reverse_data(n=120, seed=0):
+    from course_utils.seq2seq import TranslationData
+
+    v = Vocab([chr(ord("a") + i) for i in range(6)])
+    g = torch.Generator().manual_seed(seed)
+    srcs = [[4 + int(x) for x in torch.randint(0, 6, (int(k),), generator=g)]
+            for k in torch.randint(2, 6, (n,), generator=g)]
+    return TranslationData(srcs, [s[::-1] for s in srcs], v, v)
+
+
+def _tiny_jobs():
+    from course_utils.seq2seq import TranslationJob
+
+    sizes = dict(emb=8, enc=8, dec=16, d_model=16, layers=1, ff=32, heads=2)
+    return [TranslationJob(f"{kind}-{seed}", kind, steps=6, lr=3e-3, warmup=2, label_smoothing=0.1,
+                           seed=seed, batch_size=8, sizes=sizes)
+            for kind in ("gru", "attn", "transformer") for seed in (0, 1)]
+
+
+def test_train_jobs_are_seeded_per_job():
+    from course_utils.seq2seq import train_jobs
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        jobs = _tiny_jobs()
+        a = train_jobs(jobs[:2], _reverse_data())
+        b = train_jobs(jobs[:2][::-1], _reverse_data())  # another order: the same models
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("gru-0", "gru-1"):
+        for p, q in zip(a[name].model.parameters(), b[name].model.parameters(), strict=True):
+            assert torch.equal(p, q)
+    assert a["gru-0"].history["loss"] != a["gru-1"].history["loss"]  # the seed changes the run
+
+
+@pytest.mark.slow
+def test_train_jobs_in_two_processes_give_the_same_models_as_in_this_one():
+    from course_utils.seq2seq import train_jobs
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers use one thread each; so must this process to be equal
+    try:
+        here = train_jobs(_tiny_jobs(), _reverse_data(), workers=1)
+        there = train_jobs(_tiny_jobs(), _reverse_data(), workers=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(there) == [j.name for j in _tiny_jobs()]
+    for name, trained in here.items():
+        assert trained.history["loss"] == there[name].history["loss"]
+        for p, q in zip(trained.model.parameters(), there[name].model.parameters(), strict=True):
+            assert torch.equal(p, q)
+
+
+def test_train_jobs_bad_input():
+    from course_utils.seq2seq import TranslationJob, train_jobs
+
+    job = _tiny_jobs()[0]
+    with pytest.raises(ValueError, match="job names must be unique"):
+        train_jobs([job, job], _reverse_data())
+    with pytest.raises(TypeError, match="jobs must be a non-empty list of TranslationJob"):
+        train_jobs(job, _reverse_data())
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        train_jobs([job], _reverse_data(), workers=0)
+    with pytest.raises(ValueError, match="job.kind must be one of 'gru', 'attn', 'transformer'"):
+        train_jobs([TranslationJob("x", "lstm", steps=1, lr=1e-3, warmup=0)], _reverse_data())
+
+
+def test_the_tuning_script_runs_and_chooses_on_the_validation_split(capsys):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("tune_translation", REPO / "scripts" / "tune_translation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()
+    try:
+        out = script.main(["--fast", "--workers", "1", "--lrs", "1e-3", "4e-3", "--label-smoothing", "0", "0.1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert set(out["lr"]) == {"gru", "attn", "transformer"} and out["label_smoothing"] in (0.0, 0.1)
+    assert len(out["scores"]) == 12
+    printed = capsys.readouterr().out
+    assert "validation BLEU (greedy)" in printed and "chosen (*): label_smoothing=" in printed
+    # the choice is the best validation score under the chosen smoothing
+    for kind, lr in out["lr"].items():
+        ls = out["label_smoothing"]
+        assert out["scores"][kind, ls, lr] == max(out["scores"][kind, ls, r] for r in (1e-3, 4e-3))
