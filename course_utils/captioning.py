@@ -39,9 +39,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import AdditiveAttention
+from .checks import (
+    check_bool,
+    check_float_tensor,
+    check_int,
+    check_one_of,
+    check_positive_int,
+    check_probability,
+    check_real,
+    check_sequence_of_str,
+    check_token_ids,
+    describe,
+)
 from .datasets.scenes import COLOURS, SHAPES, SceneDataset, parse_caption, parse_relations
 from .datasets.vocab import Vocab
 from .positional import LearnedPositionalEmbedding
+from .precision import MixedPrecision
 from .runtime import get_device
 from .seq2seq import corpus_bleu
 from .training import TrainHistory, train_steps
@@ -55,6 +68,7 @@ __all__ = [
     "GridEncoder",
     "PooledLSTMDecoder",
     "TrainedJob",
+    "SyncEvery",
     "TransformerCaptionDecoder",
     "beam_search",
     "bleu4",
@@ -94,6 +108,8 @@ class GridEncoder(nn.Module):
 
     def __init__(self, dim: int = 128, grid: int = 4, image_size: int = 32, channels: int = 32) -> None:
         super().__init__()
+        for name, n in (("dim", dim), ("grid", grid), ("image_size", image_size), ("channels", channels)):
+            check_positive_int(name, n)
         if image_size % grid:
             raise ValueError(f"image_size must be a multiple of grid, got {image_size} and {grid}")
         patch = image_size // grid
@@ -111,6 +127,7 @@ class GridEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(grid * grid, dim) * 0.02)  # (N, D)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_float_tensor("images", images)
         if images.dim() != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
             raise ValueError(
                 f"images must have shape (B, 3, {self.image_size}, {self.image_size}), "
@@ -119,6 +136,28 @@ class GridEncoder(nn.Module):
         feats = self.cnn(images)  # (B, D, grid, grid)
         feats = self.norm(feats.flatten(2).transpose(1, 2))  # (B, N, D), cells in reading order
         return feats + self.pos
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, n in sizes.items():
+        check_positive_int(name, n)
+
+
+def _check_feats(feats: torch.Tensor, dim: int, cells: int | None = None) -> None:
+    """``feats (B, N, dim)``: the grid features of a batch of images."""
+    check_float_tensor("feats", feats)
+    if feats.dim() != 3 or feats.size(-1) != dim or (cells is not None and feats.size(1) != cells):
+        n = "N" if cells is None else str(cells)
+        raise ValueError(f"feats must have shape (B, {n}, {dim}), got {describe(feats)}")
+
+
+def _check_words(tokens: torch.Tensor, vocab_size: int, feats: torch.Tensor, dims: int = 2) -> None:
+    """``tokens`` (B, T) (``dims=2``) or (B,) (one step) word ids, one row per image of ``feats``."""
+    check_token_ids("tokens", tokens, vocab_size)
+    if tokens.dim() != dims or tokens.size(0) != feats.size(0) or (dims == 2 and tokens.size(1) == 0):
+        want = "(B, T) with T >= 1" if dims == 2 else "(B,)"
+        raise ValueError(f"tokens must have shape {want} with B = {feats.size(0)} (the images), "
+                         f"got {describe(tokens)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +197,11 @@ class AttentionLSTMDecoder(nn.Module):
         gate: bool = True,
     ) -> None:
         super().__init__()
+        _check_sizes(vocab_size=vocab_size, feat_dim=feat_dim, embed_dim=embed_dim, hidden_dim=hidden_dim,
+                     attn_dim=attn_dim)
+        check_probability("dropout", dropout)
+        check_bool("gate", gate)
+        self.vocab_size, self.feat_dim = vocab_size, feat_dim
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.attention = AdditiveAttention(hidden_dim, feat_dim, attn_dim)
         self.init_h = nn.Linear(feat_dim, hidden_dim)
@@ -168,6 +212,7 @@ class AttentionLSTMDecoder(nn.Module):
         self.out = nn.Linear(hidden_dim + feat_dim + embed_dim, vocab_size)
 
     def init_state(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        _check_feats(feats, self.feat_dim)
         mean = feats.mean(dim=1)  # (B, D)
         return {
             "h": torch.tanh(self.init_h(mean)),  # (B, Hd)
@@ -178,6 +223,7 @@ class AttentionLSTMDecoder(nn.Module):
 
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
         h, c, feats = state["h"], state["c"], state["feats"]
+        _check_words(tokens, self.vocab_size, feats, dims=1)
         context, alpha = self.attention(h, feats, projected_keys=state["keys"])  # (B, D), (B, N)
         if self.f_beta is not None:
             context = torch.sigmoid(self.f_beta(h)) * context  # the gating scalar β
@@ -190,6 +236,7 @@ class AttentionLSTMDecoder(nn.Module):
         """Teacher forcing: ``tokens (B, T)`` are the inputs; returns logits ``(B, T, V)`` and
         the attention maps ``(B, T, N)`` (map ``t`` is the one used to predict word ``t``)."""
         state = self.init_state(feats)
+        _check_words(tokens, self.vocab_size, feats)
         h, c, keys = state["h"], state["c"], state["keys"]
         emb = self.embed(tokens)  # (B, T, E): all the inputs are known, embed them at once
         hs, contexts, alphas = [], [], []
@@ -235,9 +282,15 @@ class PooledLSTMDecoder(nn.Module):
         img_dim: int | None = None,
     ) -> None:
         super().__init__()
+        _check_sizes(vocab_size=vocab_size, feat_dim=feat_dim, grid_cells=grid_cells, embed_dim=embed_dim,
+                     hidden_dim=hidden_dim)
         if pool not in ("mean", "flat"):
             raise ValueError(f"pool must be 'mean' or 'flat', got {pool!r}")
+        check_probability("dropout", dropout)
+        if img_dim is not None:
+            check_positive_int("img_dim", img_dim)
         self.pool, self.grid_cells = pool, grid_cells
+        self.vocab_size, self.feat_dim = vocab_size, feat_dim
         img_dim = img_dim or feat_dim
         in_dim = feat_dim * grid_cells if pool == "flat" else feat_dim
         # A plain linear map, no LayerNorm after it: normalising v cost the flat baseline most
@@ -253,6 +306,7 @@ class PooledLSTMDecoder(nn.Module):
         self.out = nn.Linear(hidden_dim + img_dim + embed_dim, vocab_size)
 
     def init_state(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        _check_feats(feats, self.feat_dim)
         if self.pool == "flat" and feats.size(1) != self.grid_cells:
             raise ValueError(f"expected {self.grid_cells} grid cells, got features {tuple(feats.shape)}")
         pooled = feats.mean(dim=1) if self.pool == "mean" else feats.flatten(1)  # (B, D | N*D)
@@ -261,6 +315,7 @@ class PooledLSTMDecoder(nn.Module):
         return {"h": h, "c": c, "v": v}
 
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
+        _check_words(tokens, self.vocab_size, state["v"], dims=1)
         hc = (state["h"][None].contiguous(), state["c"][None].contiguous())  # (1, B, Hd)
         emb = self.embed(tokens)  # (B, E)
         x = torch.cat([emb, state["v"]], dim=-1)[:, None]  # (B, 1, E + I)
@@ -270,6 +325,7 @@ class PooledLSTMDecoder(nn.Module):
 
     def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
         state = self.init_state(feats)
+        _check_words(tokens, self.vocab_size, feats)
         hc = (state["h"][None].contiguous(), state["c"][None].contiguous())
         emb = self.embed(tokens)  # (B, T, E)
         v = state["v"][:, None].expand(-1, emb.size(1), -1)  # (B, T, I): the same at every step
@@ -306,6 +362,9 @@ class TransformerCaptionDecoder(nn.Module):
         memory_pos_std: float = 0.5,
     ) -> None:
         super().__init__()
+        _check_sizes(vocab_size=vocab_size, feat_dim=feat_dim, max_len=max_len, grid_cells=grid_cells)
+        check_real("memory_pos_std", memory_pos_std, 0.0)
+        self.vocab_size, self.max_len = vocab_size, max_len
         self.embed = nn.Embedding(vocab_size, d_model)
         # Word and position embeddings on the same scale (N(0, 0.02²), as GPT-2). With
         # nn.Embedding's N(0, 1) times the usual √d_model, the words were ~500× larger than the
@@ -337,14 +396,19 @@ class TransformerCaptionDecoder(nn.Module):
 
     def memory(self, feats: torch.Tensor) -> torch.Tensor:
         """The keys and values of the cross-attention: ``feats (B, N, D) -> (B, N, d_model)``."""
-        if feats.dim() != 3 or feats.size(1) != self.memory_pos.size(0):
+        check_float_tensor("feats", feats)
+        if feats.dim() != 3 or feats.shape[1:] != self.memory_pos.shape:
             raise ValueError(
-                f"feats must have shape (B, {self.memory_pos.size(0)}, D), got {tuple(feats.shape)}"
+                f"feats must have shape (B, {self.memory_pos.size(0)}, {self.memory_pos.size(1)}), "
+                f"got {describe(feats)}"
             )
         return self.memory_proj(feats + self.memory_pos)
 
     def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         memory = self.memory(feats)  # (B, N, d)
+        _check_words(tokens, self.vocab_size, feats)
+        if tokens.size(1) > self.max_len:
+            raise ValueError(f"tokens must be at most max_len={self.max_len} long, got {tokens.size(1)}")
         x = self.pos(self.embed(tokens))  # (B, T, d): no √d_model, see __init__
         y = self.decoder(x, memory, tgt_is_causal=True)  # (B, T, d)
         maps = self.decoder.layers[-1].multihead_attn.last_attn_weights.mean(dim=1)  # (B, T, N)
@@ -370,6 +434,11 @@ class Captioner(nn.Module):
 
     def __init__(self, encoder: GridEncoder, decoder: nn.Module) -> None:
         super().__init__()
+        if not isinstance(encoder, GridEncoder):
+            raise TypeError(f"encoder must be a GridEncoder, got {describe(encoder)}")
+        if not all(callable(getattr(decoder, m, None)) for m in ("init_state", "step", "forward")):
+            raise TypeError(f"decoder must be a caption decoder (init_state, step, forward), got "
+                            f"{describe(decoder)}")
         self.encoder, self.decoder = encoder, decoder
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
@@ -387,9 +456,13 @@ def doubly_stochastic_penalty(alphas: torch.Tensor, mask: torch.Tensor | None = 
     >>> doubly_stochastic_penalty(a)                        # (1 - 2)² + (1 - 0)²
     tensor(2.)
     """
+    check_float_tensor("alphas", alphas)
     if alphas.dim() != 3:
         raise ValueError(f"alphas must have shape (B, T, N), got {tuple(alphas.shape)}")
     if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != alphas.shape[:2]:
+            raise ValueError(f"mask must be a bool tensor of shape (B, T) = {tuple(alphas.shape[:2])} "
+                             f"(True for real words), got {describe(mask)}")
         alphas = alphas * mask[..., None].to(alphas.dtype)
     return ((1.0 - alphas.sum(dim=1)) ** 2).sum(dim=1).mean()
 
@@ -397,8 +470,18 @@ def doubly_stochastic_penalty(alphas: torch.Tensor, mask: torch.Tensor | None = 
 def caption_loss(
     model: Captioner, images: torch.Tensor, tokens: torch.Tensor, pad: int = 0, ds_weight: float = 0.0
 ) -> dict[str, torch.Tensor]:
-    """Cross-entropy of next-word prediction (teacher forcing), plus ``ds_weight`` times the
-    doubly stochastic penalty when the decoder returns attention maps."""
+    r"""Cross-entropy of next-word prediction (teacher forcing), plus ``ds_weight`` times the
+    doubly stochastic penalty when the decoder returns attention maps:
+
+    .. math:: \mathcal{L} = \mathrm{CE} + \lambda \sum_i \bigl(1 - \textstyle\sum_t \alpha_{ti}\bigr)^2
+
+    with the cross-entropy averaged over the real (non-``pad``) target words and the penalty
+    over the maps of those words only.
+    """
+    check_real("ds_weight", ds_weight, 0.0)
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.size(1) < 2:
+        raise ValueError(f"tokens must have shape (B, T) with T >= 2 (<bos> and at least one word), "
+                         f"got {describe(tokens)}")
     inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T)
     logits, alphas = model(images, inputs)  # (B, T, V), (B, T, N) | None
     ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad)
@@ -422,13 +505,31 @@ def train_captioner(
     clip: float = 5.0,
     warmup: int = 0,
     progress: bool | None = None,
+    log_every: int | None = None,
 ) -> TrainHistory:
     """Adam, a linear warm-up over ``warmup`` steps then a cosine decay of the learning rate;
-    random batches drawn with ``seed`` (so every model sees the same batches)."""
-    if warmup < 0 or warmup >= max(steps, 1):
-        raise ValueError(f"warmup must be in [0, steps), got warmup={warmup} for steps={steps}")
+    random batches drawn with ``seed`` (so every model sees the same batches).
+
+    On CUDA the steps run under autocast (bf16 on Ampere and newer, fp16 with a GradScaler
+    before) and the losses are read back every ``log_every`` steps (default 25), averaged
+    over them (:class:`SyncEvery`), instead of synchronising the GPU at every step.
+    """
+    check_positive_int("steps", steps)
+    check_positive_int("batch_size", batch_size)
+    check_real("lr", lr, 0.0, low_open=True)
+    check_real("ds_weight", ds_weight, 0.0)
+    check_int("seed", seed, low=0)
+    check_real("clip", clip, 0.0, low_open=True)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0 or warmup >= steps:
+        raise ValueError(f"warmup must be in [0, steps), got warmup={warmup!r} for steps={steps}")
+    if not isinstance(data, (SceneDataset, _TrainingData)):
+        raise TypeError(f"data must be a SceneDataset, got {describe(data)}")
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
+    log_every = log_every or (25 if device.type == "cuda" else 1)
+    check_positive_int("log_every", log_every)
+    amp = MixedPrecision(device, enabled=device.type == "cuda")
+    logged = SyncEvery(log_every)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
     def schedule(s: int) -> float:
@@ -444,17 +545,41 @@ def train_captioner(
         idx = torch.randint(len(data), (batch_size,), generator=gen)
         tokens = data.tokens[idx]
         tokens = tokens[:, : int((tokens != pad).sum(1).max())]  # trim the padding columns
-        out = caption_loss(model, data.images[idx].to(device), tokens.to(device), pad, ds_weight)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
+        with amp.autocast():
+            out = caption_loss(model, data.images[idx].to(device), tokens.to(device), pad, ds_weight)
+        amp.step(out["loss"], opt, clip_grad_norm=clip, parameters=model.parameters())
         sched.step()
-        return out
+        return logged(i, steps, **{k: v.detach() for k, v in out.items()})
 
-    history = train_steps(step, steps, desc=desc, disable_progress=None if progress is None else not progress)
+    history = train_steps(step, steps, desc=desc, log_every=log_every,
+                          disable_progress=None if progress is None else not progress)
     model.eval()
     return history
+
+
+class SyncEvery:
+    """Average a training loop's metrics on the device and read them back only every ``every``
+    steps (one GPU synchronisation there, none in between); between reads it repeats the last
+    values. Use with ``train_steps(..., log_every=every)``, which logs exactly the steps that
+    were read. A NaN in any step makes its average NaN, so the NaN guard still sees it.
+
+    >>> sync = SyncEvery(2)
+    >>> [sync(i, 5, loss=torch.tensor(float(i)))["loss"] for i in range(5)]
+    [0.0, 0.0, 1.5, 1.5, 3.5]
+    """
+
+    def __init__(self, every: int) -> None:
+        check_positive_int("every", every)
+        self.every, self.sums, self.count, self.last = every, {}, 0, None
+
+    def __call__(self, i: int, steps: int, **metrics: torch.Tensor) -> dict[str, float]:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+        self.count += 1
+        if self.last is None or i % self.every == 0 or i == steps - 1:
+            self.last = {k: float(v) / self.count for k, v in self.sums.items()}
+            self.sums, self.count = {}, 0
+        return self.last
 
 
 @dataclass
@@ -481,12 +606,28 @@ class CaptionJob:
     seed: int = 0
     decoder_kwargs: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"job.name must be a non-empty str, got {describe(self.name)}")
+        check_one_of("job.decoder", self.decoder, DECODERS)
+        check_positive_int("job.steps", self.steps)
+        check_real("job.lr", self.lr, 0.0, low_open=True)
+        check_real("job.ds_weight", self.ds_weight, 0.0)
+        check_int("job.warmup", self.warmup, low=0, high=self.steps - 1)
+        check_positive_int("job.dim", self.dim)
+        check_int("job.seed", self.seed, low=0)
+        if not isinstance(self.decoder_kwargs, dict):
+            raise TypeError(f"job.decoder_kwargs must be a dict, got {describe(self.decoder_kwargs)}")
+
+
+DECODERS = ("attention", "mean", "flat", "transformer")
+
 
 def build_captioner(job: CaptionJob, vocab_size: int, grid: int = 4, image_size: int = 32) -> Captioner:
     """A fresh :class:`Captioner` for ``job``, its weights drawn with ``job.seed``."""
-    kinds = ("attention", "mean", "flat", "transformer")
-    if job.decoder not in kinds:
-        raise ValueError(f"job.decoder must be one of {kinds}, got {job.decoder!r}")
+    if not isinstance(job, CaptionJob):
+        raise TypeError(f"job must be a CaptionJob, got {describe(job)}")
+    check_one_of("job.decoder", job.decoder, DECODERS)
     torch.manual_seed(job.seed)
     kw = dict(job.decoder_kwargs)
     if job.decoder == "attention":
@@ -551,11 +692,15 @@ def train_jobs(jobs: Sequence[CaptionJob], data: SceneDataset, workers: int = 1)
     together, and no progress bars are shown (the worker processes print nowhere visible).
     On a GPU, or with ``workers=1``, they run one after the other in this process.
     """
+    if isinstance(jobs, (str, CaptionJob)) or not isinstance(jobs, Sequence) or not jobs \
+            or not all(isinstance(j, CaptionJob) for j in jobs):
+        raise TypeError(f"jobs must be a non-empty list of CaptionJob, got {describe(jobs)}")
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"job names must be unique, got {names}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    check_positive_int("workers", workers)
+    if not isinstance(data, SceneDataset):
+        raise TypeError(f"data must be a SceneDataset, got {describe(data)}")
     if workers == 1 or len(jobs) == 1 or get_device().type != "cpu":
         return {j.name: _run_job(j, _TrainingData(data)) for j in jobs}
     cost = {"attention": 2.0, "transformer": 2.3, "mean": 1.0, "flat": 1.0}  # measured s/step ratios
@@ -587,6 +732,14 @@ class Decoded:
     attention: torch.Tensor | None
 
 
+def _check_decode(model: Captioner, vocab: Vocab, max_len: int) -> None:
+    if not isinstance(model, Captioner):
+        raise TypeError(f"model must be a Captioner, got {describe(model)}")
+    if not isinstance(vocab, Vocab):
+        raise TypeError(f"vocab must be a course_utils.datasets.vocab.Vocab, got {describe(vocab)}")
+    check_positive_int("max_len", max_len)
+
+
 def _select(state: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: v.index_select(0, idx) for k, v in state.items()}
 
@@ -601,6 +754,7 @@ def greedy_decode(model: Captioner, images: torch.Tensor, vocab: Vocab, max_len:
     >>> out.tokens.shape, out.attention.shape
     (torch.Size([3, 6]), torch.Size([3, 6, 16]))
     """
+    _check_decode(model, vocab, max_len)
     feats = model.encoder(images)
     b = feats.size(0)
     state = model.decoder.init_state(feats)
@@ -641,8 +795,9 @@ def beam_search(
     >>> out.tokens.shape, out.attention.shape
     (torch.Size([2, 6]), torch.Size([2, 6, 16]))
     """
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    _check_decode(model, vocab, max_len)
+    check_positive_int("beam_size", beam_size)
+    check_real("length_penalty", length_penalty, 0.0)
     feats = model.encoder(images)
     b, k, dev = feats.size(0), beam_size, feats.device
     state = _select(model.decoder.init_state(feats), torch.arange(b, device=dev).repeat_interleave(k))
@@ -693,7 +848,15 @@ def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     >>> round(bleu4(["a small red circle"], ["a small red circle"]), 6)
     100.0
     """
+    _check_pairs_of_captions(hypotheses, references)
     return corpus_bleu(hypotheses, references)
+
+
+def _check_pairs_of_captions(hypotheses: Sequence[str], references: Sequence[str]) -> None:
+    check_sequence_of_str("hypotheses", hypotheses, allow_empty=True)
+    check_sequence_of_str("references", references, allow_empty=True)
+    if len(hypotheses) != len(references):
+        raise ValueError(f"got {len(hypotheses)} hypotheses for {len(references)} references")
 
 
 def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
@@ -702,8 +865,7 @@ def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     >>> exact_match(["a b", "a c"], ["a b", "a b"])
     0.5
     """
-    if len(hypotheses) != len(references):
-        raise ValueError(f"got {len(hypotheses)} hypotheses for {len(references)} references")
+    _check_pairs_of_captions(hypotheses, references)
     return sum(h == r for h, r in zip(hypotheses, references, strict=True)) / max(len(references), 1)
 
 
@@ -715,6 +877,7 @@ def slot_accuracy(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
     ...               ["a small red circle left of a large blue square"])
     {'size': 1.0, 'colour': 1.0, 'shape': 0.5, 'relation': 0.0, 'count': 1.0}
     """
+    _check_pairs_of_captions(hypotheses, references)
     hits = {"size": 0, "colour": 0, "shape": 0, "relation": 0, "count": 0}
     totals = {"size": 0, "colour": 0, "shape": 0, "relation": 0, "count": 0}
     for hyp, ref in zip(hypotheses, references, strict=True):
@@ -776,8 +939,13 @@ def grounding_hits(
     >>> grounding_hits(words, att, objects, cells)
     [True, True, False, True]
     """
-    if criterion not in ("peak", "mass"):
-        raise ValueError(f"criterion must be 'peak' or 'mass', got {criterion!r}")
+    check_one_of("criterion", criterion, ("peak", "mass"))
+    check_sequence_of_str("words", words, allow_empty=True)
+    check_float_tensor("attention", attention, dims=(2, 3))
+    if not isinstance(cells, torch.Tensor) or cells.dtype != torch.bool or cells.dim() not in (2, 3):
+        raise TypeError(f"cells must be a bool tensor (K, gh, gw) or (K, N), got {describe(cells)}")
+    if cells.size(0) != len(objects):
+        raise ValueError(f"cells must have one mask per object: {len(objects)} objects, got {describe(cells)}")
     att = attention.reshape(attention.size(0), -1)  # (T, N)
     cell = cells.reshape(cells.size(0), -1)  # (K, N)
     if att.size(1) != cell.size(1):
@@ -813,6 +981,12 @@ def grounding_score(
     ``captions`` are the generated word lists, ``attention (B, T, N)`` their maps, ``data``
     the scenes they describe (same order).
     """
+    if isinstance(captions, str) or not isinstance(captions, Sequence):
+        raise TypeError(f"captions must be a list of word lists, got {describe(captions)}")
+    check_float_tensor("attention", attention, dims=3)
+    if not len(captions) == attention.size(0) <= len(data):
+        raise ValueError(f"captions ({len(captions)}), attention ({describe(attention)}) and data "
+                         f"({len(data)} scenes) must describe the same scenes")
     hits: list[bool] = []
     for i, words in enumerate(captions):
         n = int(data.num_objects[i])
@@ -836,6 +1010,11 @@ def evaluate(
     a decoder without attention maps. For a transformer the maps are the last layer's, averaged
     over heads (:func:`transformer_grounding` gives every layer and head).
     """
+    if not isinstance(data, SceneDataset):
+        raise TypeError(f"data must be a SceneDataset, got {describe(data)}")
+    check_positive_int("beam_size", beam_size)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("max_len", max_len)
     model.eval()
     device = next(model.parameters()).device
     words, maps = [], []
@@ -877,6 +1056,10 @@ def transformer_grounding(
     :func:`evaluate`); they are fed back with teacher forcing to read the maps."""
     if not isinstance(model.decoder, TransformerCaptionDecoder):
         raise TypeError(f"model.decoder must be a TransformerCaptionDecoder, got {type(model.decoder).__name__}")
+    check_positive_int("batch_size", batch_size)
+    if isinstance(words, str) or not isinstance(words, Sequence) or not words or len(words) > len(data):
+        raise ValueError(f"words must be a non-empty list of word lists, one per scene of data, got "
+                         f"{describe(words)}")
     vocab, device = data.vocab, next(model.parameters()).device
     model.eval()
     length = max(len(w) for w in words) + 1

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import AdditiveAttention
-from .captioning import GridEncoder
+from .captioning import GridEncoder, SyncEvery
 from .checks import (
     check_bool,
     check_float_tensor,
@@ -382,7 +382,7 @@ def train_vqa(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps, warmup))
     amp = MixedPrecision(device, enabled=device.type == "cuda")
-    logged = _Logged(log_every)
+    logged = SyncEvery(log_every)
     model.train()
 
     def step(i: int):
@@ -400,24 +400,6 @@ def train_vqa(
                           disable_progress=None if progress is None else not progress)
     model.eval()
     return history
-
-
-class _Logged:
-    """Average the step metrics on the device; read them back (one synchronisation) only at
-    the steps :func:`~course_utils.training.train_steps` logs, and repeat the last values in
-    between. A NaN in any step makes the average NaN, so the NaN guard still sees it."""
-
-    def __init__(self, every: int) -> None:
-        self.every, self.sums, self.count, self.last = every, {}, 0, None
-
-    def __call__(self, i: int, steps: int, **metrics: torch.Tensor) -> dict[str, float]:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0) + v
-        self.count += 1
-        if self.last is None or i % self.every == 0 or i == steps - 1:
-            self.last = {k: float(v) / self.count for k, v in self.sums.items()}
-            self.sums, self.count = {}, 0
-        return self.last
 
 
 @dataclass

@@ -355,3 +355,176 @@ def test_the_baseline_tuning_script_builds_every_variant_it_lists():
         assert logits.shape == (2, 6, 20), name
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         tune.build("nope", 20)
+
+
+# ---- how the loss is put together ----
+
+
+class _FixedDecoder(torch.nn.Module):
+    """A decoder that returns given logits and attention maps, whatever it is fed."""
+
+    def __init__(self, logits, alphas):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits.clone())
+        self.alphas = None if alphas is None else torch.nn.Parameter(alphas.clone())
+        self.seen = None
+
+    def init_state(self, feats):
+        return {}
+
+    def step(self, tokens, state):
+        raise NotImplementedError
+
+    def forward(self, feats, tokens):
+        self.seen = tokens
+        return self.logits, (None if self.alphas is None else torch.softmax(self.alphas, -1))
+
+
+def _fixed_captioner(b=2, t=4, v=V, n=16, attention=True):
+    gen = torch.Generator().manual_seed(3)
+    decoder = _FixedDecoder(torch.randn(b, t, v, generator=gen),
+                            torch.randn(b, t, n, generator=gen) if attention else None)
+    return Captioner(GridEncoder(16), decoder)
+
+
+def test_caption_loss_is_cross_entropy_over_real_words_plus_lambda_times_the_penalty():
+    model = _fixed_captioner()
+    pad = 0
+    tokens = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0]])  # <bos> words <eos> <pad>...
+    images = torch.rand(2, 3, 32, 32)
+    out = caption_loss(model, images, tokens, pad=pad, ds_weight=0.3)
+    # by hand: the decoder reads tokens[:, :-1] and is scored on tokens[:, 1:]
+    assert torch.equal(model.decoder.seen, tokens[:, :-1])
+    targets = tokens[:, 1:]
+    logits, alphas = model.decoder.logits, torch.softmax(model.decoder.alphas, -1)
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]  # (B, T)
+    real = targets != pad
+    ce = -(logp * real).sum() / real.sum()  # mean over the 6 real target words, not the 8 slots
+    per_cell = (alphas * real[..., None]).sum(1)  # (B, N): padding steps give no attention
+    penalty = ((1 - per_cell) ** 2).sum(1).mean()
+    torch.testing.assert_close(out["ce"], ce)
+    torch.testing.assert_close(out["ds_penalty"], penalty)
+    torch.testing.assert_close(out["loss"], ce + 0.3 * penalty)
+    # the penalty is part of the graph: its gradient reaches the attention maps
+    out["loss"].backward()
+    grad_with = model.decoder.alphas.grad.clone()
+    model.zero_grad()
+    caption_loss(model, images, tokens, pad=pad, ds_weight=0.0)["loss"].backward()
+    assert model.decoder.alphas.grad is None or model.decoder.alphas.grad.abs().max() == 0
+    assert grad_with.abs().max() > 0
+
+
+def test_caption_loss_weight_scales_only_the_penalty():
+    model = _fixed_captioner()
+    tokens = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0]])
+    images = torch.rand(2, 3, 32, 32)
+    parts = [caption_loss(model, images, tokens, ds_weight=w) for w in (0.0, 1.0, 2.5)]
+    assert "ds_penalty" not in parts[0]  # λ = 0: cross-entropy alone, no penalty computed
+    torch.testing.assert_close(parts[0]["loss"], parts[1]["ce"])
+    for w, part in zip((1.0, 2.5), parts[1:], strict=True):
+        torch.testing.assert_close(part["ce"], parts[0]["ce"])  # the cross-entropy does not move
+        torch.testing.assert_close(part["loss"] - part["ce"], w * part["ds_penalty"])
+    # a decoder without attention has no penalty, whatever the weight
+    plain = _fixed_captioner(attention=False)
+    out = caption_loss(plain, images, tokens, ds_weight=5.0)
+    assert "ds_penalty" not in out
+    torch.testing.assert_close(out["loss"].detach(), out["ce"])
+
+
+def test_train_captioner_logs_the_loss_it_optimises(data):
+    torch.manual_seed(0)
+    model = _models(16)["attention"]
+    history = train_captioner(model, data, steps=2, batch_size=4, ds_weight=0.5)
+    for loss, ce, reg in zip(history["loss"], history["ce"], history["ds_penalty"], strict=True):
+        assert loss == pytest.approx(ce + 0.5 * reg, rel=1e-5)
+
+
+# ---- bad input gets a clear error ----
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: GridEncoder(16, 0), ValueError, "grid must be a positive int, got 0"),
+        (lambda: GridEncoder(0), ValueError, "dim must be a positive int"),
+        (lambda: GridEncoder(16, 4, image_size=30), ValueError, "multiple of grid"),
+        (lambda: GridEncoder(16)(torch.zeros(1, 3, 32, 32, dtype=torch.long)), TypeError,
+         "images must be a floating-point tensor"),
+        (lambda: GridEncoder(16)(torch.zeros(3, 32, 32)), ValueError, r"images must have shape \(B, 3, 32, 32\)"),
+        (lambda: AttentionLSTMDecoder(0, 16), ValueError, "vocab_size must be a positive int"),
+        (lambda: AttentionLSTMDecoder(V, 16, dropout=1.5), ValueError, "dropout"),
+        (lambda: AttentionLSTMDecoder(V, 16, hidden_dim=16)(torch.zeros(2, 16, 8), torch.zeros(2, 3, dtype=torch.long)),
+         ValueError, r"feats must have shape \(B, N, 16\)"),
+        (lambda: AttentionLSTMDecoder(V, 16, hidden_dim=16)(torch.zeros(2, 16, 16), torch.full((2, 3), V)),
+         ValueError, rf"tokens must hold token ids in \[0, {V}\)"),
+        (lambda: AttentionLSTMDecoder(V, 16, hidden_dim=16)(torch.zeros(2, 16, 16), torch.zeros(3, 3, dtype=torch.long)),
+         ValueError, "B = 2"),
+        (lambda: AttentionLSTMDecoder(V, 16, hidden_dim=16)(torch.zeros(2, 16, 16), torch.zeros(2, 3)),
+         TypeError, "integer tensor of token ids"),
+        (lambda: PooledLSTMDecoder(V, 16, grid_cells=0), ValueError, "grid_cells must be a positive int"),
+        (lambda: PooledLSTMDecoder(V, 16, 16, "flat")(torch.zeros(2, 16, 16), torch.zeros(2, 0, dtype=torch.long)),
+         ValueError, "T >= 1"),
+        (lambda: TransformerCaptionDecoder(V, 16, 16, 2, 1, max_len=0), ValueError, "max_len must be a positive int"),
+        (lambda: TransformerCaptionDecoder(V, 16, 16, 2, 1, max_len=4)(torch.zeros(1, 16, 16),
+                                                                       torch.zeros(1, 5, dtype=torch.long)),
+         ValueError, "at most max_len=4"),
+        (lambda: Captioner(torch.nn.Linear(2, 2), PooledLSTMDecoder(V, 16)), TypeError, "encoder must be a GridEncoder"),
+        (lambda: Captioner(GridEncoder(16), torch.nn.Linear(2, 2)), TypeError, "decoder must be a caption decoder"),
+        (lambda: doubly_stochastic_penalty(torch.ones(2, 3, 4, dtype=torch.long)), TypeError, "floating-point"),
+        (lambda: doubly_stochastic_penalty(torch.ones(2, 3, 4), torch.ones(2, 4, dtype=torch.bool)), ValueError,
+         r"mask must be a bool tensor of shape \(B, T\) = \(2, 3\)"),
+        (lambda: doubly_stochastic_penalty(torch.ones(2, 3, 4), torch.ones(2, 3)), ValueError, "mask must be a bool"),
+        (lambda: caption_loss(_fixed_captioner(), torch.rand(2, 3, 32, 32), torch.ones(2, 1, dtype=torch.long)),
+         ValueError, "T >= 2"),
+        (lambda: caption_loss(_fixed_captioner(), torch.rand(2, 3, 32, 32), torch.ones(2, 5, dtype=torch.long),
+                              ds_weight=-1.0), ValueError, "ds_weight"),
+        (lambda: greedy_decode(_models(16)["attention"], torch.rand(1, 3, 32, 32), caption_vocab(), max_len=0),
+         ValueError, "max_len must be a positive int, got 0"),
+        (lambda: beam_search(_models(16)["attention"], torch.rand(1, 3, 32, 32), caption_vocab(), beam_size=0),
+         ValueError, "beam_size must be a positive int, got 0"),
+        (lambda: greedy_decode(_models(16)["attention"], torch.rand(1, 3, 32, 32), {"<bos>": 1}), TypeError,
+         "vocab must be"),
+        (lambda: bleu4("a red circle", "a red circle"), TypeError, "a single str"),
+        (lambda: exact_match(["a"], ["a", "b"]), ValueError, "1 hypotheses for 2 references"),
+        (lambda: slot_accuracy("a b", ["a b"]), TypeError, "hypotheses must be a list of str"),
+        (lambda: grounding_hits(["a"], torch.zeros(1, 16), [("small", "red", "circle")], torch.zeros(2, 4, 4, dtype=torch.bool)),
+         ValueError, "one mask per object"),
+        (lambda: grounding_hits(["a"], torch.zeros(1, 16), [("small", "red", "circle")], torch.zeros(1, 4, 4)),
+         TypeError, "cells must be a bool tensor"),
+        (lambda: grounding_hits(["a"], torch.zeros(1, 16, dtype=torch.long), [], torch.zeros(0, 16, dtype=torch.bool)),
+         TypeError, "attention must be a floating-point"),
+        (lambda: grounding_hits(["a"], torch.zeros(1, 16), [], torch.zeros(0, 16, dtype=torch.bool), criterion="max"),
+         ValueError, "criterion must be one of 'peak', 'mass'"),
+        (lambda: CaptionJob("x", "flat", steps=0, lr=1e-3), ValueError, "job.steps must be a positive int"),
+        (lambda: CaptionJob("x", "flat", steps=10, lr=0.0), ValueError, "job.lr"),
+        (lambda: CaptionJob("x", "flat", steps=10, lr=1e-3, warmup=10), ValueError, "job.warmup"),
+        (lambda: CaptionJob("", "flat", steps=10, lr=1e-3), ValueError, "job.name"),
+        (lambda: train_jobs("flat", None), TypeError, "jobs must be a non-empty list of CaptionJob"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"steps": 0}, "steps must be a positive int"), ({"batch_size": 0}, "batch_size must be a positive int"),
+     ({"lr": -1.0}, "lr must be a real number"), ({"ds_weight": float("nan")}, "ds_weight"),
+     ({"warmup": 5, "steps": 5}, "warmup must be in"), ({"clip": 0.0}, "clip"), ({"seed": -1}, "seed")],
+)
+def test_train_captioner_rejects_bad_settings(data, kwargs, message):
+    model = _models(16)["flat"]
+    settings = {"steps": 2, "batch_size": 4, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        train_captioner(model, data, **settings)
+    with pytest.raises(TypeError, match="data must be a SceneDataset"):
+        train_captioner(model, {"images": data.images}, steps=2)
+
+
+def test_evaluate_rejects_bad_settings(data):
+    model = _models(16)["flat"]
+    for kwargs, message in (({"beam_size": 0}, "beam_size"), ({"batch_size": 0}, "batch_size"),
+                            ({"max_len": 0}, "max_len")):
+        with pytest.raises(ValueError, match=message):
+            evaluate(model, data, **kwargs)
