@@ -238,3 +238,53 @@ def test_loader_throughput_rejects_meaningless_settings():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="pin_memory"):
             D.loader_throughput(ds, pin_memory=True)
+
+
+@pytest.mark.slow
+def test_a_torchrun_timeout_leaves_no_process_behind(tmp_path):
+    """The notebook's launcher: on a timeout the launcher and both ranks end (they are in sessions of their own)."""
+    import threading
+
+    import psutil
+
+    from course_utils.process_guard import ProcessTreeTimeout
+
+    plan = D.launch_plan(2, device="cpu")
+    seen: dict[int, tuple[psutil.Process, str]] = {}
+    stop = threading.Event()
+
+    def watch() -> None:  # every process below this one while the job runs, as `ps` would show them
+        while not stop.is_set():
+            for p in psutil.Process().children(recursive=True):
+                if p.pid not in seen:
+                    seen[p.pid] = (p, " ".join(_cmdline(p)))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(ProcessTreeTimeout, match="every process it started were ended"):
+            D.run_torchrun(plan, SCRIPT, [*COMMON, "--steps", "1000000", "--batch-size", str(BATCH)],
+                           timeout=25, cwd=tmp_path)
+    finally:
+        stop.set()
+        watcher.join()
+    workers = [cmd for _, cmd in seen.values() if "train_distributed" in cmd]
+    assert len(workers) >= 3, f"expected the launcher and 2 ranks among {[cmd for _, cmd in seen.values()]}"
+    survivors = []
+    for p, cmd in seen.values():
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                survivors.append(cmd)
+        except psutil.NoSuchProcess:
+            pass
+    assert survivors == [], f"processes outlived the timeout: {survivors}"
+
+
+def _cmdline(p) -> list[str]:
+    import psutil
+
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
