@@ -392,7 +392,7 @@ class VQADataset:
     specs: list[Question] | None = None
 
     def __len__(self) -> int:
-        return len(self.questions)
+        return len(self.answers)
 
     def batch(self, index: torch.Tensor, device: torch.device | str | None = None):
         """``(images (B, 3, H, W) float in [0, 1], tokens (B, L'), answers (B,))`` of the questions
