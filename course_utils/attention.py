@@ -1,17 +1,42 @@
-"""Attention, written out: scaled dot-product, additive (Bahdanau) and multi-head.
+"""Attention, written out: scaled dot-product, additive (Bahdanau), multi-head and grouped-query.
 
 Every function here is proved equal to PyTorch's own (``F.scaled_dot_product_attention``,
-``nn.MultiheadAttention``) by the tests in ``tests/test_attention*.py``. Read it top to bottom:
+``nn.MultiheadAttention``) by the tests in ``tests/unit/test_attention.py`` and
+``tests/properties/``. Read it top to bottom:
 
-1. :func:`scaled_dot_product_attention` — ``softmax(q kᵀ / √d) v``, the core of every layer below.
-2. :class:`AdditiveAttention` — Bahdanau et al. (2015): score with a tiny MLP instead of a dot.
-3. :func:`split_heads` / :func:`merge_heads` and :class:`MultiHeadAttention` — Vaswani et al.
+1. :func:`causal_mask`, :func:`masked_softmax` — who may attend to whom, and a softmax that
+   never returns NaN.
+2. :func:`scaled_dot_product_attention` — ``softmax(q kᵀ / √d) v``, the core of every layer below.
+3. :class:`AdditiveAttention` — Bahdanau et al. (2015): score with a tiny MLP instead of a dot.
+4. :func:`split_heads` / :func:`merge_heads` and :class:`MultiHeadAttention` — Vaswani et al.
    (2017): run several attentions side by side on slices of the embedding.
+5. :func:`repeat_kv`, :func:`grouped_query_attention`, :class:`GroupedQueryAttention` —
+   multi-query (Shazeer, 2019) and grouped-query attention (Ainslie et al., 2023): fewer
+   key/value heads than query heads, a smaller KV cache.
+
+Both attention modules take ``rope=`` (a :class:`~course_utils.positional.RotaryEmbedding`,
+applied to queries and keys after the head split) and ``cache=`` / ``layer=`` (any
+:class:`~course_utils.kv_cache.KVCacheBase`): with a cache, ``x`` holds only the new tokens;
+their keys and values are appended and the causal mask is aligned bottom-right, so that new
+query ``i`` sits at position ``length + i``. One function does that for both,
+:func:`_rotate_and_cache`, and the mask comes from :func:`causal_mask` with ``offset=``.
+
+>>> from course_utils.kv_cache import KVCache
+>>> from course_utils.positional import RotaryEmbedding
+>>> attn = GroupedQueryAttention(32, num_heads=4, num_kv_heads=2, head_dim=16,
+...                              rope=RotaryEmbedding(16)).eval()
+>>> x = torch.randn(1, 6, 32)
+>>> cache = KVCache(1, batch=1, num_heads=2, head_dim=16, max_len=6)
+>>> steps = [attn(x[:, :4], is_causal=True, cache=cache)]            # a prompt of 4 tokens
+>>> steps += [attn(x[:, t : t + 1], is_causal=True, cache=cache) for t in (4, 5)]
+>>> torch.allclose(torch.cat(steps, 1), attn(x, is_causal=True), atol=1e-5)
+True
 
 Mask conventions (the same in the whole course):
 
 * a **boolean** ``attn_mask`` means ``True`` = *may attend* (as ``F.scaled_dot_product_attention``);
-* a **float** ``attn_mask`` is *added* to the scores (``-inf`` forbids, ``0`` allows);
+* a **float** ``attn_mask`` is *added* to the scores (``-inf`` forbids, ``0`` allows; an ALiBi
+  bias from :func:`~course_utils.positional.alibi_bias` is one);
 * a ``key_padding_mask`` means ``True`` = *this key is padding, ignore it*
   (as ``nn.MultiheadAttention``);
 * a query row that may attend to nothing at all gives a **zero** output and **zero** weights,
@@ -23,17 +48,44 @@ other way round (``True`` = *not* allowed). Convert with ``~mask`` when you move
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_utils.checks import (
+    broadcasts_to,
+    check_float_tensor,
+    check_int,
+    check_like_module,
+    check_mask,
+    check_non_negative_int,
+    check_padding_mask,
+    check_positive_int,
+    check_probability,
+    check_qkv,
+    check_real,
+    check_same_device,
+    check_shape,
+    check_tensor,
+    describe,
+)
+
+if TYPE_CHECKING:
+    from course_utils.kv_cache import KVCacheBase
+    from course_utils.positional import RotaryEmbedding
+
 __all__ = [
     "AdditiveAttention",
+    "GroupedQueryAttention",
     "MultiHeadAttention",
     "causal_mask",
+    "grouped_query_attention",
     "masked_softmax",
     "merge_heads",
     "padding_mask_to_attn_mask",
+    "repeat_kv",
     "scaled_dot_product_attention",
     "split_heads",
 ]
@@ -42,105 +94,35 @@ _NEG_INF = float("-inf")
 
 
 # ---------------------------------------------------------------------------------------------
-# Small checks shared by everything below. They turn a cryptic "size mismatch" deep inside a
-# matmul into a message that says what was expected and what was received.
-# ---------------------------------------------------------------------------------------------
-
-
-def _shape(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
-def _check_tensor(name: str, t: object, min_dim: int = 0) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if t.dim() < min_dim:
-        raise ValueError(
-            f"{name} must have at least {min_dim} dims, got shape {_shape(t)} ({t.dim()} dims)"
-        )
-
-
-def _check_mask_dtype(name: str, mask: object) -> None:
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.dtype != torch.bool and not mask.is_floating_point():
-        raise TypeError(
-            f"{name} must be a bool tensor (True = may attend) or a float tensor (added to "
-            f"the scores), got dtype {mask.dtype}"
-        )
-
-
-def _check_same_device(**tensors: torch.Tensor | None) -> None:
-    """All given tensors on one device, else a ValueError that lists each tensor's device."""
-    present = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
-    if len(set(present.values())) > 1:
-        got = ", ".join(f"{name} on {dev}" for name, dev in present.items())
-        raise ValueError(f"all inputs must be on the same device, got {got}")
-
-
-def _check_like_module(name: str, t: torch.Tensor, weight: torch.Tensor) -> None:
-    """``t`` must have the dtype and device of the module's weights (else F.linear fails cryptically)."""
-    if t.device != weight.device:
-        raise ValueError(
-            f"{name} must be on the module's device {weight.device}, got {name} on {t.device} "
-            f"(move one of them with .to(device))"
-        )
-    if t.dtype != weight.dtype and not _autocast_on(t.device.type):  # autocast mixes dtypes on purpose
-        raise TypeError(
-            f"{name} must have the module's dtype {weight.dtype}, got {t.dtype} "
-            f"(convert with .to({weight.dtype}) or the module with .to(dtype))"
-        )
-
-
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except (TypeError, RuntimeError):  # an unusual device type: no autocast there
-        return False
-
-
-def _check_probability(name: str, p: object) -> None:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-        what = "a float in" if name == "dropout_p" else "in"  # the messages the tests know
-        raise ValueError(f"{name} must be {what} [0, 1), got {p!r}")
-
-
-def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
-    """True if a tensor of ``shape`` broadcasts to ``target`` without growing it."""
-    try:
-        return tuple(torch.broadcast_shapes(shape, target)) == tuple(target)
-    except RuntimeError:
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
 # Masks
 # ---------------------------------------------------------------------------------------------
 
 
 def causal_mask(
-    lq: int, lk: int | None = None, device: torch.device | str | None = None
+    lq: int, lk: int | None = None, device: torch.device | str | None = None, offset: int = 0
 ) -> torch.Tensor:
-    """Boolean causal mask of shape ``(lq, lk)``: query ``i`` may attend to keys ``j <= i``.
+    """Boolean causal mask ``(lq, lk)``: query ``i`` may attend to keys ``j <= i + offset``.
 
-    ``True`` = may attend. The mask is aligned top-left, exactly as PyTorch's ``is_causal=True``
-    (when ``lq != lk`` it is *not* shifted to the bottom-right as in a KV-cache decoder).
+    ``True`` = may attend. ``offset`` is the position of the first query among the keys. With
+    ``offset=0`` the mask is aligned top-left, exactly as PyTorch's ``is_causal=True``; for a
+    chunk of ``lq`` new tokens after ``n`` cached ones (keys ``0..n+lq-1``) pass ``offset=n``:
+    the mask is aligned bottom-right and the last query sees every key.
 
     >>> causal_mask(3).int()
     tensor([[1, 0, 0],
             [1, 1, 0],
             [1, 1, 1]], dtype=torch.int32)
-    >>> causal_mask(2, 4).int()
+    >>> causal_mask(2, 4).int()                      # top-left, as is_causal=True
     tensor([[1, 0, 0, 0],
             [1, 1, 0, 0]], dtype=torch.int32)
+    >>> causal_mask(2, 4, offset=2).int()            # 2 new tokens after 2 cached ones
+    tensor([[1, 1, 1, 0],
+            [1, 1, 1, 1]], dtype=torch.int32)
     """
     lk = lq if lk is None else lk
-    for name, n in (("lq", lq), ("lk", lk)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {n!r}")
-    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril()
+    for name, n in (("lq", lq), ("lk", lk), ("offset", offset)):
+        check_non_negative_int(name, n)
+    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
 def padding_mask_to_attn_mask(key_padding_mask: torch.Tensor) -> torch.Tensor:
@@ -151,19 +133,8 @@ def padding_mask_to_attn_mask(key_padding_mask: torch.Tensor) -> torch.Tensor:
     >>> padding_mask_to_attn_mask(pad)
     tensor([[[[ True,  True, False]]]])
     """
-    if not isinstance(key_padding_mask, torch.Tensor):
-        raise TypeError(
-            f"key_padding_mask must be a torch.Tensor, got {type(key_padding_mask).__name__}"
-        )
-    if key_padding_mask.dtype != torch.bool:
-        raise TypeError(
-            f"key_padding_mask must be a bool tensor (True = padding), got dtype "
-            f"{key_padding_mask.dtype}"
-        )
-    if key_padding_mask.dim() != 2:
-        raise ValueError(
-            f"key_padding_mask must have shape (B, Lk), got shape {_shape(key_padding_mask)}"
-        )
+    check_tensor("key_padding_mask", key_padding_mask, dims=2)
+    check_padding_mask("key_padding_mask", key_padding_mask, *key_padding_mask.shape)
     # invert (True = padding -> True = may attend), then add the head and query axes
     return (~key_padding_mask)[:, None, None, :]  # (B, 1, 1, Lk)
 
@@ -182,35 +153,37 @@ def masked_softmax(
     tensor([[0.5000, 0.5000, 0.0000],
             [0.0000, 0.0000, 0.0000]])
     """
-    _check_tensor("scores", scores, min_dim=1)
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -scores.dim() <= dim < scores.dim():
-        raise ValueError(
-            f"dim must be an int in [{-scores.dim()}, {scores.dim() - 1}] for scores of shape "
-            f"{_shape(scores)}, got {dim!r}"
-        )
+    check_float_tensor("scores", scores, min_dims=1)
+    check_int("dim", dim, low=-scores.dim(), high=scores.dim() - 1)
     if mask is not None:
-        _check_mask_dtype("mask", mask)
-        _check_same_device(scores=scores, mask=mask)
-        if not _broadcasts_to(_shape(mask), _shape(scores)):
-            raise ValueError(
-                f"mask must broadcast to the scores shape {_shape(scores)}, got {_shape(mask)}"
-            )
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, _NEG_INF)
-        else:
-            scores = scores + mask.to(scores.dtype)
+        check_mask("mask", mask, shape=scores.shape)
+        check_same_device(scores=scores, mask=mask)
+        scores = _apply_mask(scores, mask)
     if scores.size(dim) == 0:  # nothing to normalise over: no weights at all
         return torch.zeros_like(scores)
     # A row whose scores are all -inf has nothing to attend to. Give it finite scores so that
     # the softmax (and its gradient) stay finite, then zero its weights afterwards.
     dead = scores.amax(dim=dim, keepdim=True) == _NEG_INF  # (..., 1) along `dim`
     scores = scores.masked_fill(dead, 0.0)
-    if scores.dtype in (torch.float16, torch.bfloat16):
-        # exp() and the sum are much more accurate in float32; cast back afterwards
-        weights = torch.softmax(scores.float(), dim=dim).to(scores.dtype)
-    else:
-        weights = torch.softmax(scores, dim=dim)
-    return weights.masked_fill(dead, 0.0)
+    # exp() and the sum are much more accurate in float32 than in fp16/bf16: cast back after
+    weights = torch.softmax(scores, dim=dim, dtype=torch.promote_types(scores.dtype, torch.float))
+    return weights.to(scores.dtype).masked_fill(dead, 0.0)
+
+
+def _apply_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scores with a bool mask (False -> -inf) or a float mask (added) applied."""
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, _NEG_INF)
+    return scores + mask.to(scores.dtype)
+
+
+def _and_masks(mask: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
+    """Combine a bool-or-float mask with a bool ``keep`` mask (True = may attend)."""
+    if mask is None:
+        return keep
+    if mask.dtype == torch.bool:
+        return mask & keep
+    return mask.masked_fill(~keep, _NEG_INF)  # float mask: -inf where keep is False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +212,8 @@ def scaled_dot_product_attention(
 
     Returns ``out (..., Lq, Dv)``, or ``(out, weights)`` with ``weights (..., Lq, Lk)`` (after
     dropout) when ``return_weights=True``. A query row with no key to attend to gives a zero
-    output row and zero weights, never NaN.
+    output row and zero weights, never NaN. fp16/bf16 inputs are computed in float32 and the
+    result rounded once (as PyTorch's math backend does on CPU).
 
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
@@ -252,83 +226,33 @@ def scaled_dot_product_attention(
     >>> torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6)
     True
     """
-    # ---- check the inputs, so that a wrong shape fails here and not inside a matmul ----
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_tensor(name, t, min_dim=2)
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(
-            f"q, k and v must have the same dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}"
-        )
-    _check_same_device(q=q, k=k, v=v, attn_mask=attn_mask)
-    if q.size(-1) != k.size(-1):
-        raise ValueError(
-            f"q and k must have the same last dim (head dim), got q {_shape(q)} and k {_shape(k)}"
-        )
-    if q.size(-1) == 0:
-        raise ValueError(f"q and k must have a head dim D >= 1, got q {_shape(q)} and k {_shape(k)}")
-    if k.size(-2) != v.size(-2):
-        raise ValueError(
-            f"k and v must have the same number of keys Lk (dim -2), got k {_shape(k)} and "
-            f"v {_shape(v)}"
-        )
-    if k.size(-2) == 0:
-        raise ValueError(f"k must have at least one key (Lk >= 1), got k {_shape(k)}")
-    try:
-        batch = tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
-    except RuntimeError:
-        raise ValueError(
-            f"the leading (batch, head) dims of q, k and v must broadcast, got q {_shape(q)}, "
-            f"k {_shape(k)}, v {_shape(v)}"
-        ) from None
-    lq, lk = q.size(-2), k.size(-2)
-    scores_shape = (*batch, lq, lk)
-    if attn_mask is not None:
-        _check_mask_dtype("attn_mask", attn_mask)
-        if not _broadcasts_to(_shape(attn_mask), scores_shape):
-            raise ValueError(
-                f"attn_mask must broadcast to the scores shape (..., Lq, Lk) = {scores_shape}, "
-                f"got attn_mask {_shape(attn_mask)}"
-            )
-    _check_probability("dropout_p", dropout_p)
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__} {scale!r}")
-
-    if q.dtype in (torch.float16, torch.bfloat16):
-        # Low precision: bf16 keeps 8 bits of mantissa, so a score of 20 is only known to
-        # about ±0.06, enough to move the softmax visibly. Compute in float32 and round once
-        # at the end (as PyTorch's math backend does on CPU).
-        mask32 = (
-            attn_mask.float()
-            if attn_mask is not None and attn_mask.is_floating_point()
-            else attn_mask
-        )
-        out, weights = scaled_dot_product_attention(
-            q.float(), k.float(), v.float(), mask32, causal, dropout_p, scale, True
-        )
-        out, weights = out.to(q.dtype), weights.to(q.dtype)
-        return (out, weights) if return_weights else out
-
-    # ---- the maths ----
+    _check_attention_args(q, k, v, attn_mask, dropout_p, scale)
+    dtype = q.dtype
+    q, k, v = (t.to(torch.promote_types(dtype, torch.float)) for t in (q, k, v))  # fp16 -> fp32
     scale = q.size(-1) ** -0.5 if scale is None else scale
     # Why scale? For random unit-variance q, k the dot product has variance D; without 1/√D
     # large D pushes the softmax into a near one-hot regime with vanishing gradients.
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., Lq, Lk)
-
     mask = attn_mask
-    if causal:
-        allowed = causal_mask(lq, lk, device=q.device)  # (Lq, Lk)
-        if mask is None:
-            mask = allowed
-        elif mask.dtype == torch.bool:
-            mask = mask & allowed
-        else:  # float mask: forbid the future by adding -inf there
-            mask = mask.to(scores.dtype).masked_fill(~allowed, _NEG_INF)
-
+    if causal:  # query i may see keys j <= i
+        mask = _and_masks(mask, causal_mask(q.size(-2), k.size(-2), device=q.device))
     weights = masked_softmax(scores, mask)  # (..., Lq, Lk), zero rows where nothing allowed
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p, training=True)
     out = weights @ v  # (..., Lq, Dv)
+    out, weights = out.to(dtype), weights.to(dtype)
     return (out, weights) if return_weights else out
+
+
+def _check_attention_args(q, k, v, attn_mask, dropout_p, scale) -> None:
+    check_qkv(q, k, v)
+    scores = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.size(-2), k.size(-2))
+    if attn_mask is not None:
+        check_mask("attn_mask", attn_mask, shape=scores)
+        check_same_device(q=q, attn_mask=attn_mask)
+    check_probability("dropout_p", dropout_p)
+    if scale is not None:
+        check_real("scale", scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,9 +302,8 @@ class AdditiveAttention(nn.Module):
     ) -> None:
         super().__init__()
         for name, n in (("query_dim", query_dim), ("key_dim", key_dim), ("hidden_dim", hidden_dim)):
-            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-                raise ValueError(f"{name} must be a positive int, got {n!r}")
-        _check_probability("dropout", dropout)
+            check_positive_int(name, n)
+        check_probability("dropout", dropout)
         self.query_dim, self.key_dim, self.hidden_dim = query_dim, key_dim, hidden_dim
         self.value_dim = value_dim
         self.W_q = nn.Linear(query_dim, hidden_dim, bias=False)  # query  -> hidden
@@ -390,12 +313,8 @@ class AdditiveAttention(nn.Module):
 
     def project_keys(self, keys: torch.Tensor) -> torch.Tensor:
         """``W_k keys``: ``(B, Lk, Dk) -> (B, Lk, hidden_dim)``. Compute once per sequence."""
-        _check_tensor("keys", keys)
-        _check_like_module("keys", keys, self.W_k.weight)
-        if keys.dim() != 3 or keys.size(-1) != self.key_dim:
-            raise ValueError(
-                f"keys must have shape (B, Lk, key_dim={self.key_dim}), got {_shape(keys)}"
-            )
+        _check_module_input("keys", keys, self.W_k.weight, (None, None, self.key_dim),
+                            f"(B, Lk, key_dim={self.key_dim})")
         return self.W_k(keys)
 
     def forward(
@@ -406,65 +325,49 @@ class AdditiveAttention(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         projected_keys: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_tensor("query", query)
-        _check_like_module("query", query, self.W_q.weight)
-        if query.dim() not in (2, 3) or query.size(-1) != self.query_dim:
-            raise ValueError(
-                f"query must have shape (B, query_dim={self.query_dim}) or "
-                f"(B, Lq, query_dim={self.query_dim}), got {_shape(query)}"
-            )
+        values = keys if values is None else values
+        pk = self.project_keys(keys) if projected_keys is None else projected_keys  # (B, Lk, H)
+        self._check_inputs(query, keys, values, pk, key_padding_mask)
         one_step = query.dim() == 2
         q = query[:, None, :] if one_step else query  # (B, Lq, Dq)
-        pk = self.project_keys(keys) if projected_keys is None else projected_keys  # (B, Lk, H)
-        values = keys if values is None else values
-        _check_tensor("values", values)
-        _check_like_module("values", values, self.W_q.weight)
-        _check_same_device(query=query, values=values, projected_keys=pk,
-                           key_padding_mask=key_padding_mask)
-        b, lk = keys.size(0), keys.size(1)
-        if pk.dim() != 3 or _shape(pk) != (b, lk, self.hidden_dim):
-            raise ValueError(
-                f"projected_keys must have shape (B, Lk, hidden_dim) = {(b, lk, self.hidden_dim)}"
-                f", got {_shape(pk)}"
-            )
-        if values.dim() != 3 or values.shape[:2] != keys.shape[:2]:
-            raise ValueError(
-                f"values must have shape (B, Lk, Dv) with (B, Lk) = {(b, lk)} from keys, "
-                f"got values {_shape(values)}"
-            )
-        if self.value_dim is not None and values.size(-1) != self.value_dim:
-            raise ValueError(
-                f"values must have last dim value_dim={self.value_dim}, got {_shape(values)}"
-            )
-        if q.size(0) != b:
-            raise ValueError(
-                f"query and keys must have the same batch size, got query {_shape(query)} "
-                f"and keys {_shape(keys)}"
-            )
 
         # every query against every key: broadcast (B, Lq, 1, H) + (B, 1, Lk, H)
         features = torch.tanh(self.W_q(q)[:, :, None, :] + pk[:, None, :, :])  # (B, Lq, Lk, H)
         scores = self.w_v(features).squeeze(-1)  # (B, Lq, Lk)
-
         mask = None
         if key_padding_mask is not None:
-            if not isinstance(key_padding_mask, torch.Tensor) or _shape(key_padding_mask) != (
-                b,
-                lk,
-            ):
-                got = (
-                    _shape(key_padding_mask)
-                    if isinstance(key_padding_mask, torch.Tensor)
-                    else type(key_padding_mask).__name__
-                )
-                raise ValueError(f"key_padding_mask must have shape (B, Lk) = {(b, lk)}, got {got}")
             mask = padding_mask_to_attn_mask(key_padding_mask)[:, 0]  # (B, 1, Lk)
-
         weights = self.dropout(masked_softmax(scores, mask))  # (B, Lq, Lk)
         context = weights @ values  # (B, Lq, Dv)
         if one_step:
             return context[:, 0], weights[:, 0]  # (B, Dv), (B, Lk)
         return context, weights
+
+    def _check_inputs(self, query, keys, values, pk, key_padding_mask) -> None:
+        _check_module_input("keys", keys, self.W_k.weight, (None, None, self.key_dim),
+                            f"(B, Lk, key_dim={self.key_dim})")
+        b, lk = keys.size(0), keys.size(1)
+        dq, dv = self.query_dim, self.value_dim
+        shape = (b, dq) if isinstance(query, torch.Tensor) and query.dim() == 2 else (b, None, dq)
+        _check_module_input("query", query, self.W_q.weight, shape,
+                            f"(B={b}, query_dim={dq}) or (B={b}, Lq, query_dim={dq})")
+        _check_module_input("values", values, self.W_q.weight, (b, lk, dv),
+                            f"(B, Lk, Dv) with (B, Lk) = {(b, lk)} from keys"
+                            + ("" if dv is None else f" and Dv = value_dim = {dv}"))
+        _check_module_input("projected_keys", pk, self.W_q.weight, (b, lk, self.hidden_dim),
+                            f"(B, Lk, hidden_dim) = {(b, lk, self.hidden_dim)}")
+        if key_padding_mask is not None:
+            check_padding_mask("key_padding_mask", key_padding_mask, b, lk)
+            check_same_device(query=query, key_padding_mask=key_padding_mask)
+
+
+def _check_module_input(
+    name: str, t: object, weight: torch.Tensor, shape: tuple[int | None, ...], what: str
+) -> None:
+    """A float tensor of ``shape`` (``None`` = any size) with the dtype/device of ``weight``."""
+    check_float_tensor(name, t)
+    check_like_module(name, t, weight)
+    check_shape(name, t, shape, what=what)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,16 +390,11 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     >>> torch.equal(merge_heads(split_heads(x, 3)), x)
     True
     """
-    if not isinstance(x, torch.Tensor) or x.dim() < 2:
-        got = _shape(x) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a tensor of shape (..., T, E), got {got}")
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
-        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    check_float_tensor("x", x, min_dims=2)
+    check_positive_int("num_heads", num_heads)
     if x.size(-1) % num_heads != 0:
-        raise ValueError(
-            f"the last dim of x ({x.size(-1)}) must be divisible by num_heads ({num_heads}), "
-            f"got x {_shape(x)}"
-        )
+        raise ValueError(f"the last dim of x ({x.size(-1)}) must be divisible by num_heads "
+                         f"({num_heads}), got x {tuple(x.shape)}")
     x = x.unflatten(-1, (num_heads, x.size(-1) // num_heads))  # (..., T, H, D)
     return x.transpose(-3, -2)  # (..., H, T, D)
 
@@ -507,10 +405,39 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     >>> merge_heads(torch.zeros(2, 4, 5, 8)).shape
     torch.Size([2, 5, 32])
     """
-    if not isinstance(x, torch.Tensor) or x.dim() < 3:
-        got = _shape(x) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a tensor of shape (..., H, T, D), got {got}")
+    check_float_tensor("x", x, min_dims=3)
     return x.transpose(-3, -2).flatten(-2)  # (..., T, H, D) -> (..., T, H*D)
+
+
+def _rotate_and_cache(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rope: RotaryEmbedding | None,
+    positions: torch.Tensor | None,
+    cache: KVCacheBase | None,
+    layer: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The one cached path of both attention modules, on heads ``(B, H, T, D)``.
+
+    RoPE rotates the new queries and keys at their positions (``cache.length(layer) + 0..T-1``
+    unless ``positions`` says otherwise, e.g. for a left-padded batch); then the new keys and
+    values go into the cache, which returns every key to attend to. Returns ``q, k, v`` and
+    the causal ``offset`` of the first new query among the keys returned.
+    """
+    start = 0 if cache is None else cache.length(layer)
+    if rope is not None:
+        if positions is None:
+            positions = torch.arange(start, start + q.size(-2), device=q.device)
+        same = k.size(-2) == q.size(-2)  # self-attention; cross-attention keys sit at 0..Lk-1
+        q, k = rope(q, positions), rope(k, positions if same else None)
+    elif positions is not None:
+        raise ValueError(f"positions are used by rope only, got positions {tuple(positions.shape)}"
+                         " and rope=None")
+    if cache is None:
+        return q, k, v, 0
+    k, v = cache.update(layer, k, v)  # (B, Hkv, L, D): every key so far
+    return q, k, v, k.size(-2) - q.size(-2)
 
 
 class MultiHeadAttention(nn.Module):
@@ -522,8 +449,8 @@ class MultiHeadAttention(nn.Module):
     layers (``kdim``/``vdim`` are the input sizes of keys and values; default ``embed_dim``).
 
     ``forward(query, key=None, value=None, key_padding_mask=None, attn_mask=None,
-    is_causal=False, need_weights=False, average_attn_weights=True)`` returns
-    ``(out, weights)``:
+    is_causal=False, need_weights=False, average_attn_weights=True, *, cache=None, layer=0,
+    positions=None, projected_kv=None)`` returns ``(out, weights)``:
 
     * ``query (B, Lq, E)``, ``key (B, Lk, kdim)``, ``value (B, Lk, vdim)`` (``(T, B, E)`` when
       ``batch_first=False``). ``key`` defaults to ``query`` (self-attention), ``value`` to
@@ -538,6 +465,15 @@ class MultiHeadAttention(nn.Module):
       heads, or ``(B, H, Lq, Lk)`` with ``average_attn_weights=False``.
     * A query that may attend to no key gets a zero attention output, so its ``out`` row is
       just ``out_proj.bias``; its weights are zero; never NaN.
+    * ``cache`` (self-attention only): ``query`` holds the new tokens; their keys and values are
+      appended to ``cache`` at ``layer``; attention is then causal (with or without
+      ``is_causal``), the mask aligned bottom-right. Masks cover every key so far
+      (``Lk = cache.length(layer)`` after the update).
+    * ``rope`` (constructor): a :class:`~course_utils.positional.RotaryEmbedding` applied to
+      queries and keys after the head split, at ``positions`` (default: ``0..T-1`` after the
+      tokens in the cache).
+    * ``projected_kv=(k, v)``: keys and values already projected, ``(B, H, Lk, D)``, from
+      :meth:`project_kv` (cross-attention while decoding: project the memory once).
 
     ``use_sdpa=True`` computes the attention with ``F.scaled_dot_product_attention`` (fused
     kernels on GPU); the result is the same. Set ``store_weights = True`` to keep the detached
@@ -569,17 +505,11 @@ class MultiHeadAttention(nn.Module):
         vdim: int | None = None,
         batch_first: bool = True,
         use_sdpa: bool = False,
+        rope: RotaryEmbedding | None = None,
     ) -> None:
         super().__init__()
-        for name, n in (("embed_dim", embed_dim), ("num_heads", num_heads)):
-            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-                raise ValueError(f"{name} must be a positive int, got {n!r}")
-        if embed_dim % num_heads != 0:
-            raise ValueError(
-                f"embed_dim must be divisible by num_heads, got embed_dim={embed_dim} and "
-                f"num_heads={num_heads}"
-            )
-        _check_probability("dropout", dropout)
+        _check_heads(embed_dim, num_heads, "embed_dim", "num_heads")
+        check_probability("dropout", dropout)
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
         self.kdim = embed_dim if kdim is None else kdim
@@ -587,6 +517,7 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout  # a probability (as in nn.MultiheadAttention), used when training
         self.batch_first = batch_first
         self.use_sdpa = use_sdpa
+        self.rope = rope
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias)
         self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias)
@@ -609,53 +540,17 @@ class MultiHeadAttention(nn.Module):
             f"batch_first={self.batch_first}, use_sdpa={self.use_sdpa}"
         )
 
-    # -- the mask: attn_mask, key_padding_mask and is_causal folded into one (B, H, Lq, Lk) --
-
-    def _build_mask(
-        self,
-        attn_mask: torch.Tensor | None,
-        key_padding_mask: torch.Tensor | None,
-        is_causal: bool,
-        b: int,
-        lq: int,
-        lk: int,
-        device: torch.device,
-    ) -> torch.Tensor | None:
-        h = self.num_heads
-        mask = None
-        for name, m in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)):
-            if isinstance(m, torch.Tensor) and m.device != device:
-                raise ValueError(f"{name} must be on the device of the inputs {device}, got {m.device}")
-        if attn_mask is not None:
-            _check_mask_dtype("attn_mask", attn_mask)
-            expected = "(Lq, Lk), (B, Lq, Lk) or (B, H, Lq, Lk)"
-            if attn_mask.dim() == 2:
-                mask = attn_mask[None, None]  # (1, 1, Lq, Lk)
-            elif attn_mask.dim() == 3:
-                mask = attn_mask[:, None]  # (B, 1, Lq, Lk)
-            elif attn_mask.dim() == 4:
-                mask = attn_mask
-            else:
-                raise ValueError(
-                    f"attn_mask must have shape {expected} = {(lq, lk)}, {(b, lq, lk)} or "
-                    f"{(b, h, lq, lk)}, got {_shape(attn_mask)}"
-                )
-            if not _broadcasts_to(_shape(mask), (b, h, lq, lk)):
-                raise ValueError(
-                    f"attn_mask must have shape {expected} = {(lq, lk)}, {(b, lq, lk)} or "
-                    f"{(b, h, lq, lk)}, got {_shape(attn_mask)}"
-                )
-        if key_padding_mask is not None:
-            if isinstance(key_padding_mask, torch.Tensor) and _shape(key_padding_mask) != (b, lk):
-                raise ValueError(
-                    f"key_padding_mask must have shape (B, Lk) = {(b, lk)}, got "
-                    f"{_shape(key_padding_mask)}"
-                )
-            keep = padding_mask_to_attn_mask(key_padding_mask)  # (B, 1, 1, Lk), True = attend
-            mask = _and_masks(mask, keep)
-        if is_causal:
-            mask = _and_masks(mask, causal_mask(lq, lk, device=device))
-        return mask
+    def project_kv(
+        self, key: torch.Tensor, value: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values projected and split into heads, ``(B, H, Lk, D)`` each: compute
+        them once for a memory that every decoding step attends to, pass ``projected_kv=``."""
+        value = key if value is None else value
+        self._check_inputs(key, key, value, None)
+        if not self.batch_first:
+            key, value = key.transpose(0, 1), value.transpose(0, 1)
+        return split_heads(self.k_proj(key), self.num_heads), split_heads(
+            self.v_proj(value), self.num_heads)
 
     def forward(
         self,
@@ -667,62 +562,103 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         need_weights: bool = False,
         average_attn_weights: bool = True,
+        *,
+        cache: KVCacheBase | None = None,
+        layer: int = 0,
+        positions: torch.Tensor | None = None,
+        projected_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        key = query if key is None else key
+        if cache is not None and (key is not None or projected_kv is not None):
+            raise ValueError("a KV cache is for self-attention: pass cache= without key, value "
+                             f"or projected_kv, got key {describe(key)}")
+        key = query if key is None and projected_kv is None else key
         value = key if value is None else value
-        layout = "(B, T, E)" if self.batch_first else "(T, B, E)"
-        for name, t, dim in (
-            ("query", query, self.embed_dim),
-            ("key", key, self.kdim),
-            ("value", value, self.vdim),
-        ):
-            _check_tensor(name, t)
-            _check_like_module(name, t, self.q_proj.weight)
-            if t.dim() != 3 or t.size(-1) != dim:
-                raise ValueError(f"{name} must have shape {layout} with E = {dim}, got {_shape(t)}")
+        self._check_inputs(query, key, value, projected_kv)
         if not self.batch_first:  # (T, B, E) -> (B, T, E): inside, we always work batch-first
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        if key.shape[:2] != value.shape[:2] or key.size(0) != query.size(0):
-            raise ValueError(
-                f"query, key and value must share the batch size and key/value the length, got "
-                f"query {_shape(query)}, key {_shape(key)}, value {_shape(value)} (batch-first)"
-            )
-        b, lq, lk = query.size(0), query.size(1), key.size(1)
+            query, key, value = (t if t is None else t.transpose(0, 1) for t in (query, key, value))
 
         q = split_heads(self.q_proj(query), self.num_heads)  # (B, H, Lq, D)
-        k = split_heads(self.k_proj(key), self.num_heads)  # (B, H, Lk, D)
-        v = split_heads(self.v_proj(value), self.num_heads)  # (B, H, Lk, D)
+        if projected_kv is None:
+            k = split_heads(self.k_proj(key), self.num_heads)  # (B, H, Lk, D)
+            v = split_heads(self.v_proj(value), self.num_heads)  # (B, H, Lk, D)
+        else:
+            k, v = projected_kv
+        q, k, v, offset = _rotate_and_cache(q, k, v, self.rope, positions, cache, layer)
 
-        mask = self._build_mask(
-            attn_mask, key_padding_mask, is_causal, b, lq, lk, q.device
-        )  # (B|1, H|1, Lq|1, Lk) or None
         p = self.dropout if self.training else 0.0
         want_weights = need_weights or self.store_weights
-
+        is_causal = is_causal or cache is not None  # a cache decodes causally
+        # only a causal mask: let PyTorch pick a kernel that never builds it
+        fused_causal = (self.use_sdpa and is_causal and offset == 0 and attn_mask is None
+                        and key_padding_mask is None)
+        mask = None if fused_causal else self._build_mask(
+            attn_mask, key_padding_mask, is_causal, offset, q, k)  # (B|1, H|1, Lq|1, Lk)
         weights = None
-        if self.use_sdpa and is_causal and attn_mask is None and key_padding_mask is None:
-            # only the causal mask: let PyTorch pick a kernel that never builds it
+        if fused_causal:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-            if want_weights:
-                _, weights = scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)
         elif self.use_sdpa:
             out = _sdpa_no_nan(q, k, v, mask, dropout_p=p)  # (B, H, Lq, D)
-            if want_weights:  # the fused kernel never materialises the weights: recompute
-                _, weights = scaled_dot_product_attention(q, k, v, mask, return_weights=True)
         else:
             out, weights = scaled_dot_product_attention(
                 q, k, v, mask, dropout_p=p, return_weights=True
             )  # (B, H, Lq, D), (B, H, Lq, Lk)
+        if self.use_sdpa and want_weights:  # the fused kernel never materialises the weights
+            _, weights = scaled_dot_product_attention(q, k, v, mask, causal=fused_causal,
+                                                      return_weights=True)
 
         out = self.out_proj(merge_heads(out))  # (B, Lq, E)
         if not self.batch_first:
             out = out.transpose(0, 1)  # (Lq, B, E)
-
         if self.store_weights and weights is not None:
             self.last_attn_weights = weights.detach()
         if not need_weights or weights is None:
             return out, None
         return out, weights.mean(dim=1) if average_attn_weights else weights
+
+    def _check_inputs(self, query, key, value, projected_kv) -> None:
+        layout = "(B, T, E)" if self.batch_first else "(T, B, E)"
+        named = [("query", query, self.embed_dim)]
+        if projected_kv is None:
+            named += [("key", key, self.kdim), ("value", value, self.vdim)]
+        for name, t, dim in named:
+            _check_module_input(name, t, self.q_proj.weight, (None, None, dim),
+                                f"{layout} with E = {dim}")
+        b = query.size(0 if self.batch_first else 1)
+        if projected_kv is None and (key.shape[:2] != value.shape[:2]
+                                     or key.size(0 if self.batch_first else 1) != b):
+            raise ValueError(
+                f"query, key and value must share the batch size and key/value the length, got "
+                f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+            )
+        if projected_kv is not None:
+            shape = (b, self.num_heads, None, self.head_dim)
+            for name, t in zip(("projected_kv[0]", "projected_kv[1]"), projected_kv, strict=True):
+                _check_module_input(name, t, self.q_proj.weight, shape,
+                                    f"(B, H, Lk, D) = {(b, self.num_heads, 'Lk', self.head_dim)}")
+
+    def _build_mask(
+        self,
+        attn_mask: torch.Tensor | None,
+        key_padding_mask: torch.Tensor | None,
+        is_causal: bool,
+        offset: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """``attn_mask``, ``key_padding_mask`` and the causal mask folded into one mask that
+        broadcasts to ``(B, H, Lq, Lk)``."""
+        (b, h, lq, _), lk = q.shape, k.size(-2)
+        mask = None
+        if attn_mask is not None:
+            _check_mha_mask(attn_mask, b, h, lq, lk, q.device)
+            mask = _as_4d(attn_mask)  # (B|1, H|1, Lq|1, Lk|1)
+        if key_padding_mask is not None:
+            check_padding_mask("key_padding_mask", key_padding_mask, b, lk)
+            check_same_device(query=q, key_padding_mask=key_padding_mask)
+            mask = _and_masks(mask, padding_mask_to_attn_mask(key_padding_mask))  # (B, 1, 1, Lk)
+        if is_causal:
+            mask = _and_masks(mask, causal_mask(lq, lk, device=q.device, offset=offset))
+        return mask
 
     # -- interop with PyTorch --
 
@@ -782,15 +718,6 @@ class MultiHeadAttention(nn.Module):
         return new
 
 
-def _and_masks(mask: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
-    """Combine a bool-or-float mask with a bool ``keep`` mask (True = may attend)."""
-    if mask is None:
-        return keep
-    if mask.dtype == torch.bool:
-        return mask & keep
-    return mask.masked_fill(~keep, _NEG_INF)  # float mask: -inf where keep is False
-
-
 def _sdpa_no_nan(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
 ) -> torch.Tensor:
@@ -810,3 +737,191 @@ def _sdpa_no_nan(
         mask = mask.masked_fill(dead, 0.0).to(q.dtype)  # PyTorch wants the dtype of q
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     return out.masked_fill(dead, 0.0)
+
+
+def _as_4d(mask: torch.Tensor) -> torch.Tensor:
+    """An MHA mask ``(Lq, Lk)``, ``(B, Lq, Lk)`` or ``(B, H, Lq, Lk)`` as 4-D (B, H, Lq, Lk)."""
+    if mask.dim() == 2:
+        return mask[None, None]  # (1, 1, Lq, Lk)
+    return mask[:, None] if mask.dim() == 3 else mask  # (B, 1, Lq, Lk) or (B, H, Lq, Lk)
+
+
+def _check_mha_mask(mask: object, b: int, h: int, lq: int, lk: int, device: torch.device) -> None:
+    check_mask("attn_mask", mask)
+    check_same_device(query=torch.empty(0, device=device), attn_mask=mask)
+    if mask.dim() not in (2, 3, 4) or not broadcasts_to(_as_4d(mask).shape, (b, h, lq, lk)):
+        raise ValueError(
+            f"attn_mask must have shape (Lq, Lk), (B, Lq, Lk) or (B, H, Lq, Lk) = {(lq, lk)}, "
+            f"{(b, lq, lk)} or {(b, h, lq, lk)}, got {tuple(mask.shape)}"
+        )
+
+
+def _check_heads(dim: int, heads: int, dim_name: str, heads_name: str) -> None:
+    check_positive_int(dim_name, dim)
+    check_positive_int(heads_name, heads)
+    if dim % heads != 0:
+        raise ValueError(f"{dim_name} must be divisible by {heads_name}, got {dim_name}={dim} "
+                         f"and {heads_name}={heads}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-query and grouped-query attention
+# ---------------------------------------------------------------------------------------------
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """``(B, Hkv, L, D) -> (B, Hkv·n_rep, L, D)``: each key/value head serves ``n_rep`` query heads.
+
+    Head ``h`` of the result is head ``h // n_rep`` of ``x`` (the layout of LLaMA's ``repeat_kv``).
+
+    >>> repeat_kv(torch.arange(2.0).view(1, 2, 1, 1), 3).flatten().tolist()
+    [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    """
+    check_tensor("x", x, dims=4)
+    check_positive_int("n_rep", n_rep)
+    b, h, length, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, length, d).reshape(b, h * n_rep, length, d)
+
+
+def grouped_query_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention with fewer key/value heads than query heads, without copying K and V.
+
+    ``q (B, H, Lq, D)``, ``k (B, Hkv, Lk, D)``, ``v (B, Hkv, Lk, Dv)`` with ``H % Hkv == 0``;
+    ``Hkv = 1`` is multi-query attention, ``Hkv = H`` is ordinary multi-head attention. The
+    queries of the ``G = H/Hkv`` heads that share a key/value head are stacked along the
+    sequence axis, ``(B, Hkv, G·Lq, D)``, and attend to ``(B, Hkv, Lk, D)`` in one call: each
+    key/value head is read once for its whole group. Equal to attention with :func:`repeat_kv`
+    applied to ``k`` and ``v``. ``attn_mask`` (bool or float, e.g. an ALiBi bias) broadcasts
+    to ``(B, H, Lq, Lk)``; ``causal`` is top-left aligned (:func:`causal_mask`);
+    ``key_padding_mask`` is ``(B, Lk)``, True = padding. ``return_weights=True`` also returns
+    the weights ``(B, H, Lq, Lk)``.
+
+    >>> q, k, v = torch.randn(2, 8, 5, 4), torch.randn(2, 2, 6, 4), torch.randn(2, 2, 6, 4)
+    >>> ref = F.scaled_dot_product_attention(q, repeat_kv(k, 4), repeat_kv(v, 4))
+    >>> torch.allclose(grouped_query_attention(q, k, v), ref, atol=1e-6)
+    True
+    """
+    check_qkv(q, k, v, dims=4, broadcast=False)
+    check_same_device(q=q, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
+    (b, h, lq, d), (hkv, lk) = q.shape, k.shape[1:3]
+    if h % hkv != 0 or tuple(k.shape[:2]) != (b, hkv) or tuple(v.shape[:2]) != (b, hkv):
+        raise ValueError(f"expected q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) with H "
+                         f"a multiple of Hkv, got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    g = h // hkv
+    # Stack the G query heads of a group along the sequence axis: (B, Hkv, G·Lq, D) against
+    # (B, Hkv, Lk, D) is one ordinary attention call in which each K/V head is read once for its
+    # whole group — no copy of K and V, and no 5-D broadcast (which the matmul would
+    # materialise group by group). Row r of a group is query r % Lq of head r // Lq.
+    qg = q.reshape(b, hkv, g * lq, d)  # (B, Hkv, G·Lq, D)
+    mask = None
+    if attn_mask is not None:
+        check_mask("attn_mask", attn_mask, shape=(b, h, lq, lk))
+        mask = _group_mask(attn_mask, hkv, g, lq, lk)  # (B|1, Hkv|1, G·Lq, Lk)
+    if causal:  # query i may attend keys j <= i, whichever head of the group it belongs to
+        mask = _and_masks(mask, causal_mask(lq, lk, device=q.device).repeat(g, 1))  # (G·Lq, Lk)
+    if key_padding_mask is not None:
+        check_padding_mask("key_padding_mask", key_padding_mask, b, lk)
+        mask = _and_masks(mask, padding_mask_to_attn_mask(key_padding_mask))  # (B, 1, 1, Lk)
+    out, weights = scaled_dot_product_attention(
+        qg, k, v, mask, dropout_p=dropout_p, scale=scale, return_weights=True
+    )  # (B, Hkv, G·Lq, Dv), (B, Hkv, G·Lq, Lk)
+    out = out.reshape(b, h, lq, v.size(-1))
+    return (out, weights.reshape(b, h, lq, lk)) if return_weights else out
+
+
+def _group_mask(mask: torch.Tensor, hkv: int, g: int, lq: int, lk: int) -> torch.Tensor:
+    """A mask that broadcasts to ``(B, H, Lq, Lk)`` in the stacked layout ``(B, Hkv, G·Lq, Lk)``."""
+    m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))  # (B|1, H|1, Lq|1, Lk|1)
+    if m.size(1) == 1:  # the same for every head: repeat it once per head of a group
+        return m.expand(-1, 1, lq, lk).repeat(1, 1, g, 1)  # (B|1, 1, G·Lq, Lk)
+    return m.expand(-1, hkv * g, lq, lk).reshape(m.size(0), hkv, g * lq, lk)
+
+
+class GroupedQueryAttention(nn.Module):
+    """Self-attention with ``num_kv_heads`` key/value heads shared by ``num_heads`` query heads.
+
+    ``q_proj`` maps ``embed_dim`` to ``num_heads · head_dim``, ``k_proj`` and ``v_proj`` to
+    ``num_kv_heads · head_dim`` only, so the parameters and the KV cache of those projections
+    shrink by ``num_heads / num_kv_heads``; ``out_proj`` maps ``num_heads · head_dim`` back to
+    ``embed_dim``. ``head_dim`` defaults to ``embed_dim // num_heads`` and may be anything
+    (Llama-style models often use 128 whatever the width). ``rope`` is applied to queries and
+    keys after the head split.
+
+    ``forward(x, is_causal=False, key_padding_mask=None, cache=None, layer=0, attn_mask=None,
+    positions=None)`` returns ``(B, T, E)``. With a cache (any
+    :class:`~course_utils.kv_cache.KVCacheBase`) ``x`` holds the new tokens only: their keys
+    and values are appended, and the causal mask is aligned bottom-right; masks then cover
+    every key so far (a cache always decodes causally).
+
+    >>> gqa = GroupedQueryAttention(embed_dim=32, num_heads=8, num_kv_heads=2)
+    >>> gqa(torch.randn(2, 5, 32), is_causal=True).shape
+    torch.Size([2, 5, 32])
+    >>> gqa.k_proj.weight.shape                                   # 2 heads × 4 dims
+    torch.Size([8, 32])
+    >>> GroupedQueryAttention(32, 4, 2, head_dim=16).q_proj.weight.shape      # 4 heads × 16
+    torch.Size([64, 32])
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        bias: bool = True,
+        head_dim: int | None = None,
+        rope: RotaryEmbedding | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        _check_heads(num_heads, num_kv_heads, "num_heads", "num_kv_heads")
+        if head_dim is None:
+            _check_heads(embed_dim, num_heads, "embed_dim", "num_heads")
+        check_positive_int("head_dim", embed_dim // num_heads if head_dim is None else head_dim)
+        check_probability("dropout", dropout)
+        self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
+        self.head_dim = embed_dim // num_heads if head_dim is None else head_dim
+        self.dropout, self.rope = dropout, rope
+        self.q_proj = nn.Linear(embed_dim, num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(embed_dim, num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(embed_dim, num_kv_heads * self.head_dim, bias=bias)
+        self.out_proj = nn.Linear(num_heads * self.head_dim, embed_dim, bias=bias)
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+                f"num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}")
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        is_causal: bool = False,
+        key_padding_mask: torch.Tensor | None = None,
+        cache: KVCacheBase | None = None,
+        layer: int = 0,
+        attn_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        e = self.embed_dim
+        _check_module_input("x", x, self.q_proj.weight, (None, None, e), f"(B, T, E={e})")
+        q = split_heads(self.q_proj(x), self.num_heads)  # (B, H, T, D)
+        k = split_heads(self.k_proj(x), self.num_kv_heads)  # (B, Hkv, T, D)
+        v = split_heads(self.v_proj(x), self.num_kv_heads)  # (B, Hkv, T, D)
+        q, k, v, offset = _rotate_and_cache(q, k, v, self.rope, positions, cache, layer)
+        if attn_mask is not None:
+            check_mask("attn_mask", attn_mask)
+        if is_causal or cache is not None:  # bottom-right after a cache: query i at offset + i
+            attn_mask = _and_masks(attn_mask, causal_mask(q.size(2), k.size(2), q.device, offset))
+        p = self.dropout if self.training else 0.0
+        out = grouped_query_attention(q, k, v, key_padding_mask=key_padding_mask,
+                                      attn_mask=attn_mask, dropout_p=p)  # (B, H, T, D)
+        return self.out_proj(merge_heads(out))  # (B, T, E)

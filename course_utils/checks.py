@@ -33,11 +33,14 @@ __all__ = [
     "check_finite",
     "check_float_tensor",
     "check_int",
+    "check_like_module",
     "check_mask",
     "check_non_negative_int",
     "check_one_of",
+    "check_padding_mask",
     "check_positive_int",
     "check_probability",
+    "check_qkv",
     "check_real",
     "check_same_device",
     "check_same_dtype",
@@ -283,8 +286,15 @@ def check_same_dtype(**tensors: torch.Tensor | None) -> None:
         raise TypeError(f"all inputs must have the same dtype, got {got}")
 
 
-def check_mask(name: str, mask: Any) -> None:
-    """A boolean mask (True = may attend) or a float mask (added to the scores)."""
+def check_mask(name: str, mask: Any, shape: Sequence[int] | None = None) -> None:
+    """A boolean mask (True = may attend) or a float mask (added to the scores), which
+    broadcasts to ``shape`` (the scores' shape) if given.
+
+    >>> check_mask("attn_mask", torch.ones(4, 5, dtype=torch.bool), shape=(2, 5, 4))
+    Traceback (most recent call last):
+    ...
+    ValueError: attn_mask must broadcast to the scores shape (2, 5, 4), got (4, 5)
+    """
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {describe(mask)}")
     if mask.dtype != torch.bool and not mask.is_floating_point():
@@ -292,6 +302,9 @@ def check_mask(name: str, mask: Any) -> None:
             f"{name} must be a bool tensor (True = may attend) or a float tensor (added to "
             f"the scores), got dtype {mask.dtype}"
         )
+    if shape is not None and not broadcasts_to(mask.shape, shape):
+        raise ValueError(f"{name} must broadcast to the scores shape {tuple(shape)}, got "
+                         f"{tuple(mask.shape)}")
 
 
 def check_token_ids(name: str, ids: Any, vocab_size: int) -> None:
@@ -320,3 +333,78 @@ def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
         return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
     except RuntimeError:
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def check_qkv(q: Any, k: Any, v: Any, dims: int | None = None, broadcast: bool = True) -> None:
+    """Queries, keys and values that attention can use: ``q (..., Lq, D)``, ``k (..., Lk, D)``,
+    ``v (..., Lk, Dv)``, floating point, one dtype, one device, ``D >= 1`` and ``Lk >= 1``,
+    leading (batch, head) dims that broadcast (unless ``broadcast=False``: grouped-query heads
+    check their own); exactly ``dims`` dims each if given.
+
+    >>> check_qkv(torch.zeros(2, 5, 8), torch.zeros(2, 6, 4), torch.zeros(2, 6, 4))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: q and k must have the same last dim (head dim D), got q (2, 5, 8), k (2, 6, 4), ...
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_float_tensor(name, t, dims=dims, min_dims=2)
+    check_same_dtype(q=q, k=k, v=v)
+    check_same_device(q=q, k=k, v=v)
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if q.size(-1) != k.size(-1):
+        raise ValueError(f"q and k must have the same last dim (head dim D), got {shapes}")
+    if q.size(-1) == 0:
+        raise ValueError(f"q and k must have a head dim D >= 1, got {shapes}")
+    if k.size(-2) != v.size(-2):
+        raise ValueError(f"k and v must have the same number of keys Lk (dim -2), got {shapes}")
+    if k.size(-2) == 0:
+        raise ValueError(f"k must have at least one key (Lk >= 1), got {shapes}")
+    try:
+        if broadcast:
+            torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"the leading (batch, head) dims of q, k and v must broadcast, got "
+                         f"{shapes}") from None
+
+
+def check_like_module(name: str, t: torch.Tensor, weight: torch.Tensor) -> None:
+    """``t`` has the dtype and device of a module's ``weight`` (else ``F.linear`` fails obscurely).
+
+    Under ``torch.autocast`` the dtypes may differ on purpose, so only the device is checked.
+
+    >>> check_like_module("x", torch.zeros(2, dtype=torch.float64), torch.zeros(3, 2))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: x must have the module's dtype torch.float32, got torch.float64 (convert with ...
+    """
+    if t.device != weight.device:
+        raise ValueError(f"{name} must be on the module's device {weight.device}, got {name} on "
+                         f"{t.device} (move one of them with .to(device))")
+    try:
+        autocast = torch.is_autocast_enabled(t.device.type)
+    except (TypeError, RuntimeError):  # an unusual device type: no autocast there
+        autocast = False
+    if t.dtype != weight.dtype and not autocast:
+        raise TypeError(f"{name} must have the module's dtype {weight.dtype}, got {t.dtype} "
+                        f"(convert with .to({weight.dtype}) or the module with .to(dtype))")
+
+
+def check_padding_mask(name: str, mask: Any, batch: int, length: int) -> None:
+    """A key padding mask: bool ``(B, L)`` with ``True`` = padding.
+
+    >>> check_padding_mask("key_padding_mask", torch.zeros(2, 3), 2, 3)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: key_padding_mask must be a bool tensor (True = padding), got a tensor of shape ...
+    """
+    check_tensor(name, mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor (True = padding), got {describe(mask)}")
+    check_shape(name, mask, (batch, length), what=f"(B, Lk) = {(batch, length)}")

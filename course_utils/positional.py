@@ -1,59 +1,64 @@
-"""Positions: sinusoidal (Vaswani et al., 2017), learned (BERT, GPT-2, ViT) and rotary (RoPE).
+"""Positions: sinusoidal (Vaswani et al., 2017), learned (BERT, GPT-2, ViT), rotary (RoPE) and
+linear biases (ALiBi).
 
 Attention by itself is permutation-equivariant: shuffle the tokens and the outputs shuffle the
-same way. It has no idea of order. Three ways to tell it where each token is:
+same way. It has no idea of order. Four ways to tell it where each token is:
 
 * :class:`SinusoidalPositionalEncoding` — add a fixed pattern of sines and cosines;
 * :class:`LearnedPositionalEmbedding` — add a learned vector per position;
 * :class:`RotaryEmbedding` — *rotate* queries and keys by an angle proportional to their
   position (Su et al., 2021), so that ``q_m · k_n`` depends only on the offset ``m - n``.
   The layout is the "rotate half" convention of Hugging Face's LLaMA (tested equal).
+  Pass one as ``rope=`` to :class:`~course_utils.attention.MultiHeadAttention` or
+  :class:`~course_utils.attention.GroupedQueryAttention` to apply it after the head split;
+* :func:`alibi_bias` — add ``-m_h · (i - j)`` to the score of query ``i`` and key ``j``
+  (Press et al., 2022): no position vectors at all, a penalty that grows with distance, one
+  slope ``m_h`` per head (:func:`alibi_slopes`). It is a float mask, usable as ``attn_mask``
+  anywhere in the course::
+
+    >>> bias = alibi_bias(num_heads=4, lq=3)                      # (H, Lq, Lk)
+    >>> bias[0]                                                    # head 0: slope 1/4
+    tensor([[ 0.0000, -0.2500, -0.5000],
+            [-0.2500,  0.0000, -0.2500],
+            [-0.5000, -0.2500,  0.0000]])
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from course_utils.checks import (
+    check_float_tensor,
+    check_non_negative_int,
+    check_positive_int,
+    check_shape,
+    check_tensor,
+)
 
 __all__ = [
     "LearnedPositionalEmbedding",
     "RotaryEmbedding",
     "SinusoidalPositionalEncoding",
+    "alibi_bias",
+    "alibi_slopes",
     "apply_rotary",
     "rotate_half",
     "sinusoidal_table",
 ]
 
 
-def _check_positive_int(name: str, n: object) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ValueError(f"{name} must be a positive int, got {n!r}")
-
-
-def _check_offset(offset: object) -> None:
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset must be a non-negative int, got {offset!r}")
-
-
-def _check_float_tensor(name: str, x: object) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-
-
-def _check_input(
-    x: object, d_model: int, max_len: int, offset: int = 0, table: torch.Tensor | None = None
-) -> None:
-    _check_float_tensor("x", x)
-    _check_offset(offset)
-    if table is not None and x.device != table.device:
-        raise ValueError(
-            f"x must be on the module's device {table.device}, got x on {x.device} "
-            "(move the module with .to(device))"
-        )
-    if x.dim() < 2 or x.size(-1) != d_model:
-        raise ValueError(f"x must have shape (..., T, d_model={d_model}), got {tuple(x.shape)}")
+def _check_input(x: object, d_model: int, max_len: float, offset: int, table: torch.Tensor,
+                 dim_name: str = "d_model") -> None:
+    """``x (..., T, d_model)`` on the table's device, with positions ``offset..offset+T-1``."""
+    check_float_tensor("x", x, min_dims=2)
+    check_non_negative_int("offset", offset)
+    if x.device != table.device:
+        raise ValueError(f"x must be on the module's device {table.device}, got x on {x.device} "
+                         "(move the module with .to(device))")
+    check_shape("x", x, (*x.shape[:-1], d_model), what=f"(..., T, {dim_name}={d_model})")
     if offset + x.size(-2) > max_len:
         raise ValueError(
             f"sequence too long: positions {offset}..{offset + x.size(-2) - 1} need "
@@ -83,8 +88,8 @@ def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
     >>> round(pe[1, 0].item(), 4), round(pe[1, 1].item(), 4)   # sin(1), cos(1)
     (0.8415, 0.5403)
     """
-    _check_positive_int("max_len", max_len)
-    _check_positive_int("d_model", d_model)
+    check_positive_int("max_len", max_len)
+    check_positive_int("d_model", d_model)
     pos = torch.arange(max_len, dtype=torch.float64)[:, None]  # (max_len, 1)
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # 0, 2, 4, ... (ceil(d/2),)
     angle = pos / 10000.0 ** (two_i / d_model)  # (max_len, ceil(d/2))
@@ -144,8 +149,8 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def __init__(self, max_len: int, d_model: int) -> None:
         super().__init__()
-        _check_positive_int("max_len", max_len)
-        _check_positive_int("d_model", d_model)
+        check_positive_int("max_len", max_len)
+        check_positive_int("d_model", d_model)
         self.max_len, self.d_model = max_len, d_model
         self.weight = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
 
@@ -168,8 +173,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     >>> rotate_half(torch.tensor([1., 2., 3., 4.]))
     tensor([-3., -4.,  1.,  2.])
     """
-    _check_float_tensor("x", x)
-    if x.dim() < 1 or x.size(-1) % 2 != 0:
+    check_float_tensor("x", x, min_dims=1)
+    if x.size(-1) % 2 != 0:
         raise ValueError(f"the last dim of x must be even, got x {tuple(x.shape)}")
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -182,23 +187,23 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
     >>> x = torch.tensor([[1., 0.]])                   # one position, D = 2: a single pair
     >>> angle = torch.full((1, 2), torch.pi / 2)        # rotate it by 90 degrees
-    >>> torch.allclose(apply_rotary(x, angle.cos(), angle.sin()), torch.tensor([[0., 1.]]), atol=1e-6)
-    True
+    >>> apply_rotary(x, angle.cos(), angle.sin()).round(decimals=6).abs()
+    tensor([[0., 1.]])
     """
     for name, t in (("x", x), ("cos", cos), ("sin", sin)):
-        _check_float_tensor(name, t)
-    try:
-        shape = torch.broadcast_shapes(x.shape, cos.shape, sin.shape)
-    except RuntimeError:
-        shape = None
-    if shape != x.shape:
-        raise ValueError(
-            f"cos and sin must broadcast to x {tuple(x.shape)}, got cos {tuple(cos.shape)} and "
-            f"sin {tuple(sin.shape)}"
-        )
-    if not x.device == cos.device == sin.device:
-        raise ValueError(f"x, cos and sin must be on one device, got {x.device}, {cos.device}, {sin.device}")
+        check_float_tensor(name, t)
+    if not _broadcasts(x.shape, cos.shape, sin.shape) or not x.device == cos.device == sin.device:
+        raise ValueError(f"cos and sin must broadcast to x {tuple(x.shape)} on its device "
+                         f"{x.device}, got cos {tuple(cos.shape)}, sin {tuple(sin.shape)} on "
+                         f"{cos.device}, {sin.device}")
     return x * cos + rotate_half(x) * sin
+
+
+def _broadcasts(target: torch.Size, *shapes: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(target, *shapes) == target
+    except RuntimeError:
+        return False
 
 
 class RotaryEmbedding(nn.Module):
@@ -230,13 +235,16 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
-        _check_positive_int("head_dim", head_dim)
+        check_positive_int("head_dim", head_dim)
         if head_dim % 2 != 0:
             raise ValueError(f"head_dim must be even (dims are rotated in pairs), got {head_dim}")
         self.head_dim, self.base = head_dim, base
         # θ_i = base^(-2i/D), i = 0..D/2-1 — computed exactly as HF's LLaMA does (float32)
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, base={self.base}"
 
     def cos_sin(
         self, positions: torch.Tensor, dtype: torch.dtype = torch.float32
@@ -248,30 +256,10 @@ class RotaryEmbedding(nn.Module):
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        _check_float_tensor("x", x)
-        if x.dim() < 2 or x.size(-1) != self.head_dim:
-            raise ValueError(
-                f"x must have shape (..., T, head_dim={self.head_dim}), got {tuple(x.shape)}"
-            )
+        _check_input(x, self.head_dim, math.inf, 0, self.inv_freq, "head_dim")
         t = x.size(-2)
-        if x.device != self.inv_freq.device:
-            raise ValueError(
-                f"x must be on the module's device {self.inv_freq.device}, got x on {x.device} "
-                "(move the module with .to(device))"
-            )
-        if positions is None:
-            positions = torch.arange(t, device=x.device)
-        if not isinstance(positions, torch.Tensor):
-            raise TypeError(f"positions must be a torch.Tensor or None, got {type(positions).__name__}")
-        if positions.dtype == torch.bool or positions.is_complex():
-            raise TypeError(f"positions must be an integer (or float) tensor, got dtype {positions.dtype}")
-        if positions.device != x.device:
-            raise ValueError(f"positions must be on the device of x {x.device}, got {positions.device}")
-        if positions.dim() not in (1, 2) or positions.size(-1) != t:
-            raise ValueError(
-                f"positions must have shape (T,) or (B, T) with T = {t}, got "
-                f"{tuple(positions.shape)}"
-            )
+        positions = torch.arange(t, device=x.device) if positions is None else positions
+        _check_positions(positions, x)
         cos, sin = self.cos_sin(positions, dtype=x.dtype)  # (T, D) or (B, T, D)
         if positions.dim() == 2 and x.dim() == 4:  # (B, T, D) -> (B, 1, T, D) for the heads
             cos, sin = cos[:, None], sin[:, None]
@@ -279,9 +267,77 @@ class RotaryEmbedding(nn.Module):
 
     def rotate(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """Apply RoPE with positions ``offset, offset+1, ...`` along dim -2."""
-        _check_float_tensor("x", x)
-        _check_offset(offset)
-        if x.dim() < 2:
-            raise ValueError(f"x must have shape (..., T, head_dim={self.head_dim}), got {tuple(x.shape)}")
-        positions = torch.arange(offset, offset + x.size(-2), device=x.device)
-        return self.forward(x, positions)
+        _check_input(x, self.head_dim, math.inf, offset, self.inv_freq, "head_dim")
+        return self.forward(x, torch.arange(offset, offset + x.size(-2), device=x.device))
+
+
+def _check_positions(positions: object, x: torch.Tensor) -> None:
+    """Integer (or float) positions ``(T,)`` or ``(B, T)`` on the device of ``x``."""
+    check_tensor("positions", positions, dims=(1, 2))
+    if positions.dtype == torch.bool or positions.is_complex():
+        raise TypeError(f"positions must be an integer (or float) tensor, got dtype "
+                        f"{positions.dtype}")
+    t = x.size(-2)
+    if positions.size(-1) != t or positions.device != x.device:
+        raise ValueError(f"positions must have shape (T,) or (B, T) with T = {t} on {x.device}, "
+                         f"got {tuple(positions.shape)} on {positions.device}")
+
+
+# ---------------------------------------------------------------------------------------------
+# ALiBi: attention with linear biases
+# ---------------------------------------------------------------------------------------------
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    r"""The per-head slopes ``m_h`` of ALiBi (Press et al., 2022), shape ``(num_heads,)``.
+
+    For ``n`` heads, ``n`` a power of two, the slopes are the geometric sequence that starts at
+    ``2^(-8/n)`` with that same ratio: ``m_h = 2^(-8h/n)``, ``h = 1..n`` (8 heads: 1/2, 1/4, …,
+    1/256). For other ``n`` the paper takes the ``2^⌊log2 n⌋`` slopes of the nearest power of two
+    below, then every other slope of ``2n'``'s sequence for the remaining heads (the authors'
+    reference code, also in BLOOM).
+
+    >>> alibi_slopes(8).tolist()
+    [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125, 0.00390625]
+    >>> [round(m, 4) for m in alibi_slopes(6).tolist()]          # 4 of n=4, then 2 of n=8
+    [0.25, 0.0625, 0.0156, 0.0039, 0.5, 0.125]
+    """
+    check_positive_int("num_heads", num_heads)
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (h + 1) for h in range(n)]
+
+    p = 2 ** math.floor(math.log2(num_heads))
+    slopes = power_of_two(p) + power_of_two(2 * p)[0::2][: num_heads - p]
+    return torch.tensor(slopes, dtype=torch.float64).float()
+
+
+def alibi_bias(
+    num_heads: int,
+    lq: int,
+    lk: int | None = None,
+    offset: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    r"""The ALiBi bias ``-m_h · |i + offset - j|``, shape ``(num_heads, lq, lk)``.
+
+    Query ``i`` sits at position ``i + offset`` (``offset`` = the tokens already in a KV cache),
+    key ``j`` at position ``j``. Added to the scores it penalises distant keys linearly, more
+    steeply for heads with a larger slope. Under a causal mask only ``j <= i + offset`` counts
+    and the bias is exactly Press et al.'s ``m_h · (j - i)``; without one (an encoder) the
+    distance is symmetric. Pass it as a float ``attn_mask`` (``bias[None]`` broadcasts over the
+    batch); combine it with the causal mask of :func:`~course_utils.attention.causal_mask`.
+
+    >>> alibi_bias(2, 1, 4, offset=3)[:, 0]                     # one new query after 3 cached
+    tensor([[-0.1875, -0.1250, -0.0625,  0.0000],
+            [-0.0117, -0.0078, -0.0039,  0.0000]])
+    """
+    lk = lq if lk is None else lk
+    for name, n in (("lq", lq), ("lk", lk), ("offset", offset)):
+        check_non_negative_int(name, n)
+    i = torch.arange(offset, offset + lq, device=device, dtype=torch.float64)[:, None]  # (Lq, 1)
+    j = torch.arange(lk, device=device, dtype=torch.float64)  # (Lk,)
+    slopes = alibi_slopes(num_heads).to(device=device, dtype=torch.float64)[:, None, None]
+    return (slopes * torch.minimum(j - i, i - j)).to(dtype)  # -m_h |i - j|: (H, Lq, Lk)

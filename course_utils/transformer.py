@@ -31,7 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_utils.attention import MultiHeadAttention, _check_like_module, _check_probability
+from course_utils.attention import MultiHeadAttention
+from course_utils.checks import (
+    check_float_tensor,
+    check_like_module,
+    check_positive_int,
+    check_probability,
+    check_shape,
+)
+from course_utils.kv_cache import KVCache, KVCacheBase
 
 __all__ = [
     "TransformerDecoder",
@@ -41,6 +49,7 @@ __all__ = [
 ]
 
 Activation = str | Callable[[torch.Tensor], torch.Tensor]
+Sublayer = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _get_activation(activation: Activation) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -55,29 +64,18 @@ def _get_activation(activation: Activation) -> Callable[[torch.Tensor], torch.Te
 
 def _check_layer_args(d_model: int, nhead: int, dim_feedforward: int, dropout: float) -> None:
     for name, n in (("d_model", d_model), ("nhead", nhead), ("dim_feedforward", dim_feedforward)):
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"{name} must be a positive int, got {n!r}")
+        check_positive_int(name, n)
     if d_model % nhead != 0:
-        raise ValueError(
-            f"d_model must be divisible by nhead, got d_model={d_model} and nhead={nhead}"
-        )
-    _check_probability("dropout", dropout)
+        raise ValueError(f"d_model must be divisible by nhead, got d_model={d_model} and "
+                         f"nhead={nhead}")
+    check_probability("dropout", dropout)
 
 
-def _check_src(
-    name: str, x: object, d_model: int, batch_first: bool, weight: torch.Tensor | None = None
-) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if weight is not None:  # a dtype/device mismatch would fail deep inside LayerNorm/Linear
-        _check_like_module(name, x, weight)
-    if x.dim() != 3 or x.size(-1) != d_model:
-        layout = "(B, T, E)" if batch_first else "(T, B, E)"
-        raise ValueError(
-            f"{name} must have shape {layout} with E = {d_model}, got {tuple(x.shape)}"
-        )
+def _check_src(name: str, x: object, d_model: int, batch_first: bool, weight: torch.Tensor) -> None:
+    check_float_tensor(name, x)
+    check_like_module(name, x, weight)  # a dtype/device mismatch would fail inside LayerNorm
+    layout = "(B, T, E)" if batch_first else "(T, B, E)"
+    check_shape(name, x, (None, None, d_model), what=f"{layout} with E = {d_model}")
 
 
 def _torch_activation(module: nn.Module) -> Activation:
@@ -268,50 +266,66 @@ class TransformerDecoderLayer(nn.Module):
         _check_src("memory", memory, self.d_model, self.batch_first, self.linear1.weight)
         x = tgt if self.batch_first else tgt.transpose(0, 1)  # (B, T, E)
         mem = memory if self.batch_first else memory.transpose(0, 1)  # (B, S, E)
-        if self.norm_first:  # pre-LN
-            x = x + self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
-            x = x + self._mha_block(
-                self.norm2(x), mem, memory_mask, memory_key_padding_mask, memory_is_causal
-            )
-            x = x + self._ff_block(self.norm3(x))
-        else:  # post-LN (the paper)
-            x = self.norm1(x + self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal))
-            x = self.norm2(
-                x + self._mha_block(x, mem, memory_mask, memory_key_padding_mask, memory_is_causal)
-            )
-            x = self.norm3(x + self._ff_block(x))
+
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            return self.self_attn(h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
+                                  is_causal=tgt_is_causal)[0]
+
+        def cross_attention(h: torch.Tensor) -> torch.Tensor:
+            # queries from the decoder, keys and values from the encoder output
+            return self.multihead_attn(h, mem, mem, attn_mask=memory_mask, is_causal=memory_is_causal,
+                                       key_padding_mask=memory_key_padding_mask)[0]
+
+        x = self._blocks(x, self_attention, cross_attention)
         return x if self.batch_first else x.transpose(0, 1)
 
-    def _sa_block(
+    def step(
         self,
-        x: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        key_padding_mask: torch.Tensor | None,
-        is_causal: bool,
+        tgt: torch.Tensor,
+        cache: KVCacheBase,
+        layer: int,
+        memory_kv: tuple[torch.Tensor, torch.Tensor],
+        memory_key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x, _ = self.self_attn(
-            x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal
-        )
-        return self.dropout1(x)
+        """The layer on new tokens only: ``tgt (B, T_new, E)`` after the ``cache.length(layer)``
+        tokens already decoded. Causal self-attention appends the new keys and values to
+        ``cache`` at ``layer`` and reads the rest from it; cross-attention uses ``memory_kv``,
+        the memory's keys and values projected once by :meth:`project_memory`. The result
+        equals the last ``T_new`` rows of ``forward(whole_prefix, memory, tgt_is_causal=True)``.
+        """
+        if self.training:
+            raise RuntimeError("cached decoding is for inference: call model.eval() first")
+        _check_src("tgt", tgt, self.d_model, self.batch_first, self.linear1.weight)
+        x = tgt if self.batch_first else tgt.transpose(0, 1)  # (B, T_new, E)
 
-    def _mha_block(
-        self,
-        x: torch.Tensor,
-        mem: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        key_padding_mask: torch.Tensor | None,
-        is_causal: bool,
-    ) -> torch.Tensor:
-        # cross-attention: queries from the decoder, keys and values from the encoder output
-        x, _ = self.multihead_attn(
-            x,
-            mem,
-            mem,
-            attn_mask=attn_mask,
-            key_padding_mask=key_padding_mask,
-            is_causal=is_causal,
-        )
-        return self.dropout2(x)
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            return self.self_attn(h, is_causal=True, cache=cache, layer=layer)[0]
+
+        def cross_attention(h: torch.Tensor) -> torch.Tensor:
+            return self.multihead_attn(h, projected_kv=memory_kv,
+                                       key_padding_mask=memory_key_padding_mask)[0]
+
+        x = self._blocks(x, self_attention, cross_attention)
+        return x if self.batch_first else x.transpose(0, 1)
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attention keys and values of ``memory``, ``(B, H, S, D)`` each."""
+        _check_src("memory", memory, self.d_model, self.batch_first, self.linear1.weight)
+        mem = memory if self.batch_first else memory.transpose(0, 1)  # (B, S, E)
+        return self.multihead_attn.project_kv(mem)
+
+    def _blocks(self, x: torch.Tensor, self_attention: Sublayer, cross_attention: Sublayer
+                ) -> torch.Tensor:
+        """The three residual sub-layers, pre-LN or post-LN, on ``x (B, T, E)``."""
+        if self.norm_first:  # pre-LN
+            x = x + self.dropout1(self_attention(self.norm1(x)))
+            x = x + self.dropout2(cross_attention(self.norm2(x)))
+            x = x + self._ff_block(self.norm3(x))
+        else:  # post-LN (the paper)
+            x = self.norm1(x + self.dropout1(self_attention(x)))
+            x = self.norm2(x + self.dropout2(cross_attention(x)))
+            x = self.norm3(x + self._ff_block(x))
+        return x
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
         x = self.linear2(self.dropout(self.activation(self.linear1(x))))
@@ -378,8 +392,7 @@ class TransformerEncoder(nn.Module):
         self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: nn.Module | None = None
     ) -> None:
         super().__init__()
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        check_positive_int("num_layers", num_layers)
         self.layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(num_layers))
         self.num_layers = num_layers
         self.norm = norm
@@ -418,18 +431,26 @@ class TransformerDecoder(nn.Module):
     memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False)``: every layer
     attends to the same ``memory`` (the encoder's output).
 
+    Decoding with a KV cache, one token (or a chunk) at a time: :meth:`new_cache` and
+    :meth:`project_memory` once per batch, then :meth:`step` on the new tokens only. Each
+    step projects only the new tokens' keys and values; the memory's are projected once.
+
     >>> layer = TransformerDecoderLayer(16, 4, dim_feedforward=32, dropout=0.0)
-    >>> dec = TransformerDecoder(layer, num_layers=2, norm=nn.LayerNorm(16))
-    >>> dec(torch.randn(2, 5, 16), torch.randn(2, 7, 16), tgt_is_causal=True).shape
-    torch.Size([2, 5, 16])
+    >>> dec = TransformerDecoder(layer, num_layers=2, norm=nn.LayerNorm(16)).eval()
+    >>> tgt, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    >>> full = dec(tgt, memory, tgt_is_causal=True)                        # (B, T, E)
+    >>> cache, memory_kv = dec.new_cache(2, max_len=5), dec.project_memory(memory)
+    >>> steps = [dec.step(tgt[:, :2], cache, memory_kv)]                   # a 2-token prefix
+    >>> steps += [dec.step(tgt[:, t : t + 1], cache, memory_kv) for t in range(2, 5)]
+    >>> torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    True
     """
 
     def __init__(
         self, decoder_layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module | None = None
     ) -> None:
         super().__init__()
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        check_positive_int("num_layers", num_layers)
         self.layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(num_layers))
         self.num_layers = num_layers
         self.norm = norm
@@ -457,6 +478,35 @@ class TransformerDecoder(nn.Module):
                 tgt_is_causal=tgt_is_causal,
                 memory_is_causal=memory_is_causal,
             )
+        return x if self.norm is None else self.norm(x)
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None) -> KVCache:
+        """An empty self-attention :class:`~course_utils.kv_cache.KVCache` for ``batch``
+        sequences of up to ``max_len`` tokens (dtype and device of the weights by default)."""
+        attn, weight = self.layers[0].self_attn, self.layers[0].linear1.weight
+        return KVCache(self.num_layers, batch, attn.num_heads, attn.head_dim, max_len,
+                       dtype=dtype or weight.dtype, device=device or weight.device)
+
+    def project_memory(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's cross-attention keys and values of ``memory``, computed once."""
+        return [layer.project_memory(memory) for layer in self.layers]
+
+    def step(
+        self,
+        tgt: torch.Tensor,
+        cache: KVCacheBase,
+        memory_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        memory_key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`TransformerDecoderLayer.step` through every layer (layer ``i`` uses slot ``i``
+        of ``cache`` and ``memory_kv[i]``), then ``norm``: the outputs for the new tokens."""
+        if len(memory_kv) != self.num_layers:
+            raise ValueError(f"memory_kv must hold one (k, v) pair per layer ({self.num_layers}), "
+                             f"got {len(memory_kv)}: use project_memory(memory)")
+        x = tgt
+        for i, layer in enumerate(self.layers):
+            x = layer.step(x, cache, i, memory_kv[i], memory_key_padding_mask)
         return x if self.norm is None else self.norm(x)
 
     @classmethod

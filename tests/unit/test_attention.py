@@ -334,36 +334,36 @@ Q, K, V = randn(2, 4, 8, 16), randn(2, 4, 6, 16), randn(2, 4, 6, 5)
 
 BAD_SDPA = [
     # (kwargs overriding q/k/v/..., exception, regex the message must match)
-    (dict(q=randn(16)), ValueError, r"q must have at least 2 dims, got shape \(16,\)"),
+    (dict(q=randn(16)), ValueError, r"q must have at least 2 dims, got a tensor of shape \(16,\)"),
     (
         dict(k=randn(2, 4, 8, 32)),
         ValueError,
-        r"q and k must have the same last dim \(head dim\), got q \(2, 4, 8, 16\) and "
+        r"q and k must have the same last dim \(head dim D\), got q \(2, 4, 8, 16\), "
         r"k \(2, 4, 8, 32\)",
     ),
     (
         dict(v=randn(2, 4, 7, 5)),
         ValueError,
-        r"number of keys Lk.*got k \(2, 4, 6, 16\) and v \(2, 4, 7, 5\)",
+        r"number of keys Lk.*got q \(2, 4, 8, 16\), k \(2, 4, 6, 16\), v \(2, 4, 7, 5\)",
     ),
     (
         dict(attn_mask=torch.ones(8, 5, dtype=torch.bool)),
         ValueError,
-        r"attn_mask must broadcast to .* \(2, 4, 8, 6\), got attn_mask \(8, 5\)",
+        r"attn_mask must broadcast to the scores shape \(2, 4, 8, 6\), got \(8, 5\)",
     ),
     (
         dict(attn_mask=torch.ones(8, 6, dtype=torch.int64)),
         TypeError,
         r"attn_mask must be a bool tensor .* got dtype torch.int64",
     ),
-    (dict(dropout_p=1.0), ValueError, r"dropout_p must be a float in \[0, 1\), got 1.0"),
-    (dict(dropout_p=-0.1), ValueError, r"dropout_p must be a float in \[0, 1\), got -0.1"),
+    (dict(dropout_p=1.0), ValueError, r"dropout_p must be a real number in \[0.0, 1.0\), got 1.0"),
+    (dict(dropout_p=-0.1), ValueError, r"dropout_p must be a real number in \[0.0, 1.0\), got -0.1"),
     (
         dict(q=Q.double()),
         TypeError,
         r"same dtype, got q torch.float64, k torch.float32, v torch.float32",
     ),
-    (dict(q=Q.long()), TypeError, r"q must be a floating-point tensor, got dtype torch.int64"),
+    (dict(q=Q.long()), TypeError, r"q must be a floating-point tensor, got .* dtype torch.int64"),
     (dict(k=[[1.0]]), TypeError, r"k must be a torch.Tensor, got list"),
     (
         dict(k=randn(3, 4, 6, 16), v=randn(3, 4, 6, 5)),
@@ -398,7 +398,7 @@ def test_mha_bad_input() -> None:
     ):
         mha(x, randn(2, 4, 3), key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))
     with pytest.raises(
-        TypeError, match=r"key_padding_mask must be a bool tensor .* got dtype torch.float32"
+        TypeError, match=r"key_padding_mask must be a bool tensor .* got .* dtype torch.float32"
     ):
         mha(x, randn(2, 4, 3), key_padding_mask=torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"attn_mask must have shape .*\(5, 4\).* got \(4, 5\)"):
@@ -409,7 +409,7 @@ def test_mha_bad_input() -> None:
         mha(x, randn(2, 4, 3), attn_mask=torch.ones(5, 4, dtype=torch.int32))
     with pytest.raises(ValueError, match=r"batch size.*query \(2, 5, 8\), key \(3, 4, 3\)"):
         mha(x, randn(3, 4, 3))
-    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.5"):
+    with pytest.raises(ValueError, match=r"dropout must be a real number in \[0.0, 1.0\), got 1.5"):
         MultiHeadAttention(8, 2, dropout=1.5)
     with pytest.raises(TypeError, match=r"torch.nn.MultiheadAttention, got Linear"):
         MultiHeadAttention.from_torch(nn.Linear(2, 2))
@@ -420,7 +420,7 @@ def test_split_heads_bad_input() -> None:
         ValueError, match=r"last dim of x \(10\) must be divisible by num_heads \(4\)"
     ):
         split_heads(randn(2, 3, 10), 4)
-    with pytest.raises(ValueError, match=r"shape \(\.\.\., H, T, D\), got \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"x must have at least 3 dims, got a tensor of shape \(2, 3\)"):
         merge_heads(randn(2, 3))
 
 
@@ -428,14 +428,14 @@ def test_additive_attention_bad_input() -> None:
     attn = AdditiveAttention(query_dim=4, key_dim=6, hidden_dim=8, value_dim=3)
     keys, values = randn(2, 5, 6), randn(2, 5, 3)
     with pytest.raises(
-        ValueError, match=r"query must have shape \(B, query_dim=4\) .* got \(2, 5\)"
+        ValueError, match=r"query must have shape \(B=2, query_dim=4\) .* got \(2, 5\)"
     ):
         attn(randn(2, 5), keys, values)
     with pytest.raises(
         ValueError, match=r"keys must have shape \(B, Lk, key_dim=6\), got \(2, 5, 4\)"
     ):
         attn(randn(2, 4), randn(2, 5, 4), values)
-    with pytest.raises(ValueError, match=r"values must have last dim value_dim=3, got \(2, 5, 2\)"):
+    with pytest.raises(ValueError, match=r"values must have shape .* and Dv = value_dim = 3, got \(2, 5, 2\)"):
         attn(randn(2, 4), keys, randn(2, 5, 2))
     with pytest.raises(
         ValueError, match=r"values must have shape \(B, Lk, Dv\) with \(B, Lk\) = \(2, 5\)"
@@ -450,7 +450,7 @@ def test_additive_attention_bad_input() -> None:
     ):
         attn(randn(2, 4), keys, values, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(
-        ValueError, match=r"same batch size, got query \(3, 4\) and keys \(2, 5, 6\)"
+        ValueError, match=r"query must have shape \(B=2, query_dim=4\) .*, got \(3, 4\)"
     ):
         attn(randn(3, 4), keys, values)
 
@@ -475,3 +475,157 @@ def test_mha_bfloat16_close_to_float32(use_sdpa: bool) -> None:
     out, _ = mha.bfloat16()(x.bfloat16(), attn_mask=bias, key_padding_mask=pad)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, atol=5e-2 * ref.abs().max().item(), rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# One cached path: the bottom-right causal mask, the KV cache, RoPE after the head split, GQA
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_cached,lq", [(0, 4), (3, 1), (3, 4), (5, 2)])
+def test_causal_mask_offset_is_the_bottom_rows_of_the_full_mask(n_cached, lq):
+    full = causal_mask(n_cached + lq)
+    torch.testing.assert_close(causal_mask(lq, n_cached + lq, offset=n_cached), full[n_cached:])
+    with pytest.raises(ValueError, match=r"offset must be a non-negative int, got -1"):
+        causal_mask(2, 3, offset=-1)
+
+
+def _decode_in_chunks(attn, x, cache, chunks, **kwargs):
+    outs, t = [], 0
+    for n in chunks:
+        out = attn(x[:, t : t + n], cache=cache, **kwargs)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+        t += n
+    return torch.cat(outs, 1)
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+@pytest.mark.parametrize("with_rope", [False, True])
+def test_mha_with_cache_equals_full_causal_attention(use_sdpa, with_rope):
+    from course_utils.kv_cache import KVCache
+    from course_utils.positional import RotaryEmbedding
+
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(4) if with_rope else None
+    mha = MultiHeadAttention(16, 4, use_sdpa=use_sdpa, rope=rope).eval()
+    x = randn(2, 9, 16)
+    full, _ = mha(x, is_causal=True)
+    cache = KVCache(1, batch=2, num_heads=4, head_dim=4, max_len=9)
+    out = _decode_in_chunks(mha, x, cache, [4, 1, 3, 1], is_causal=True)
+    torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_inside_mha_is_rope_after_the_head_split():
+    from course_utils.positional import RotaryEmbedding
+
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(8)
+    mha = MultiHeadAttention(16, 2, rope=rope).eval()
+    x = randn(2, 5, 16)
+    q = rope(split_heads(mha.q_proj(x), 2))  # (B, H, T, D), rotated at positions 0..4
+    k = rope(split_heads(mha.k_proj(x), 2))
+    v = split_heads(mha.v_proj(x), 2)
+    ref = mha.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
+    torch.testing.assert_close(mha(x, is_causal=True)[0], ref, atol=1e-6, rtol=1e-5)
+    # explicit positions (e.g. a left-padded batch) are used as given
+    pos = torch.tensor([[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]])
+    q = rope(split_heads(mha.q_proj(x), 2), pos)
+    k = rope(split_heads(mha.k_proj(x), 2), pos)
+    ref = mha.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
+    torch.testing.assert_close(mha(x, is_causal=True, positions=pos)[0], ref, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"positions are used by rope only"):
+        MultiHeadAttention(16, 2)(x, positions=pos)
+
+
+def test_cache_is_for_self_attention_only():
+    from course_utils.kv_cache import KVCache
+
+    mha = MultiHeadAttention(8, 2)
+    with pytest.raises(ValueError, match=r"a KV cache is for self-attention"):
+        mha(randn(1, 2, 8), randn(1, 3, 8), cache=KVCache(1, 1, 2, 4, 4))
+
+
+@pytest.mark.parametrize("hkv", [1, 2, 4])
+@pytest.mark.parametrize("head_dim", [None, 6])
+def test_gqa_module_equals_repeated_heads_reference(hkv, head_dim):
+    from course_utils.attention import GroupedQueryAttention, repeat_kv
+    from course_utils.kv_cache import KVCache
+    from course_utils.positional import RotaryEmbedding
+
+    torch.manual_seed(0)
+    d = head_dim or 16 // 4
+    gqa = GroupedQueryAttention(16, 4, hkv, head_dim=head_dim, rope=RotaryEmbedding(d)).eval()
+    assert gqa.q_proj.out_features == 4 * d and gqa.k_proj.out_features == hkv * d
+    x = randn(2, 7, 16)
+    q = gqa.rope(split_heads(gqa.q_proj(x), 4))
+    k = gqa.rope(split_heads(gqa.k_proj(x), hkv))
+    v = split_heads(gqa.v_proj(x), hkv)
+    att = F.scaled_dot_product_attention(q, repeat_kv(k, 4 // hkv), repeat_kv(v, 4 // hkv),
+                                         is_causal=True)
+    ref = gqa.out_proj(merge_heads(att))
+    torch.testing.assert_close(gqa(x, is_causal=True), ref, atol=1e-5, rtol=1e-5)
+    cache = KVCache(1, batch=2, num_heads=hkv, head_dim=d, max_len=7)
+    torch.testing.assert_close(_decode_in_chunks(gqa, x, cache, [3, 1, 1, 2]), ref,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_cached_path_goes_through_grouped_query_attention(monkeypatch):
+    """No second (5-D broadcast) path: the cached forward calls grouped_query_attention."""
+    from course_utils import attention
+    from course_utils.kv_cache import KVCache
+
+    calls = []
+    real = attention.grouped_query_attention
+    monkeypatch.setattr(attention, "grouped_query_attention",
+                        lambda q, k, v, **kw: calls.append(q.dim()) or real(q, k, v, **kw))
+    gqa = attention.GroupedQueryAttention(16, 4, 2).eval()
+    gqa(randn(1, 3, 16), cache=KVCache(1, 1, 2, 4, 4))
+    assert calls == [4]
+
+
+def test_alibi_bias_in_the_course_attention():
+    from course_utils.attention import GroupedQueryAttention
+    from course_utils.positional import alibi_bias
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4).eval()
+    x = randn(2, 6, 16)
+    bias = alibi_bias(4, 6)[None]  # (1, H, T, T)
+    q, k, v = (split_heads(p(x), 4) for p in (mha.q_proj, mha.k_proj, mha.v_proj))
+    scores = q @ k.transpose(-2, -1) / 2.0 + bias
+    scores = scores.masked_fill(~causal_mask(6), NEG_INF)
+    ref = mha.out_proj(merge_heads(scores.softmax(-1) @ v))
+    torch.testing.assert_close(mha(x, attn_mask=bias, is_causal=True)[0], ref, atol=1e-6, rtol=1e-5)
+    gqa = GroupedQueryAttention(16, 4, 2).eval()  # a per-head float mask through the groups
+    out = gqa(x, attn_mask=bias, is_causal=True)
+    qg = split_heads(gqa.q_proj(x), 4)
+    kg, vg = (split_heads(p(x), 2).repeat_interleave(2, 1) for p in (gqa.k_proj, gqa.v_proj))
+    sg = (qg @ kg.transpose(-2, -1) / 2.0 + bias).masked_fill(~causal_mask(6), NEG_INF)
+    torch.testing.assert_close(out, gqa.out_proj(merge_heads(sg.softmax(-1) @ vg)),
+                               atol=1e-6, rtol=1e-5)
+
+
+def test_gqa_bad_input():
+    from course_utils.attention import GroupedQueryAttention, grouped_query_attention
+
+    with pytest.raises(ValueError, match=r"num_heads must be divisible by num_kv_heads, got "
+                                         r"num_heads=8 and num_kv_heads=3"):
+        GroupedQueryAttention(32, 8, 3)
+    with pytest.raises(ValueError, match=r"embed_dim must be divisible by num_heads"):
+        GroupedQueryAttention(30, 4, 2)
+    GroupedQueryAttention(30, 4, 2, head_dim=8)  # an explicit head_dim needs no divisibility
+    with pytest.raises(ValueError, match=r"head_dim must be a positive int, got 0"):
+        GroupedQueryAttention(32, 4, 2, head_dim=0)
+    gqa = GroupedQueryAttention(16, 4, 2)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, T, E=16\), got \(2, 3, 8\)"):
+        gqa(randn(2, 3, 8))
+    with pytest.raises(TypeError, match=r"x must have the module's dtype torch.float32, got "
+                                        r"torch.float64"):
+        gqa(randn(2, 3, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"H a multiple of Hkv, got q \(1, 4, 2, 8\), "
+                                         r"k \(1, 3, 2, 8\)"):
+        grouped_query_attention(randn(1, 4, 2, 8), randn(1, 3, 2, 8), randn(1, 3, 2, 8))
+    with pytest.raises(ValueError, match=r"attn_mask must broadcast to the scores shape "
+                                         r"\(1, 4, 2, 2\), got \(3, 2\)"):
+        grouped_query_attention(randn(1, 4, 2, 8), randn(1, 2, 2, 8), randn(1, 2, 2, 8),
+                                attn_mask=torch.ones(3, 2, dtype=torch.bool))

@@ -180,6 +180,59 @@ def test_rope_bad_input() -> None:
     ):
         rope(randn(2, 3, 6))
     with pytest.raises(
-        ValueError, match=r"positions must have shape \(T,\) or \(B, T\) with T = 3, got \(4,\)"
+        ValueError, match=r"positions must have shape \(T,\) or \(B, T\) with T = 3 on cpu, got \(4,\)"
     ):
         rope(randn(2, 3, 8), torch.arange(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# ALiBi
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_heads", [1, 2, 4, 6, 8, 12, 16, 20, 32])
+def test_alibi_slopes_equal_bloom(num_heads: int) -> None:
+    """transformers' BLOOM carries the authors' slopes, non-power-of-2 head counts included."""
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    from course_utils.positional import alibi_slopes
+
+    ref = build_alibi_tensor(torch.ones(1, 2, dtype=torch.long), num_heads, torch.float32)
+    torch.testing.assert_close(alibi_slopes(num_heads), ref.view(num_heads, 2)[:, 1])
+
+
+def test_alibi_slopes_by_the_paper() -> None:
+    from course_utils.positional import alibi_slopes
+
+    assert alibi_slopes(8).tolist() == [2.0**-i for i in range(1, 9)]  # 2^(-8h/n), n = 8
+    torch.testing.assert_close(alibi_slopes(16)[:2], torch.tensor([2**-0.5, 2**-1.0]))
+
+
+def test_alibi_bias_is_minus_slope_times_distance() -> None:
+    from course_utils.positional import alibi_bias, alibi_slopes
+
+    bias = alibi_bias(4, 3, 5, offset=2)  # 3 queries at positions 2, 3, 4 against keys 0..4
+    i = torch.arange(2, 5)[:, None]
+    j = torch.arange(5)
+    ref = -alibi_slopes(4)[:, None, None] * (i - j).abs()
+    torch.testing.assert_close(bias, ref)
+    # with the causal mask the softmax sees exactly Press et al.'s m·(j - i): equal up to a
+    # per-row constant, which the softmax ignores, to BLOOM's m·j
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    bloom = build_alibi_tensor(torch.ones(1, 5, dtype=torch.long), 4, torch.float32).view(4, 1, 5)
+    keep = torch.ones(3, 5, dtype=torch.bool).tril(diagonal=2)
+    ours = bias.masked_fill(~keep, float("-inf")).softmax(-1)
+    theirs = bloom.expand(4, 3, 5).masked_fill(~keep, float("-inf")).softmax(-1)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_alibi_bad_input() -> None:
+    from course_utils.positional import alibi_bias, alibi_slopes
+
+    with pytest.raises(ValueError, match=r"num_heads must be a positive int, got 0"):
+        alibi_slopes(0)
+    with pytest.raises(ValueError, match=r"lq must be a non-negative int, got -1"):
+        alibi_bias(2, -1)
+    with pytest.raises(ValueError, match=r"offset must be a non-negative int, got 1.5"):
+        alibi_bias(2, 3, offset=1.5)

@@ -249,3 +249,44 @@ def test_bad_input() -> None:
         TransformerEncoder(layer, 0)
     with pytest.raises(TypeError, match=r"TransformerEncoderLayer, got TransformerDecoderLayer"):
         TransformerEncoderLayer.from_torch(nn.TransformerDecoderLayer(8, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# The cached decoding step
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_decoder_step_equals_forward(norm_first: bool, batch_first: bool) -> None:
+    torch.manual_seed(0)
+    layer = TransformerDecoderLayer(16, 4, dim_feedforward=32, dropout=0.1, norm_first=norm_first,
+                                    batch_first=batch_first)
+    dec = TransformerDecoder(layer, 3, norm=nn.LayerNorm(16) if norm_first else None).eval()
+    tgt, memory = randn(2, 7, 16), randn(2, 5, 16, seed=1)
+    pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    if not batch_first:
+        tgt, memory = tgt.transpose(0, 1), memory.transpose(0, 1)
+    full = dec(tgt, memory, tgt_is_causal=True, memory_key_padding_mask=pad)
+    cache, memory_kv = dec.new_cache(2, 7), dec.project_memory(memory)
+    chunks, t, outs = [3, 1, 2, 1], 0, []
+    for n in chunks:
+        piece = tgt[:, t : t + n] if batch_first else tgt[t : t + n]
+        outs.append(dec.step(piece, cache, memory_kv, memory_key_padding_mask=pad))
+        t += n
+    torch.testing.assert_close(torch.cat(outs, 1 if batch_first else 0), full, atol=1e-5, rtol=1e-5)
+    assert cache.length(0) == cache.length(2) == 7
+
+
+def test_decoder_step_bad_input() -> None:
+    dec = TransformerDecoder(TransformerDecoderLayer(8, 2, 16, dropout=0.0), 2)
+    cache, memory_kv = dec.new_cache(1, 4), dec.project_memory(randn(1, 3, 8))
+    with pytest.raises(RuntimeError, match=r"cached decoding is for inference: call model.eval"):
+        dec.step(randn(1, 1, 8), cache, memory_kv)
+    dec.eval()
+    with pytest.raises(ValueError, match=r"memory_kv must hold one \(k, v\) pair per layer \(2\)"):
+        dec.step(randn(1, 1, 8), cache, memory_kv[:1])
+    with pytest.raises(ValueError, match=r"tgt must have shape \(B, T, E\) with E = 8"):
+        dec.step(randn(1, 1, 6), cache, memory_kv)
+    with pytest.raises(ValueError, match=r"projected_kv\[0\] must have shape \(B, H, Lk, D\)"):
+        dec.step(randn(2, 1, 8), dec.new_cache(2, 4), memory_kv)
