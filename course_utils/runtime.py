@@ -164,6 +164,9 @@ def setup_notebook(name: str, seed: int = 0, device: str | None = None, quiet: b
         from .precision import enable_tf32
 
         enable_tf32()  # float32 matmuls on tensor cores (Ampere+); see notebook 00
+    from .display import describe_figures
+
+    describe_figures()  # in a notebook, every figure carries its title as alt text
     _current_run = run
     if not quiet:
         print(run)

@@ -25,6 +25,7 @@ mathjax_path = "mathjax/tex-chtml.js"
 
 # Notebooks are rendered from their stored outputs, never executed here.
 nb_execution_mode = "off"
+nb_output_folder = str(Path(__file__).resolve().parent.parent / "site_outputs")  # in build/, ignored
 nb_merge_streams = True
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
