@@ -54,8 +54,12 @@ def describe_figures() -> bool:
     formatter = shell.display_formatter.formatters["image/png"]
     try:
         inline = formatter.lookup_by_type(Figure)
-    except KeyError:
-        return False
+    except KeyError:  # the inline backend registers its formatter with the first figure
+        plt.close(plt.figure())
+        try:
+            inline = formatter.lookup_by_type(Figure)
+        except KeyError:
+            return False  # another backend (e.g. a widget backend): figures are not PNG outputs
     if getattr(inline, "_course_alt_text", False):
         return True  # already wrapped (setup_notebook ran twice)
 
