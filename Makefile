@@ -25,7 +25,7 @@ ifneq ($(strip $(TORCH_INDEX)),$(strip $(shell cat "$(TORCH_MARK)" 2>/dev/null))
 $(shell mkdir -p "$(VENV)" && printf '%s\n' '$(strip $(TORCH_INDEX))' > "$(TORCH_MARK)")
 endif
 
-.PHONY: install lab test unit alltests site site-test screenshots mutate notebooks execute bench doctor lint clean help
+.PHONY: install lab test unit alltests site site-test screenshots mutate verify reproducibility notebooks execute bench doctor lint clean help
 
 help:
 	@echo "make lab      start JupyterLab on the course (installs on first use)"
@@ -34,6 +34,7 @@ help:
 	@echo "make execute  re-run every notebook in full mode and save its outputs"
 	@echo "make bench    run benchmarks/ and write benchmarks/results/"
 	@echo "make site     build the course website in site/ from the stored outputs"
+	@echo "make verify NB=14  re-run one notebook and compare its numbers with the course's"
 	@echo "make doctor   check this machine for the course and say what to fix"
 	@echo "make gpu-check  on a CUDA GPU: GPU tests, notebooks 00/08/15, benchmarks, torchrun with NCCL (<= 8 min)"
 
@@ -67,6 +68,18 @@ notebooks: $(STAMP)
 	$(OFFLINE) COURSE_FAST=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(PY) -m pytest $(XDIST) $(NBVAL) $(NOTEBOOKS)
 
 test: lint alltests notebooks
+
+# Does this machine reproduce one notebook's numbers? NB=14 (a number) or a path. Runs it in full
+# mode with its own copy of the reports and compares each result with the stored value and range.
+NB ?=
+verify: $(STAMP)
+	@test -n "$(NB)" || { echo "usage: make verify NB=14"; exit 2; }
+	$(PY) scripts/verify.py $(NB)
+
+# How much each trained result moves across CPU kernels and thread counts (hours on 2 cores):
+# writes reports/reproducibility.json, which `make verify` compares against.
+reproducibility: $(STAMP)
+	$(PY) scripts/reproducibility.py --trained
 
 # Mutation testing of one module (or MODULE=--all): plants small bugs one at a time and reports the
 # ones the tests miss in reports/mutation.md. Minutes per module on 2 cores; not part of `make test`.

@@ -158,3 +158,12 @@ def test_a_failed_write_leaves_the_metrics_as_they_were(monkeypatch):
         record_result("accuracy", 0.95, target=0.8)
     assert metrics_path().read_bytes() == before
     assert sorted(p.name for p in metrics_path().parent.iterdir() if not p.name.endswith(".lock")) == ["metrics.json"]
+
+
+def test_a_measuring_run_records_every_result_and_stops_at_none(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_RECORD", "measure")  # as scripts/reproducibility.py sets it
+    setup_notebook("00_test", quiet=True, device="cpu")
+    record_result("accuracy", 0.5, target=0.9)      # a miss under this setting: a finding, not a crash
+    record_result("speedup", 1.0, target=5.0, timing=True)
+    assert [(e["name"], e["value"]) for e in load_metrics()] == [("accuracy", 0.5), ("speedup", 1.0)]
+    assert capsys.readouterr().out.count("missed its target") == 2
