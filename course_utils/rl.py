@@ -80,6 +80,11 @@ CARTPOLE_SCALE = (2.4, 12 * 2 * np.pi / 360)
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_env(env: object) -> None:
+    if not isinstance(env, gym.Env):
+        raise TypeError(f"env must be a gymnasium.Env such as gym.make('CartPole-v1'), got {describe(env)}")
+
+
 class NoVelocityObservation(gym.ObservationWrapper):
     """CartPole without velocities: ``(x, x_dot, theta, theta_dot) -> (x, theta)``.
 
@@ -96,6 +101,7 @@ class NoVelocityObservation(gym.ObservationWrapper):
     KEEP = (0, 2)  # cart position, pole angle
 
     def __init__(self, env: gym.Env) -> None:
+        _check_env(env)
         super().__init__(env)
         box = env.observation_space
         if not isinstance(box, gym.spaces.Box) or box.shape != (4,):
@@ -123,6 +129,7 @@ class BlankedObservation(gym.ObservationWrapper):
     """
 
     def __init__(self, env: gym.Env, blank_prob: float) -> None:
+        _check_env(env)
         check_real("blank_prob", blank_prob, 0.0, 1.0)
         super().__init__(env)
         box = env.observation_space

@@ -726,3 +726,12 @@ def test_exercises_of_notebook_14_think_beyond_the_cells():
     assert check("14.1", None).kind == "not attempted"
     off_by_one_sample = check("14.2", lambda r, a, c: ((a > 0) & (r > 1 + c)) | ((a < 0) & (r < 1 - c - 0.05)))
     assert "first difference at sample" in off_by_one_sample.message
+
+
+def test_wrappers_name_a_wrong_env():
+    with pytest.raises(TypeError, match="env must be a gymnasium.Env"):
+        NoVelocityObservation("CartPole-v1")
+    with pytest.raises(TypeError, match="env must be a gymnasium.Env"):
+        BlankedObservation(None, blank_prob=0.5)
+    with pytest.raises(ValueError, match="blank_prob must be a real number in"):
+        BlankedObservation(NoVelocityObservation(gym.make("CartPole-v1")), blank_prob=float("nan"))
