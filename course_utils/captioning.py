@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import decoding
 from .attention import AdditiveAttention
 from .checks import (
     check_bool,
@@ -740,13 +741,36 @@ def _check_decode(model: Captioner, vocab: Vocab, max_len: int) -> None:
     check_positive_int("max_len", max_len)
 
 
-def _select(state: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {k: v.index_select(0, idx) for k, v in state.items()}
+def _stepper(model: Captioner, eos: int):
+    """The decoder as a :mod:`course_utils.decoding` step: ``step(tokens (B, t), state)``.
+
+    The state is ``{"decoder": the decoder's own state, "maps": (B, t - 1, N) or None}``: the
+    attention map that predicted each generated word travels with the state, so beam search
+    reorders it with the hypotheses. A sequence that has ended gets zero maps.
+    """
+
+    def step(tokens: torch.Tensor, state: dict):
+        logits, decoder_state, alpha = model.decoder.step(tokens[:, -1], state["decoder"])
+        maps = state["maps"]
+        if alpha is not None:
+            ended = (tokens[:, 1:] == eos).any(dim=1)  # (B,): this row already said <eos>
+            alpha = alpha.masked_fill(ended[:, None], 0.0)[:, None]  # (B, 1, N)
+            maps = alpha if maps is None else torch.cat([maps, alpha], dim=1)
+        return logits, {"decoder": decoder_state, "maps": maps}
+
+    return step
+
+
+def _start(model: Captioner, images: torch.Tensor, vocab: Vocab) -> tuple[torch.Tensor, dict]:
+    feats = model.encoder(images)  # (B, N, D)
+    bos = torch.full((feats.size(0), 1), vocab.bos, dtype=torch.long, device=feats.device)
+    return bos, {"decoder": model.decoder.init_state(feats), "maps": None}
 
 
 @torch.no_grad()
 def greedy_decode(model: Captioner, images: torch.Tensor, vocab: Vocab, max_len: int = 30) -> Decoded:
-    """Pick the most likely word at every step until ``<eos>`` (or ``max_len`` words).
+    """Pick the most likely word at every step until ``<eos>`` (or ``max_len`` words), with
+    :func:`course_utils.decoding.greedy`.
 
     >>> from course_utils.datasets.scenes import caption_vocab
     >>> model = Captioner(GridEncoder(16), AttentionLSTMDecoder(len(caption_vocab()), 16, hidden_dim=16))
@@ -755,23 +779,10 @@ def greedy_decode(model: Captioner, images: torch.Tensor, vocab: Vocab, max_len:
     (torch.Size([3, 6]), torch.Size([3, 6, 16]))
     """
     _check_decode(model, vocab, max_len)
-    feats = model.encoder(images)
-    b = feats.size(0)
-    state = model.decoder.init_state(feats)
-    token = torch.full((b,), vocab.bos, dtype=torch.long, device=feats.device)
-    done = torch.zeros(b, dtype=torch.bool, device=feats.device)
-    tokens, maps = [], []
-    for _ in range(max_len):
-        logits, state, alpha = model.decoder.step(token, state)
-        token = logits.argmax(dim=-1).masked_fill(done, vocab.pad)  # (B,)
-        tokens.append(token)
-        if alpha is not None:
-            maps.append(alpha.masked_fill(done[:, None], 0.0))
-        done = done | (token == vocab.eos)
-        if bool(done.all()):
-            break
-    attention = torch.stack(maps, 1) if maps else None
-    return Decoded(torch.stack(tokens, 1), attention)
+    tokens, state = _start(model, images, vocab)
+    out = decoding.greedy(_stepper(model, vocab.eos), tokens, state, max_new_tokens=max_len,
+                          eos=vocab.eos, pad=vocab.pad)
+    return Decoded(out.tokens[:, 1:], out.state["maps"])  # without <bos>
 
 
 @torch.no_grad()
@@ -783,10 +794,12 @@ def beam_search(
     max_len: int = 30,
     length_penalty: float = 0.0,
 ) -> Decoded:
-    """Keep the ``beam_size`` most likely partial captions per image (batched over images).
+    """Keep the ``beam_size`` most likely partial captions per image (batched over images),
+    with :func:`course_utils.decoding.beam_search`.
 
     A finished beam (it emitted ``<eos>``) keeps its score and only extends with ``<pad>`` at
-    no cost. The best beam is chosen by ``log p / length ** length_penalty`` (0 = raw log p).
+    no cost. The best beam is chosen by ``log p / ((5 + length) / 6) ** length_penalty``
+    (GNMT's penalty, the course's one convention; 0, the default, ranks by the raw log p).
     With ``beam_size=1`` this is exactly greedy decoding.
 
     >>> from course_utils.datasets.scenes import caption_vocab
@@ -798,42 +811,12 @@ def beam_search(
     _check_decode(model, vocab, max_len)
     check_positive_int("beam_size", beam_size)
     check_real("length_penalty", length_penalty, 0.0)
-    feats = model.encoder(images)
-    b, k, dev = feats.size(0), beam_size, feats.device
-    state = _select(model.decoder.init_state(feats), torch.arange(b, device=dev).repeat_interleave(k))
-    token = torch.full((b * k,), vocab.bos, dtype=torch.long, device=dev)
-    scores = torch.zeros(b, k, device=dev)
-    scores[:, 1:] = float("-inf")  # all beams start identical: keep only one alive at first
-    done = torch.zeros(b * k, dtype=torch.bool, device=dev)
-    lengths = torch.zeros(b * k, device=dev)
-    history = torch.zeros(b * k, 0, dtype=torch.long, device=dev)
-    maps = None
-    for _ in range(max_len):
-        logits, state, alpha = model.decoder.step(token, state)
-        logp = F.log_softmax(logits.float(), dim=-1)  # (B*K, V)
-        v = logp.size(-1)
-        logp[done] = float("-inf")
-        logp[done, vocab.pad] = 0.0  # a finished beam extends with <pad> for free
-        total = (scores.reshape(-1, 1) + logp).reshape(b, k * v)  # (B, K*V)
-        scores, flat = total.topk(k, dim=1)  # (B, K)
-        beam = flat // v
-        word = (flat % v).reshape(-1)  # (B*K,)
-        src = (torch.arange(b, device=dev)[:, None] * k + beam).reshape(-1)  # (B*K,)
-        state = _select(state, src)
-        was_done = done[src]
-        history = torch.cat([history[src], word[:, None]], dim=1)
-        if alpha is not None:
-            a = alpha[src].masked_fill(was_done[:, None], 0.0)[:, None]  # (B*K, 1, N)
-            maps = a if maps is None else torch.cat([maps[src], a], dim=1)
-        lengths = lengths[src] + (~was_done).float()
-        done = was_done | (word == vocab.eos)
-        token = word
-        if bool(done.all()):
-            break
-    final = scores / lengths.reshape(b, k).clamp(min=1) ** length_penalty
-    best = final.argmax(dim=1)  # (B,)
-    rows = torch.arange(b, device=dev) * k + best
-    return Decoded(history[rows], None if maps is None else maps[rows])
+    tokens, state = _start(model, images, vocab)
+    out = decoding.beam_search(_stepper(model, vocab.eos), tokens, state, max_new_tokens=max_len,
+                               beam_width=beam_size, length_penalty=length_penalty,
+                               eos=vocab.eos, pad=vocab.pad)
+    maps = out.state["maps"]
+    return Decoded(out.tokens[:, 1:], None if maps is None else maps[out.rows])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -528,3 +528,152 @@ def test_evaluate_rejects_bad_settings(data):
                             ({"max_len": 0}, "max_len")):
         with pytest.raises(ValueError, match=message):
             evaluate(model, data, **kwargs)
+
+
+# ---- greedy and beam search through course_utils.decoding: the same tokens as before ----
+# The decoders below are this module's own, as they were before they were rewired through
+# course_utils.decoding; the wrappers must give the same tokens and maps on fixed models.
+
+
+def _legacy_select(state, idx):
+    # as before, recursing into the nested state of the wrapper decoder below
+    return {k: _legacy_select(v, idx) if isinstance(v, dict) else v.index_select(0, idx)
+            for k, v in state.items()}
+
+
+@torch.no_grad()
+def _legacy_greedy(model, images, vocab, max_len=30):
+    feats = model.encoder(images)
+    b = feats.size(0)
+    state = model.decoder.init_state(feats)
+    token = torch.full((b,), vocab.bos, dtype=torch.long)
+    done = torch.zeros(b, dtype=torch.bool)
+    tokens, maps = [], []
+    for _ in range(max_len):
+        logits, state, alpha = model.decoder.step(token, state)
+        token = logits.argmax(dim=-1).masked_fill(done, vocab.pad)
+        tokens.append(token)
+        if alpha is not None:
+            maps.append(alpha.masked_fill(done[:, None], 0.0))
+        done = done | (token == vocab.eos)
+        if bool(done.all()):
+            break
+    return torch.stack(tokens, 1), (torch.stack(maps, 1) if maps else None)
+
+
+def _old_penalty(lengths, alpha):
+    return lengths.clamp(min=1) ** alpha  # the convention before: raw length ** alpha
+
+
+def _gnmt_penalty(lengths, alpha):
+    return ((5 + lengths) / 6) ** alpha  # course_utils.decoding's convention
+
+
+@torch.no_grad()
+def _legacy_beam(model, images, vocab, beam_size=3, max_len=30, length_penalty=0.0, penalty=_old_penalty):
+    import torch.nn.functional as F
+
+    feats = model.encoder(images)
+    b, k = feats.size(0), beam_size
+    state = _legacy_select(model.decoder.init_state(feats), torch.arange(b).repeat_interleave(k))
+    token = torch.full((b * k,), vocab.bos, dtype=torch.long)
+    scores = torch.zeros(b, k)
+    scores[:, 1:] = float("-inf")
+    done = torch.zeros(b * k, dtype=torch.bool)
+    lengths = torch.zeros(b * k)
+    history = torch.zeros(b * k, 0, dtype=torch.long)
+    maps = None
+    for _ in range(max_len):
+        logits, state, alpha = model.decoder.step(token, state)
+        logp = F.log_softmax(logits.float(), dim=-1)
+        v = logp.size(-1)
+        logp[done] = float("-inf")
+        logp[done, vocab.pad] = 0.0
+        total = (scores.reshape(-1, 1) + logp).reshape(b, k * v)
+        scores, flat = total.topk(k, dim=1)
+        beam = flat // v
+        word = (flat % v).reshape(-1)
+        src = (torch.arange(b)[:, None] * k + beam).reshape(-1)
+        state = _legacy_select(state, src)
+        was_done = done[src]
+        history = torch.cat([history[src], word[:, None]], dim=1)
+        if alpha is not None:
+            a = alpha[src].masked_fill(was_done[:, None], 0.0)[:, None]
+            maps = a if maps is None else torch.cat([maps[src], a], dim=1)
+        lengths = lengths[src] + (~was_done).float()
+        done = was_done | (word == vocab.eos)
+        token = word
+        if bool(done.all()):
+            break
+    final = scores / penalty(lengths.reshape(b, k), length_penalty)
+    rows = torch.arange(b) * k + final.argmax(dim=1)
+    return history[rows], (None if maps is None else maps[rows])
+
+
+class _EndsAtImageDependentSteps(torch.nn.Module):
+    """A real decoder, with the <eos> logit growing step by step at a rate read from the image,
+    so that captions end at different lengths (an untrained decoder says the same thing for
+    every image). It keeps the decoder's protocol: init_state, step, and the maps."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.inner, self.eos = decoder, caption_vocab().eos
+
+    def init_state(self, feats):
+        rate = 0.3 + (feats[:, :, 0].abs().sum(1) * 37.0) % 1.0  # (B,): one pseudo-random rate per image
+        return {"inner": self.inner.init_state(feats), "rate": rate, "t": torch.zeros_like(rate)}
+
+    def step(self, tokens, state):
+        logits, inner, alpha = self.inner.step(tokens, state["inner"])
+        logits = logits * 4.0  # peaked: no near-ties between words
+        logits[:, self.eos] += state["t"] * state["rate"] * 4.0 - 6.0
+        return logits, {"inner": inner, "rate": state["rate"], "t": state["t"] + 1}, alpha
+
+
+def _decoding_models():
+    models = _models(16)
+    for model in models.values():
+        model.decoder = _EndsAtImageDependentSteps(model.decoder)
+        model.eval()
+    return models
+
+
+@pytest.mark.parametrize("name", ["attention", "flat", "mean", "transformer"])
+def test_greedy_decode_gives_the_same_tokens_and_maps_as_before(name, data):
+    model, vocab = _decoding_models()[name], caption_vocab()
+    for max_len in (1, 5, 30):
+        new = greedy_decode(model, data.images, vocab, max_len=max_len)
+        tokens, maps = _legacy_greedy(model, data.images, vocab, max_len=max_len)
+        assert torch.equal(new.tokens, tokens), (name, max_len)
+        assert (new.attention is None) == (maps is None)
+        if maps is not None:
+            assert torch.equal(new.attention, maps)
+    lengths = (tokens != vocab.pad).sum(1)
+    assert lengths.min() < lengths.max()  # the captions end at different steps: a real test
+
+
+@pytest.mark.parametrize("name", ["attention", "flat", "transformer"])
+@pytest.mark.parametrize("beam_size", [1, 2, 4])
+def test_beam_search_gives_the_same_tokens_and_maps_as_before(name, beam_size, data):
+    model, vocab = _decoding_models()[name], caption_vocab()
+    new = beam_search(model, data.images, vocab, beam_size=beam_size, max_len=12)
+    tokens, maps = _legacy_beam(model, data.images, vocab, beam_size=beam_size, max_len=12)
+    assert torch.equal(new.tokens, tokens)
+    if maps is not None:
+        torch.testing.assert_close(new.attention, maps, rtol=0, atol=0)
+
+
+def test_beam_search_length_penalty_is_gnmts_now(data):
+    """The one change: with length_penalty α > 0 the best beam is ranked by
+    log p / ((5 + |Y|) / 6) ** α (GNMT, course_utils.decoding's convention) instead of
+    log p / |Y| ** α. With α = 0 (the default, and what notebook 12 uses) nothing changes."""
+    differs = []
+    for name in ("attention", "flat", "mean"):
+        model, vocab = _decoding_models()[name], caption_vocab()
+        for alpha in (0.6, 1.0, 2.0):
+            new = beam_search(model, data.images, vocab, beam_size=4, max_len=12, length_penalty=alpha)
+            gnmt, _ = _legacy_beam(model, data.images, vocab, 4, 12, alpha, penalty=_gnmt_penalty)
+            before, _ = _legacy_beam(model, data.images, vocab, 4, 12, alpha, penalty=_old_penalty)
+            assert torch.equal(new.tokens, gnmt), (name, alpha)
+            differs.append(before.shape != gnmt.shape or not torch.equal(before, gnmt))
+    assert any(differs)  # the two conventions do pick different captions here
