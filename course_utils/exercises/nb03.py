@@ -65,7 +65,7 @@ def _rel_variant(index: str = "j-i", where: str = "scores", scale: str = "scores
 
 @exercise(
     "03.1",
-    title="Extend: a relative-position bias (a fourth kind of position)",
+    title="A relative-position bias: a fourth kind of position",
     hint="Build the (T, T) matrix of offsets j - i with two aranges, shift it by T - 1 so it can index "
     "rel_bias, and add rel_bias[offsets] to the scaled scores before the softmax.",
     solution=_solution_relative_bias,

@@ -243,7 +243,7 @@ def _heads_variant(chunk_dim: int = 0, layout: str = "right", order: str = "qkv"
 
 @exercise(
     "04.3",
-    title="Debug: per-head matrices out of nn.MultiheadAttention's packed in_proj_weight",
+    title="Per-head matrices out of nn.MultiheadAttention's packed in_proj_weight",
     hint="in_proj_weight is (3E, E): rows 0..E-1 are W_q, then W_k, then W_v, each stored as "
     "nn.Linear stores it (out_features, in_features). Head h owns OUTPUT features h·D..(h+1)·D-1, "
     "i.e. ROWS; x @ W needs the transpose of that (D, E) block.",

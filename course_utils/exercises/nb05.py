@@ -182,7 +182,7 @@ def _patch_variant(full_only: bool = False, order: str = "row", use_widths: bool
 
 @exercise(
     "05.2",
-    title="Extend: a patch padding mask for pictures of different sizes",
+    title="A patch padding mask for pictures of different sizes",
     hint="Patch (r, c) covers pixels r·P..r·P+P-1 and c·P..c·P+P-1. It is real when it touches the "
     "picture in both directions: r·P < height and c·P < width. Build (B, g, g), flatten it "
     "row-major like patchify, and return True where it is NOT real.",
@@ -279,7 +279,7 @@ def _uniform_over_padding(mha, text, patches, key_padding_mask):
 
 @exercise(
     "05.3",
-    title="Debug: nn.MultiheadAttention with the course's mask conventions",
+    title="nn.MultiheadAttention with the course's mask conventions",
     hint="nn.MultiheadAttention's key_padding_mask means True = padding, like the course's. For a "
     "sequence whose keys are ALL padding it returns NaN: give those rows a mask they can "
     "survive, then set their weights to 0 and their output to what the layer gives for a zero "

@@ -54,7 +54,7 @@ def _mask_variant(shift: int | None = 0, invert: bool = False, upper: bool = Fal
 
 @exercise(
     "06.1",
-    title="Debug: the causal mask of a decoder that reads its newest tokens after a cache",
+    title="The causal mask of a decoder that reads its newest tokens after a cache",
     hint="Write the absolute position of query i: the lq queries are the last lq of the lk tokens, "
     "so query i sits at position lk - lq + i and may see keys j <= lk - lq + i. tril takes a "
     "diagonal offset.",
@@ -167,7 +167,7 @@ _DEEP_MESSAGES = {
 
 @exercise(
     "06.2",
-    title="Extend: DeepNorm, post-LN with up-weighted residuals",
+    title="DeepNorm: post-LN with up-weighted residuals",
     hint="Both sub-layers: h = norm1(alpha * x + self_attn(x)), then norm2(alpha * h + "
     "feed_forward(h)). The scale multiplies the residual (the input), not the sub-layer's output, "
     "and the norm comes after the sum.",
