@@ -576,7 +576,9 @@ def generate(
     ``temperature=0`` is greedy decoding; otherwise tokens are sampled with the temperature,
     top-k and top-p filters of :func:`course_utils.decoding.sample_next`. With ``use_cache`` the
     model's ``step`` feeds only the newest token and keeps keys and values in a KV cache;
-    without it every step re-runs the whole prefix (the same tokens, more work).
+    without it every step re-runs the whole prefix (the same tokens, more work), or, past the
+    positions a :class:`GPT` can read (``max_length()``: ``block_size`` for learned positions),
+    its last ``max_length()`` tokens: a sliding window, as nanoGPT samples.
     ``key_padding_mask (B, T0)`` (True = padding, on the left) is for :class:`LlamaGPT`.
 
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -602,12 +604,19 @@ def generate(
             state = model.new_state(prompt, max_new_tokens, key_padding_mask)
             step = model.step if use_cache else model.step_without_cache
         elif use_cache:
+            last = prompt.size(1) + max_new_tokens - 2  # the position of the last token fed
+            if max_new_tokens and last >= model.max_length():
+                raise ValueError(
+                    f"the prompt ({prompt.size(1)} tokens) and {max_new_tokens} new tokens reach "
+                    f"position {last}, but this model reads at most {model.max_length()} positions; "
+                    "with use_cache=False, generate slides a window over the last "
+                    f"{model.max_length()} tokens instead (as nanoGPT does)")
             state, step = model.new_cache(prompt.size(0), prompt.size(1) + max_new_tokens), model.step
         else:
-            state = None
+            state, window = None, model.max_length()
 
             def step(tokens: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
-                return model(tokens)[:, -1], state
+                return model(tokens[:, -window:])[:, -1], state  # the last `window` tokens only
         if temperature == 0.0:
             result = decoding.greedy(step, prompt, state, max_new_tokens=max_new_tokens)
         else:

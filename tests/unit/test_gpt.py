@@ -235,8 +235,14 @@ def test_learned_positions_cannot_run_past_block_size():
     model = _gpt(block_size=16)
     with pytest.raises(ValueError, match="reads at most 16 positions.*learned position table"):
         model(torch.zeros(1, 17, dtype=torch.long))
-    with pytest.raises(ValueError, match="reads at most 16"):
-        generate(model, torch.zeros(1, 10, dtype=torch.long), 8)  # reads position 16
+    prompt = torch.randint(0, 37, (2, 10))
+    with pytest.raises(ValueError, match="reads at most 16 positions; with use_cache=False"):
+        generate(model, prompt, 8)  # would feed position 16
+    assert generate(model, prompt, 7).shape == (2, 17)  # position 16 is written, never read
+    long = generate(model, prompt, 30, use_cache=False)  # a sliding window of the last 16 tokens
+    assert long.shape == (2, 40) and torch.equal(long[:, :17], generate(model, prompt, 7))
+    with torch.no_grad():
+        assert torch.equal(long[:, 30], model(long[:, 14:30])[:, -1].argmax(-1))
 
 
 @pytest.mark.parametrize("call, error, fragment", [
