@@ -875,8 +875,10 @@ class LMTrainer:
     AdamW with weight decay on the matrices only (not on biases or norm gains), the learning
     rate of :func:`cosine_lr`, gradients clipped to a global norm of ``grad_clip``. Works for the
     course's :class:`GPT` and for transformers' models alike (their logits are read from
-    ``output.logits``). ``step(x, y)`` returns the loss; ``seconds`` holds the wall time of
-    every step (forward, backward and update), ``losses`` the losses.
+    ``output.logits``). ``step(x, y)`` moves the batch to the model's device and returns the
+    loss; ``seconds`` holds the wall time of every step (forward, backward and update; on a GPU
+    it includes the wait for the loss value, so it is the real time of the step), ``losses`` the
+    losses.
 
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
@@ -926,6 +928,8 @@ class LMTrainer:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One update on inputs ``x (B, T)`` and next-token targets ``y (B, T)``; returns the loss."""
         start = time.perf_counter()
+        device = next(self.model.parameters()).device
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # CPU batches, any device
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.current_lr()
@@ -972,8 +976,10 @@ def _sum_losses(model: nn.Module, data: torch.Tensor, length: int, batch_size: i
     model.eval()
     total = torch.zeros(length, dtype=torch.float64)
     count = 0
+    device = next(model.parameters()).device
     try:
         for x, y in sequential_windows(data, length, batch_size):
+            x, y = x.to(device), y.to(device)  # the text may stay on the CPU, the model anywhere
             losses = next_token_loss(_logits_of(model, x), y, reduction="none")  # (B, T)
             total += losses.double().sum(0).cpu()
             count += y.numel()
