@@ -340,14 +340,14 @@ _ROWS = torch.tensor([[1000.0, 999.0, 998.0, 900.0],  # large scores: exp overfl
 @exercise(
     "01.3",
     title="Debug a 'stable' softmax that still returns NaN",
-    hint="softmax(s) = softmax(s - c) for any c that is the same across ONE ROW. Which maximum does "
-    "the broken code subtract, and what is exp(-1000) in float32?",
+    hint="softmax(s) = softmax(s - c) holds when c is the same along one row. Print the number the "
+    "code subtracts from each row, then what exp() gives for each row's entries.",
     solution=_solution_stable_softmax,
     kind="debug",
     minutes=10,
     difficulty=1,
     mistakes=[
-        Mistake("the broken code, unchanged", (_broken_global_max,), "maximum of the whole tensor"),
+        Mistake("the broken code, unchanged", (_broken_global_max,), "still NaN in rows 1 to 3"),
         Mistake("no shift at all", (_no_shift,), "exp(1000) = inf"),
         Mistake("shift by the minimum", (_shift_by_min,), "subtracted the row's minimum"),
         Mistake("max without keepdim", (_max_without_keepdim,), "keepdim=True"),
@@ -376,9 +376,8 @@ def check_stable_softmax(fn: Callable[..., Any]) -> CheckResult:
                   "(no overflow) and the denominator at least 1 (no 0/0), and changes nothing else.")
     found = _diagnose(got, [
         ("values", _broken_global_max(scores),
-         "rows 1 to 3 are NaN or wrong: you subtract the maximum of the whole tensor (1000), so in a "
-         "row far below it every exp underflows to 0 and the row is 0/0 = NaN. Subtract each row's "
-         "own maximum"),
+         "still NaN in rows 1 to 3, although row 1 is an ordinary [0, -1, -2, -3]: look at the number "
+         "subtracted from that row, and at what exp() then gives"),
         ("values", _no_shift(scores),
          "overflow: exp(1000) = inf in float32 (its largest number is about 3.4e38 = e^88.7), and "
          "inf/inf = NaN; the very negative row underflows to 0/0. Shift each row by its maximum"),

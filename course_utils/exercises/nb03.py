@@ -260,8 +260,8 @@ _BUGS = {
 @exercise(
     "03.3",
     title="Debug a rotary embedding for decoding with a cache (three bugs)",
-    hint="Compare each line with the formula: θ_i = base^(-2i/D); the token t of this call sits at "
-    "position offset + t; pair i is (dim i, dim i + D/2). Test it against "
+    hint="Check each line against section 5: the frequencies θ_i, the positions the new tokens really "
+    "have, and which two dims form a pair. Test single changes against "
     "RotaryEmbedding(D).rotate(x, offset).",
     solution=_solution_rope_offset,
     kind="debug",
@@ -269,9 +269,9 @@ _BUGS = {
     difficulty=2,
     mistakes=[
         Mistake("the broken code, unchanged", (_rope_variant(neg=False, use_offset=False, layout="mixed"),),
-                "still 3 bugs"),
+                "all three bugs are still there"),
         Mistake("only the minus sign fixed", (_rope_variant(use_offset=False, layout="mixed"),),
-                "still 2 bugs"),
+                "two bugs left"),
         Mistake("only the layout left", (_rope_variant(layout="mixed"),), "written back as halves"),
         Mistake("only the offset left", (_rope_variant(use_offset=False),), "start at 0 instead of offset"),
         Mistake("only the sign left", (_rope_variant(neg=False),), "minus sign is missing"),
@@ -300,7 +300,9 @@ def check_rope_offset(fn: Callable[..., Any]) -> CheckResult:
         variant = _rope_variant(neg="neg" not in remaining, use_offset="offset" not in remaining,
                                 layout="mixed" if "layout" in remaining else "half")
         if _same(got, variant(x, offset)):
-            count = f"still {len(remaining)} bugs: " if len(remaining) > 1 else "one bug left: "
+            if len(remaining) == 3:
+                return fail("values", "all three bugs are still there")
+            count = "two bugs left: " if len(remaining) == 2 else "one bug left: "
             return fail("values", count + "; ".join(_BUGS[b] for b in remaining))
     found = _diagnose(got, [
         ("values", _rope_variant(layout="interleaved")(x, offset),

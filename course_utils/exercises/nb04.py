@@ -244,9 +244,9 @@ def _heads_variant(chunk_dim: int = 0, layout: str = "right", order: str = "qkv"
 @exercise(
     "04.3",
     title="Per-head matrices out of nn.MultiheadAttention's packed in_proj_weight",
-    hint="in_proj_weight is (3E, E): rows 0..E-1 are W_q, then W_k, then W_v, each stored as "
-    "nn.Linear stores it (out_features, in_features). Head h owns OUTPUT features h·D..(h+1)·D-1, "
-    "i.e. ROWS; x @ W needs the transpose of that (D, E) block.",
+    hint="Which axis of in_proj_weight (3E, E) stacks W_q, W_k and W_v? nn.Linear stores a weight as "
+    "(out_features, in_features): which axis of each (E, E) block belongs to the heads? Section 2 "
+    "shows what a reshape without a transpose does.",
     solution=_solution_per_head_weights,
     kind="debug",
     minutes=15,
@@ -295,8 +295,8 @@ def check_per_head_weights(fn: Callable[..., Any]) -> CheckResult:
                   "nn.MultiheadAttention's per-head weights for every head.")
     known = [
         (_heads_variant(chunk_dim=1, layout="no transpose"),
-         "both bugs are still there: in_proj_weight is split along the wrong axis, and each head's "
-         "block is reshaped without a transpose"),
+         "both bugs are still there: the per-head attention your matrices give differs from "
+         "nn.MultiheadAttention's in every head"),
         (_heads_variant(layout="no transpose"),
          "a missing transpose: w.reshape(H, E, D) has the right shape and the wrong content (the bug "
          "of section 2, in the weights). Head h is rows h·D..(h+1)·D-1 of w: reshape to (H, D, E), "

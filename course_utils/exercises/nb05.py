@@ -263,6 +263,10 @@ def _broken_cross_attention(mha, text, patches, key_padding_mask):
     return mha(text, patches, patches, key_padding_mask=keep)
 
 
+def _inverted_nan_handled(mha, text, patches, key_padding_mask):
+    return _solution_torch_cross_attention(mha, text, patches, ~key_padding_mask)
+
+
 def _nan_left(mha, text, patches, key_padding_mask):
     return mha(text, patches, patches, key_padding_mask=key_padding_mask)
 
@@ -280,16 +284,16 @@ def _uniform_over_padding(mha, text, patches, key_padding_mask):
 @exercise(
     "05.3",
     title="nn.MultiheadAttention with the course's mask conventions",
-    hint="nn.MultiheadAttention's key_padding_mask means True = padding, like the course's. For a "
-    "sequence whose keys are ALL padding it returns NaN: give those rows a mask they can "
-    "survive, then set their weights to 0 and their output to what the layer gives for a zero "
-    "attention result, out_proj(0).",
+    hint="What does True mean in nn.MultiheadAttention's key_padding_mask (its documentation says)? "
+    "What does it return for a sequence whose keys are all padding, and what should the course's "
+    "rule give there instead?",
     solution=_solution_torch_cross_attention,
     kind="debug",
     minutes=15,
     difficulty=2,
     mistakes=[
-        Mistake("the broken code, unchanged", (_broken_cross_attention,), "inverted"),
+        Mistake("the broken code, unchanged", (_broken_cross_attention,), "both bugs are still there"),
+        Mistake("NaN handled, mask still inverted", (_inverted_nan_handled,), "inverted"),
         Mistake("mask fixed, NaN left", (_nan_left,), "NaN"),
         Mistake("NaN replaced by zeros", (_nan_to_zero,), "out_proj(0)"),
         Mistake("empty rows attend to padding", (_uniform_over_padding,), "padding gets weight"),
@@ -323,6 +327,9 @@ def check_torch_cross_attention(fn: Callable[..., Any]) -> CheckResult:
     if _same(out, want_out) and _same(w, want_w):
         return ok("Correct! Equal to the course's MultiHeadAttention: the same mask convention, and a "
                   "picture with no patch gives zero weights and out_proj's bias instead of NaN.")
+    if _same(out, _broken_cross_attention(mha, text, patches, pad)[0]):
+        return fail("masking", "both bugs are still there: the picture WITHOUT padding comes out NaN, "
+                    "and the one with no patch at all gets weights")
     if _same(out[0], _broken_cross_attention(mha, text, patches, pad)[0][0]) or (
             torch.isnan(out[1]).all() and not torch.isnan(out[2]).any()):
         return fail("masking", "your mask is inverted: nn.MultiheadAttention's key_padding_mask is True "

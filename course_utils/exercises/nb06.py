@@ -55,15 +55,14 @@ def _mask_variant(shift: int | None = 0, invert: bool = False, upper: bool = Fal
 @exercise(
     "06.1",
     title="The causal mask of a decoder that reads its newest tokens after a cache",
-    hint="Write the absolute position of query i: the lq queries are the last lq of the lk tokens, "
-    "so query i sits at position lk - lq + i and may see keys j <= lk - lq + i. tril takes a "
-    "diagonal offset.",
+    hint="Write the absolute position of query i when the queries are the last lq of the lk tokens; "
+    "which keys may that token see? Look up tril's diagonal argument.",
     solution=_solution_decoder_mask,
     kind="debug",
     minutes=10,
     difficulty=1,
     mistakes=[
-        Mistake("the broken code, unchanged (top-left)", (_mask_variant(shift=None),), "aligned top-left"),
+        Mistake("the broken code, unchanged (top-left)", (_mask_variant(shift=None),), "only key 0"),
         Mistake("shifted by one: sees the next token", (_mask_variant(shift=1),), "shifted by one"),
         Mistake("excludes the diagonal", (_mask_variant(shift=-1),), "cannot see itself"),
         Mistake("inverted", (_mask_variant(invert=True),), "inverted"),
@@ -87,9 +86,9 @@ def check_decoder_mask(fn: Callable[..., Any]) -> CheckResult:
         return ok("Correct! The last row is always all True (the newest token sees everything), and for "
                   "lq = lk it is the ordinary causal mask.")
     for variant, message in [
-        (_mask_variant(shift=None), "your mask is aligned top-left: query 0 is the token at position "
-                                    "lk - lq, not 0, so it must see keys 0..lk - lq. With lq = 1 (one new "
-                                    "token after a cache) yours lets it see only key 0"),
+        (_mask_variant(shift=None), "for lq = 1 and lk = 5 (one new token after a cache of 4 tokens) "
+                                    "your mask lets the new token see only key 0; it should see keys 0 "
+                                    "to 4, the cached tokens and itself"),
         (_mask_variant(shift=1), "shifted by one: each query also sees the NEXT token. A model trained "
                                  "with this mask can copy the answer from the future; its loss looks "
                                  "great and its generation fails"),

@@ -218,7 +218,7 @@ def test_03_3_notebook_broken_code_is_recognised():
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
-    _fails_with(check("03.3", broken_rope), "still 3 bugs", "minus sign", "offset", "halves")
+    _fails_with(check("03.3", broken_rope), "all three bugs are still there")
 
 
 def test_03_3_fallback():

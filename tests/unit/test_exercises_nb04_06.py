@@ -155,7 +155,7 @@ def test_05_3_notebook_broken_code_is_recognised():
         keep = ~key_padding_mask
         return mha(text, patches, patches, key_padding_mask=keep)
 
-    _fails_with(check("05.3", torch_cross_attention), "inverted")
+    _fails_with(check("05.3", torch_cross_attention), "both bugs are still there")
 
 
 def test_05_3_fallback():
