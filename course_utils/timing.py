@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,6 +147,111 @@ def compare(results: Sequence[BenchmarkResult], baseline: str | None = None) -> 
             f"{r.runs:>4}  {r.median / base:>7.2f}"
         )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two functions timed in alternating rounds: the ratio of their times and how sure we are of it.
+
+    ``ratio`` is the median over rounds of ``time(b) / time(a)`` (each round times both, so load
+    that comes and goes hits them alike); ``low``/``high`` bound it with 95 % confidence (a
+    bootstrap over the rounds). ``separated`` says whether the interval excludes 1.
+    """
+
+    label_a: str
+    label_b: str
+    ratio: float
+    low: float
+    high: float
+    rounds: int
+    median_a: float
+    median_b: float
+
+    @property
+    def separated(self) -> bool:
+        return self.high < 1.0 or self.low > 1.0
+
+    @property
+    def verdict(self) -> str:
+        if not self.separated:
+            return f"within noise: the 95 % interval [{self.low:.2f}, {self.high:.2f}] contains 1"
+        faster = self.label_b if self.ratio < 1 else self.label_a
+        return f"{faster} is faster: the 95 % interval [{self.low:.2f}, {self.high:.2f}] excludes 1"
+
+    def __str__(self) -> str:
+        return (f"{self.label_a}: median {_format_seconds(self.median_a)}, {self.label_b}: median "
+                f"{_format_seconds(self.median_b)}; {self.label_b} / {self.label_a} = {self.ratio:.2f} over "
+                f"{self.rounds} paired rounds — {self.verdict}")
+
+
+def _ratio_interval(ratios: Sequence[float], seed: int = 0, resamples: int = 2000) -> tuple[float, float]:
+    """95 % bootstrap interval of the median of ``ratios`` (seeded: the same data give the same interval)."""
+    import numpy as np
+
+    r = np.asarray(ratios, dtype=float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(r[rng.integers(0, len(r), size=(resamples, len(r)))], axis=1)
+    low, high = np.quantile(medians, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def compare_until_separated(
+    fn_a: Callable[[], Any],
+    fn_b: Callable[[], Any],
+    label_a: str = "a",
+    label_b: str = "b",
+    min_rounds: int = 10,
+    max_rounds: int = 200,
+    max_seconds: float = 60.0,
+    warmup: int = 2,
+) -> PairedComparison:
+    """Time ``fn_a`` and ``fn_b`` in alternating rounds until the ratio's 95 % interval excludes 1.
+
+    Each round times one call of each (``torch.utils.benchmark.Timer``, which synchronises CUDA),
+    in alternating order (a b, b a, ...) so that a slow drift of the machine cancels. After
+    ``min_rounds`` the interval is recomputed every 5 rounds; the comparison stops as soon as it
+    separates, or at ``max_rounds`` / ``max_seconds``, whichever comes first — then the answer
+    may well be "within noise", which is an answer too.
+
+    >>> cheap = lambda: torch.ones(64, 64) @ torch.ones(64, 64)
+    >>> dear = lambda: torch.ones(256, 256) @ torch.ones(256, 256)
+    >>> result = compare_until_separated(cheap, dear, "64", "256", min_rounds=10, max_seconds=5)
+    >>> result.separated and result.ratio > 1
+    True
+    """
+    for name, fn in (("fn_a", fn_a), ("fn_b", fn_b)):
+        if not callable(fn):
+            raise TypeError(f"{name} must be a callable taking no arguments, got {type(fn).__name__}")
+    if isinstance(min_rounds, bool) or not isinstance(min_rounds, int) or min_rounds < 3:
+        raise ValueError(f"min_rounds must be an int >= 3, got {min_rounds!r}")
+    if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < min_rounds:
+        raise ValueError(f"max_rounds must be an int >= min_rounds ({min_rounds}), got {max_rounds!r}")
+    if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    timers = {
+        "a": torch_benchmark.Timer(stmt="fn()", globals={"fn": fn_a}, num_threads=torch.get_num_threads()),
+        "b": torch_benchmark.Timer(stmt="fn()", globals={"fn": fn_b}, num_threads=torch.get_num_threads()),
+    }
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    ratios: list[float] = []
+    start = time.perf_counter()
+    while len(ratios) < max_rounds:
+        order = ("a", "b") if len(ratios) % 2 == 0 else ("b", "a")
+        measured = {key: timers[key].timeit(1).median for key in order}
+        times["a"].append(measured["a"])
+        times["b"].append(measured["b"])
+        ratios.append(measured["b"] / measured["a"])
+        rounds = len(ratios)
+        if rounds >= min_rounds and (rounds - min_rounds) % 5 == 0:
+            low, high = _ratio_interval(ratios)
+            if high < 1.0 or low > 1.0 or time.perf_counter() - start > max_seconds:
+                break
+    low, high = _ratio_interval(ratios)  # over every round measured
+    return PairedComparison(label_a, label_b, statistics.median(ratios), low, high, len(ratios),
+                            statistics.median(times["a"]), statistics.median(times["b"]))
 
 
 class CudaTimer:

@@ -62,3 +62,61 @@ def test_cuda_timer_without_gpu_explains(monkeypatch):
 def test_slow_function_still_gets_enough_blocks():
     result = benchmark(time.sleep, 0.03, min_run_time=0.01, warmup=0, min_blocks=5)
     assert result.runs == 5 and result.median >= 0.03
+
+
+class _FakeTimer:
+    """Stands in for torch.utils.benchmark.Timer: each timeit(1) returns the next scripted time."""
+
+    scripts: dict = {}
+
+    def __init__(self, stmt, globals, num_threads):
+        self.fn = globals["fn"]
+
+    def timeit(self, number):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(median=next(_FakeTimer.scripts[self.fn]))
+
+
+def _scripted(monkeypatch, times_a, times_b):
+    import itertools
+
+    from course_utils import timing
+
+    def fn_a():
+        return None
+
+    def fn_b():
+        return None
+
+    _FakeTimer.scripts = {fn_a: itertools.cycle(times_a), fn_b: itertools.cycle(times_b)}
+    monkeypatch.setattr(timing.torch_benchmark, "Timer", _FakeTimer)
+    return fn_a, fn_b
+
+
+def test_paired_comparison_stops_as_soon_as_the_interval_separates(monkeypatch):
+    from course_utils.timing import compare_until_separated
+
+    fn_a, fn_b = _scripted(monkeypatch, [1.0, 1.1, 0.9, 1.05], [0.8, 0.88, 0.72, 0.84])
+    result = compare_until_separated(fn_a, fn_b, "fp32", "bf16", min_rounds=10, max_rounds=100, warmup=0)
+    assert result.rounds == 10 and result.separated and result.ratio == pytest.approx(0.8)
+    assert result.verdict.startswith("bf16 is faster") and "excludes 1" in str(result)
+
+
+def test_paired_comparison_says_within_noise_when_it_never_separates(monkeypatch):
+    from course_utils.timing import compare_until_separated
+
+    # b is faster in half the rounds and slower in the other half by the same factor
+    fn_a, fn_b = _scripted(monkeypatch, [1.0, 1.0, 1.0, 1.0], [0.7, 1.3, 1.3, 0.7])
+    result = compare_until_separated(fn_a, fn_b, "fp32", "bf16", min_rounds=10, max_rounds=40, warmup=0)
+    assert result.rounds == 40 and not result.separated
+    assert result.low < 1 < result.high and result.verdict.startswith("within noise")
+
+
+def test_paired_comparison_checks_its_arguments():
+    from course_utils.timing import compare_until_separated
+
+    with pytest.raises(TypeError, match="fn_b must be a callable"):
+        compare_until_separated(lambda: None, 3)
+    with pytest.raises(ValueError, match="max_rounds must be an int >= min_rounds"):
+        compare_until_separated(lambda: None, lambda: None, min_rounds=10, max_rounds=5)
