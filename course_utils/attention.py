@@ -55,19 +55,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_utils.checks import (
-    broadcasts_to,
+    check_divisible,
     check_float_tensor,
+    check_instance,
     check_int,
-    check_like_module,
     check_mask,
-    check_non_negative_int,
+    check_module_input,
     check_padding_mask,
     check_positive_int,
     check_probability,
     check_qkv,
     check_real,
-    check_same_device,
-    check_shape,
+    check_same_size,
+    check_sequences,
+    check_sizes,
     check_tensor,
     describe,
 )
@@ -120,8 +121,7 @@ def causal_mask(
             [1, 1, 1, 1]], dtype=torch.int32)
     """
     lk = lq if lk is None else lk
-    for name, n in (("lq", lq), ("lk", lk), ("offset", offset)):
-        check_non_negative_int(name, n)
+    check_sizes(0, lq=lq, lk=lk, offset=offset)
     return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
@@ -133,8 +133,7 @@ def padding_mask_to_attn_mask(key_padding_mask: torch.Tensor) -> torch.Tensor:
     >>> padding_mask_to_attn_mask(pad)
     tensor([[[[ True,  True, False]]]])
     """
-    check_tensor("key_padding_mask", key_padding_mask, dims=2)
-    check_padding_mask("key_padding_mask", key_padding_mask, *key_padding_mask.shape)
+    check_padding_mask("key_padding_mask", key_padding_mask)
     # invert (True = padding -> True = may attend), then add the head and query axes
     return (~key_padding_mask)[:, None, None, :]  # (B, 1, 1, Lk)
 
@@ -156,8 +155,7 @@ def masked_softmax(
     check_float_tensor("scores", scores, min_dims=1)
     check_int("dim", dim, low=-scores.dim(), high=scores.dim() - 1)
     if mask is not None:
-        check_mask("mask", mask, shape=scores.shape)
-        check_same_device(scores=scores, mask=mask)
+        check_mask("mask", mask, shape=scores.shape, device=scores.device)
         scores = _apply_mask(scores, mask)
     if scores.size(dim) == 0:  # nothing to normalise over: no weights at all
         return torch.zeros_like(scores)
@@ -226,7 +224,9 @@ def scaled_dot_product_attention(
     >>> torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6)
     True
     """
-    _check_attention_args(q, k, v, attn_mask, dropout_p, scale)
+    check_qkv(q, k, v, attn_mask=attn_mask)
+    check_probability("dropout_p", dropout_p)
+    check_real("scale", 1.0 if scale is None else scale)
     dtype = q.dtype
     q, k, v = (t.to(torch.promote_types(dtype, torch.float)) for t in (q, k, v))  # fp16 -> fp32
     scale = q.size(-1) ** -0.5 if scale is None else scale
@@ -242,17 +242,6 @@ def scaled_dot_product_attention(
     out = weights @ v  # (..., Lq, Dv)
     out, weights = out.to(dtype), weights.to(dtype)
     return (out, weights) if return_weights else out
-
-
-def _check_attention_args(q, k, v, attn_mask, dropout_p, scale) -> None:
-    check_qkv(q, k, v)
-    scores = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.size(-2), k.size(-2))
-    if attn_mask is not None:
-        check_mask("attn_mask", attn_mask, shape=scores)
-        check_same_device(q=q, attn_mask=attn_mask)
-    check_probability("dropout_p", dropout_p)
-    if scale is not None:
-        check_real("scale", scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,8 +290,7 @@ class AdditiveAttention(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, n in (("query_dim", query_dim), ("key_dim", key_dim), ("hidden_dim", hidden_dim)):
-            check_positive_int(name, n)
+        check_sizes(query_dim=query_dim, key_dim=key_dim, hidden_dim=hidden_dim)
         check_probability("dropout", dropout)
         self.query_dim, self.key_dim, self.hidden_dim = query_dim, key_dim, hidden_dim
         self.value_dim = value_dim
@@ -313,8 +301,7 @@ class AdditiveAttention(nn.Module):
 
     def project_keys(self, keys: torch.Tensor) -> torch.Tensor:
         """``W_k keys``: ``(B, Lk, Dk) -> (B, Lk, hidden_dim)``. Compute once per sequence."""
-        _check_module_input("keys", keys, self.W_k.weight, (None, None, self.key_dim),
-                            f"(B, Lk, key_dim={self.key_dim})")
+        check_sequences(self.W_k.weight, keys=(keys, self.key_dim))
         return self.W_k(keys)
 
     def forward(
@@ -344,30 +331,15 @@ class AdditiveAttention(nn.Module):
         return context, weights
 
     def _check_inputs(self, query, keys, values, pk, key_padding_mask) -> None:
-        _check_module_input("keys", keys, self.W_k.weight, (None, None, self.key_dim),
-                            f"(B, Lk, key_dim={self.key_dim})")
-        b, lk = keys.size(0), keys.size(1)
-        dq, dv = self.query_dim, self.value_dim
-        shape = (b, dq) if isinstance(query, torch.Tensor) and query.dim() == 2 else (b, None, dq)
-        _check_module_input("query", query, self.W_q.weight, shape,
-                            f"(B={b}, query_dim={dq}) or (B={b}, Lq, query_dim={dq})")
-        _check_module_input("values", values, self.W_q.weight, (b, lk, dv),
-                            f"(B, Lk, Dv) with (B, Lk) = {(b, lk)} from keys"
-                            + ("" if dv is None else f" and Dv = value_dim = {dv}"))
-        _check_module_input("projected_keys", pk, self.W_q.weight, (b, lk, self.hidden_dim),
-                            f"(B, Lk, hidden_dim) = {(b, lk, self.hidden_dim)}")
+        """keys, values and projected keys ``(B, Lk, *)``, query ``(B, Dq)`` or ``(B, Lq, Dq)``."""
+        w, dq = self.W_q.weight, self.query_dim
+        check_sequences(w, keys=(keys, self.key_dim), values=(values, self.value_dim),
+                        projected_keys=(pk, self.hidden_dim))
+        check_same_size(1, "the keys", keys=keys, values=values, projected_keys=pk)
+        shape = (keys.size(0), dq) if getattr(query, "ndim", 3) == 2 else (keys.size(0), None, dq)
+        check_module_input("query", query, w, shape, f"(B, query_dim={dq}) or (B, Lq, query_dim)")
         if key_padding_mask is not None:
-            check_padding_mask("key_padding_mask", key_padding_mask, b, lk)
-            check_same_device(query=query, key_padding_mask=key_padding_mask)
-
-
-def _check_module_input(
-    name: str, t: object, weight: torch.Tensor, shape: tuple[int | None, ...], what: str
-) -> None:
-    """A float tensor of ``shape`` (``None`` = any size) with the dtype/device of ``weight``."""
-    check_float_tensor(name, t)
-    check_like_module(name, t, weight)
-    check_shape(name, t, shape, what=what)
+            check_padding_mask("key_padding_mask", key_padding_mask, *keys.shape[:2], keys.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,10 +363,7 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     True
     """
     check_float_tensor("x", x, min_dims=2)
-    check_positive_int("num_heads", num_heads)
-    if x.size(-1) % num_heads != 0:
-        raise ValueError(f"the last dim of x ({x.size(-1)}) must be divisible by num_heads "
-                         f"({num_heads}), got x {tuple(x.shape)}")
+    check_divisible("x.size(-1)", x.size(-1), "num_heads", num_heads)
     x = x.unflatten(-1, (num_heads, x.size(-1) // num_heads))  # (..., T, H, D)
     return x.transpose(-3, -2)  # (..., H, T, D)
 
@@ -432,8 +401,7 @@ def _rotate_and_cache(
         same = k.size(-2) == q.size(-2)  # self-attention; cross-attention keys sit at 0..Lk-1
         q, k = rope(q, positions), rope(k, positions if same else None)
     elif positions is not None:
-        raise ValueError(f"positions are used by rope only, got positions {tuple(positions.shape)}"
-                         " and rope=None")
+        raise ValueError(f"positions are used by rope only, got {describe(positions)}, rope=None")
     if cache is None:
         return q, k, v, 0
     k, v = cache.update(layer, k, v)  # (B, Hkv, L, D): every key so far
@@ -508,7 +476,7 @@ class MultiHeadAttention(nn.Module):
         rope: RotaryEmbedding | None = None,
     ) -> None:
         super().__init__()
-        _check_heads(embed_dim, num_heads, "embed_dim", "num_heads")
+        check_divisible("embed_dim", embed_dim, "num_heads", num_heads)
         check_probability("dropout", dropout)
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
@@ -569,8 +537,7 @@ class MultiHeadAttention(nn.Module):
         projected_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if cache is not None and (key is not None or projected_kv is not None):
-            raise ValueError("a KV cache is for self-attention: pass cache= without key, value "
-                             f"or projected_kv, got key {describe(key)}")
+            raise ValueError(f"a KV cache is for self-attention, got key {describe(key)}")
         key = query if key is None and projected_kv is None else key
         value = key if value is None else value
         self._check_inputs(query, key, value, projected_kv)
@@ -616,25 +583,13 @@ class MultiHeadAttention(nn.Module):
         return out, weights.mean(dim=1) if average_attn_weights else weights
 
     def _check_inputs(self, query, key, value, projected_kv) -> None:
-        layout = "(B, T, E)" if self.batch_first else "(T, B, E)"
-        named = [("query", query, self.embed_dim)]
-        if projected_kv is None:
-            named += [("key", key, self.kdim), ("value", value, self.vdim)]
-        for name, t, dim in named:
-            _check_module_input(name, t, self.q_proj.weight, (None, None, dim),
-                                f"{layout} with E = {dim}")
-        b = query.size(0 if self.batch_first else 1)
-        if projected_kv is None and (key.shape[:2] != value.shape[:2]
-                                     or key.size(0 if self.batch_first else 1) != b):
-            raise ValueError(
-                f"query, key and value must share the batch size and key/value the length, got "
-                f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
-            )
-        if projected_kv is not None:
-            shape = (b, self.num_heads, None, self.head_dim)
-            for name, t in zip(("projected_kv[0]", "projected_kv[1]"), projected_kv, strict=True):
-                _check_module_input(name, t, self.q_proj.weight, shape,
-                                    f"(B, H, Lk, D) = {(b, self.num_heads, 'Lk', self.head_dim)}")
+        """query, key, value ``(B, T, E)`` (or ``(T, B, E)``) of one batch; or ``projected_kv``,
+        ``(B, H, Lk, D)`` each, of the batch of query."""
+        kv = {"key": (key, self.kdim), "value": (value, self.vdim)} if projected_kv is None else {}
+        check_sequences(self.q_proj.weight, self.batch_first, query=(query, self.embed_dim), **kv)
+        for name, t in zip(("projected_kv[0]", "projected_kv[1]"), projected_kv or ()):  # noqa: B905
+            check_module_input(name, t, self.q_proj.weight, (query.size(1 - self.batch_first),
+                               self.num_heads, None, self.head_dim), "(B, H, Lk, D)")
 
     def _build_mask(
         self,
@@ -647,14 +602,15 @@ class MultiHeadAttention(nn.Module):
     ) -> torch.Tensor | None:
         """``attn_mask``, ``key_padding_mask`` and the causal mask folded into one mask that
         broadcasts to ``(B, H, Lq, Lk)``."""
-        (b, h, lq, _), lk = q.shape, k.size(-2)
+        (b, _, lq, _), lk = q.shape, k.size(-2)
         mask = None
         if attn_mask is not None:
-            _check_mha_mask(attn_mask, b, h, lq, lk, q.device)
+            ndim = getattr(attn_mask, "ndim", 4)
+            scores = {2: (lq, lk), 3: (b, lq, lk)}.get(ndim, (b, self.num_heads, lq, lk))
+            check_mask("attn_mask", attn_mask, shape=scores, device=q.device)
             mask = _as_4d(attn_mask)  # (B|1, H|1, Lq|1, Lk|1)
         if key_padding_mask is not None:
-            check_padding_mask("key_padding_mask", key_padding_mask, b, lk)
-            check_same_device(query=q, key_padding_mask=key_padding_mask)
+            check_padding_mask("key_padding_mask", key_padding_mask, b, lk, device=q.device)
             mask = _and_masks(mask, padding_mask_to_attn_mask(key_padding_mask))  # (B, 1, 1, Lk)
         if is_causal:
             mask = _and_masks(mask, causal_mask(lq, lk, device=q.device, offset=offset))
@@ -682,10 +638,7 @@ class MultiHeadAttention(nn.Module):
         >>> torch.allclose(ours(q, k, v)[0], ref(q, k, v)[0], atol=1e-6)
         True
         """
-        if not isinstance(module, nn.MultiheadAttention):
-            raise TypeError(
-                f"module must be a torch.nn.MultiheadAttention, got {type(module).__name__}"
-            )
+        check_instance("module", module, nn.MultiheadAttention)
         if module.bias_k is not None or module.add_zero_attn:
             raise ValueError("add_bias_kv=True and add_zero_attn=True are not supported")
         ref = module.out_proj.weight
@@ -746,24 +699,6 @@ def _as_4d(mask: torch.Tensor) -> torch.Tensor:
     return mask[:, None] if mask.dim() == 3 else mask  # (B, 1, Lq, Lk) or (B, H, Lq, Lk)
 
 
-def _check_mha_mask(mask: object, b: int, h: int, lq: int, lk: int, device: torch.device) -> None:
-    check_mask("attn_mask", mask)
-    check_same_device(query=torch.empty(0, device=device), attn_mask=mask)
-    if mask.dim() not in (2, 3, 4) or not broadcasts_to(_as_4d(mask).shape, (b, h, lq, lk)):
-        raise ValueError(
-            f"attn_mask must have shape (Lq, Lk), (B, Lq, Lk) or (B, H, Lq, Lk) = {(lq, lk)}, "
-            f"{(b, lq, lk)} or {(b, h, lq, lk)}, got {tuple(mask.shape)}"
-        )
-
-
-def _check_heads(dim: int, heads: int, dim_name: str, heads_name: str) -> None:
-    check_positive_int(dim_name, dim)
-    check_positive_int(heads_name, heads)
-    if dim % heads != 0:
-        raise ValueError(f"{dim_name} must be divisible by {heads_name}, got {dim_name}={dim} "
-                         f"and {heads_name}={heads}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Multi-query and grouped-query attention
 # ---------------------------------------------------------------------------------------------
@@ -811,13 +746,11 @@ def grouped_query_attention(
     >>> torch.allclose(grouped_query_attention(q, k, v), ref, atol=1e-6)
     True
     """
-    check_qkv(q, k, v, dims=4, broadcast=False)
-    check_same_device(q=q, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
+    check_qkv(q, k, v, dims=4, broadcast=False, attn_mask=attn_mask)
     (b, h, lq, d), (hkv, lk) = q.shape, k.shape[1:3]
-    if h % hkv != 0 or tuple(k.shape[:2]) != (b, hkv) or tuple(v.shape[:2]) != (b, hkv):
-        raise ValueError(f"expected q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) with H "
-                         f"a multiple of Hkv, got q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}")
+    check_divisible("the query heads q.size(1)", h, "the key/value heads k.size(1)", hkv)
+    check_same_size(0, "batch", q=q, k=k, v=v)
+    check_same_size(1, "key/value heads", k=k, v=v)
     g = h // hkv
     # Stack the G query heads of a group along the sequence axis: (B, Hkv, G·Lq, D) against
     # (B, Hkv, Lk, D) is one ordinary attention call in which each K/V head is read once for its
@@ -826,12 +759,11 @@ def grouped_query_attention(
     qg = q.reshape(b, hkv, g * lq, d)  # (B, Hkv, G·Lq, D)
     mask = None
     if attn_mask is not None:
-        check_mask("attn_mask", attn_mask, shape=(b, h, lq, lk))
         mask = _group_mask(attn_mask, hkv, g, lq, lk)  # (B|1, Hkv|1, G·Lq, Lk)
     if causal:  # query i may attend keys j <= i, whichever head of the group it belongs to
         mask = _and_masks(mask, causal_mask(lq, lk, device=q.device).repeat(g, 1))  # (G·Lq, Lk)
     if key_padding_mask is not None:
-        check_padding_mask("key_padding_mask", key_padding_mask, b, lk)
+        check_padding_mask("key_padding_mask", key_padding_mask, b, lk, device=q.device)
         mask = _and_masks(mask, padding_mask_to_attn_mask(key_padding_mask))  # (B, 1, 1, Lk)
     out, weights = scaled_dot_product_attention(
         qg, k, v, mask, dropout_p=dropout_p, scale=scale, return_weights=True
@@ -884,9 +816,8 @@ class GroupedQueryAttention(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_heads(num_heads, num_kv_heads, "num_heads", "num_kv_heads")
-        if head_dim is None:
-            _check_heads(embed_dim, num_heads, "embed_dim", "num_heads")
+        check_divisible("num_heads", num_heads, "num_kv_heads", num_kv_heads)
+        check_divisible("embed_dim", embed_dim, "num_heads", num_heads if head_dim is None else 1)
         check_positive_int("head_dim", embed_dim // num_heads if head_dim is None else head_dim)
         check_probability("dropout", dropout)
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
@@ -911,8 +842,7 @@ class GroupedQueryAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        e = self.embed_dim
-        _check_module_input("x", x, self.q_proj.weight, (None, None, e), f"(B, T, E={e})")
+        check_sequences(self.q_proj.weight, x=(x, self.embed_dim))
         q = split_heads(self.q_proj(x), self.num_heads)  # (B, H, T, D)
         k = split_heads(self.k_proj(x), self.num_kv_heads)  # (B, Hkv, T, D)
         v = split_heads(self.v_proj(x), self.num_kv_heads)  # (B, Hkv, T, D)

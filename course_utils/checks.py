@@ -30,11 +30,18 @@ import torch
 __all__ = [
     "broadcasts_to",
     "check_bool",
+    "check_broadcast_to",
+    "check_broadcasts",
+    "check_divisible",
     "check_finite",
     "check_float_tensor",
+    "check_instance",
     "check_int",
+    "check_int_tensor",
     "check_like_module",
     "check_mask",
+    "check_max_len",
+    "check_module_input",
     "check_non_negative_int",
     "check_one_of",
     "check_padding_mask",
@@ -44,8 +51,12 @@ __all__ = [
     "check_real",
     "check_same_device",
     "check_same_dtype",
+    "check_same_size",
+    "check_sequence_input",
     "check_sequence_of_str",
+    "check_sequences",
     "check_shape",
+    "check_sizes",
     "check_str",
     "check_tensor",
     "check_token_ids",
@@ -286,9 +297,10 @@ def check_same_dtype(**tensors: torch.Tensor | None) -> None:
         raise TypeError(f"all inputs must have the same dtype, got {got}")
 
 
-def check_mask(name: str, mask: Any, shape: Sequence[int] | None = None) -> None:
+def check_mask(name: str, mask: Any, shape: Sequence[int] | None = None,
+               device: torch.device | None = None) -> None:
     """A boolean mask (True = may attend) or a float mask (added to the scores), which
-    broadcasts to ``shape`` (the scores' shape) if given.
+    broadcasts to ``shape`` (the scores' shape) and is on ``device``, where those are given.
 
     >>> check_mask("attn_mask", torch.ones(4, 5, dtype=torch.bool), shape=(2, 5, 4))
     Traceback (most recent call last):
@@ -302,9 +314,9 @@ def check_mask(name: str, mask: Any, shape: Sequence[int] | None = None) -> None
             f"{name} must be a bool tensor (True = may attend) or a float tensor (added to "
             f"the scores), got dtype {mask.dtype}"
         )
-    if shape is not None and not broadcasts_to(mask.shape, shape):
-        raise ValueError(f"{name} must broadcast to the scores shape {tuple(shape)}, got "
-                         f"{tuple(mask.shape)}")
+    if shape is not None:
+        check_broadcasts(name, mask, shape, what="the scores shape")
+    _check_device(name, mask, device)
 
 
 def check_token_ids(name: str, ids: Any, vocab_size: int) -> None:
@@ -340,11 +352,13 @@ def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_qkv(q: Any, k: Any, v: Any, dims: int | None = None, broadcast: bool = True) -> None:
+def check_qkv(q: Any, k: Any, v: Any, dims: int | None = None, broadcast: bool = True,
+              attn_mask: Any = None) -> None:
     """Queries, keys and values that attention can use: ``q (..., Lq, D)``, ``k (..., Lk, D)``,
     ``v (..., Lk, Dv)``, floating point, one dtype, one device, ``D >= 1`` and ``Lk >= 1``,
     leading (batch, head) dims that broadcast (unless ``broadcast=False``: grouped-query heads
-    check their own); exactly ``dims`` dims each if given.
+    check their own); exactly ``dims`` dims each if given. An ``attn_mask``, if given, is a
+    bool or float mask on their device that broadcasts to the scores ``(..., Lq, Lk)``.
 
     >>> check_qkv(torch.zeros(2, 5, 8), torch.zeros(2, 6, 4), torch.zeros(2, 6, 4))
     ... # doctest: +ELLIPSIS
@@ -365,12 +379,15 @@ def check_qkv(q: Any, k: Any, v: Any, dims: int | None = None, broadcast: bool =
         raise ValueError(f"k and v must have the same number of keys Lk (dim -2), got {shapes}")
     if k.size(-2) == 0:
         raise ValueError(f"k must have at least one key (Lk >= 1), got {shapes}")
-    try:
-        if broadcast:
-            torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    except RuntimeError:
-        raise ValueError(f"the leading (batch, head) dims of q, k and v must broadcast, got "
-                         f"{shapes}") from None
+    lead = q.shape[:-2]
+    if broadcast:
+        try:
+            lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        except RuntimeError:
+            raise ValueError(f"the leading (batch, head) dims of q, k and v must broadcast, got "
+                             f"{shapes}") from None
+    if attn_mask is not None:
+        check_mask("attn_mask", attn_mask, shape=(*lead, q.size(-2), k.size(-2)), device=q.device)
 
 
 def check_like_module(name: str, t: torch.Tensor, weight: torch.Tensor) -> None:
@@ -396,8 +413,9 @@ def check_like_module(name: str, t: torch.Tensor, weight: torch.Tensor) -> None:
                         f"(convert with .to({weight.dtype}) or the module with .to(dtype))")
 
 
-def check_padding_mask(name: str, mask: Any, batch: int, length: int) -> None:
-    """A key padding mask: bool ``(B, L)`` with ``True`` = padding.
+def check_padding_mask(name: str, mask: Any, batch: int | None = None,
+                       length: int | None = None, device: torch.device | None = None) -> None:
+    """A key padding mask: bool ``(B, L)`` with ``True`` = padding (``None``: any size).
 
     >>> check_padding_mask("key_padding_mask", torch.zeros(2, 3), 2, 3)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -407,4 +425,196 @@ def check_padding_mask(name: str, mask: Any, batch: int, length: int) -> None:
     check_tensor(name, mask)
     if mask.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor (True = padding), got {describe(mask)}")
-    check_shape(name, mask, (batch, length), what=f"(B, Lk) = {(batch, length)}")
+    known = batch is not None and length is not None
+    check_shape(name, mask, (batch, length), what="(B, Lk)" + (f" = {(batch, length)}" * known))
+    _check_device(name, mask, device)
+
+
+def _check_device(name: str, t: torch.Tensor, device: torch.device | None) -> None:
+    if device is not None and t.device != torch.device(device):
+        raise ValueError(f"{name} must be on {torch.device(device)} (the device of the inputs), "
+                         f"got {name} on {t.device}")
+
+
+def check_module_input(name: str, t: Any, weight: torch.Tensor, shape: Sequence[int | None],
+                       what: str = "") -> None:
+    """What a layer needs of its input: a float tensor of ``shape`` (``None`` = any size) with
+    the dtype and device of the layer's ``weight``.
+
+    >>> check_module_input("x", torch.zeros(2, 3, 8), torch.zeros(4, 16), (None, None, 16),
+    ...                    what="(B, T, E=16)")
+    Traceback (most recent call last):
+    ...
+    ValueError: x must have shape (B, T, E=16), got (2, 3, 8)
+    """
+    check_float_tensor(name, t)
+    check_like_module(name, t, weight)
+    check_shape(name, t, shape, what=what)
+
+
+def check_divisible(name: str, n: Any, by_name: str | None, by: Any) -> None:
+    """``n`` and ``by`` positive ints with ``n % by == 0`` (heads that split a width evenly);
+    ``by_name=None`` for a constant ``by`` (``check_divisible("head_dim", d, None, 2)``).
+
+    >>> check_divisible("embed_dim", 10, "num_heads", 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: embed_dim must be divisible by num_heads, got embed_dim=10 and num_heads=4
+    """
+    check_positive_int(name, n)
+    if by_name is not None:
+        check_positive_int(by_name, by)
+    if n % by != 0:
+        got = f"{name}={n}" + ("" if by_name is None else f" and {by_name}={by}")
+        raise ValueError(f"{name} must be divisible by {by if by_name is None else by_name}, "
+                         f"got {got}")
+
+
+def check_instance(name: str, x: Any, cls: type | tuple[type, ...]) -> None:
+    """``x`` is an instance of ``cls`` (e.g. the torch module a converter copies from).
+
+    >>> check_instance("module", torch.nn.Linear(2, 2), torch.nn.MultiheadAttention)
+    Traceback (most recent call last):
+    ...
+    TypeError: module must be a torch.nn.MultiheadAttention, got Linear
+    """
+    if not isinstance(x, cls):
+        names = " or ".join(map(_qualname, cls if isinstance(cls, tuple) else (cls,)))
+        raise TypeError(f"{name} must be a {names}, got {type(x).__name__}")
+
+
+def _qualname(cls: type) -> str:
+    """``torch.nn.MultiheadAttention`` (the public path), ``int`` for a builtin."""
+    module = "torch.nn" if cls.__module__.startswith("torch.nn.modules") else cls.__module__
+    return cls.__name__ if module == "builtins" else f"{module}.{cls.__name__}"
+
+
+def check_broadcasts(name: str, t: torch.Tensor, shape: Sequence[int], what: str = "") -> None:
+    """``t`` broadcasts to ``shape`` (``what`` names it) without growing it.
+
+    >>> check_broadcasts("cos", torch.zeros(5, 4), (2, 3, 4))
+    Traceback (most recent call last):
+    ...
+    ValueError: cos must broadcast to (2, 3, 4), got (5, 4)
+    """
+    check_tensor(name, t)
+    if not broadcasts_to(t.shape, shape):
+        raise ValueError(f"{name} must broadcast to {what + ' ' if what else ''}{tuple(shape)}, "
+                         f"got {tuple(t.shape)}")
+
+
+def check_max_len(length: int, max_len: float, offset: int = 0, what: str = "") -> None:
+    """Positions ``offset .. offset + length - 1`` fit in a table of ``max_len`` positions.
+
+    >>> check_max_len(11, 10, what="x (1, 11, 8)")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: sequence too long: positions 0..10 need max_len >= 11, got max_len=10 (x ...
+    """
+    if offset + length > max_len:
+        raise ValueError(f"sequence too long: positions {offset}..{offset + length - 1} need "
+                         f"max_len >= {offset + length}, got max_len={max_len}"
+                         + (f" ({what})" if what else ""))
+
+
+def check_int_tensor(name: str, t: Any, dims: int | Sequence[int] | None = None,
+                     last_dim: int | None = None, device: torch.device | None = None,
+                     what: str = "") -> None:
+    """An integer tensor (positions, indices): not float, not bool (a mask passed by mistake),
+    with ``last_dim`` entries along its last dim and on ``device`` where those are given.
+
+    >>> check_int_tensor("positions", torch.ones(3, dtype=torch.bool))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: positions must be an integer tensor, got a tensor of shape (3,) and dtype ...
+    """
+    check_tensor(name, t, dims)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {describe(t)}")
+    if last_dim is not None:
+        check_shape(name, t, (*t.shape[:-1], last_dim), what=what)
+    _check_device(name, t, device)
+
+
+def check_same_size(dim: int, what: str = "", **tensors: torch.Tensor) -> None:
+    """The given tensors have one size along ``dim`` (one batch size, one sequence length).
+
+    >>> check_same_size(0, "the batch", query=torch.zeros(2, 5), key=torch.zeros(3, 4))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: query and key must have the same size along dim 0 (the batch), got query (2, 5), ...
+    """
+    if len({t.size(dim) for t in tensors.values()}) > 1:
+        names = ", ".join(list(tensors)[:-1]) + " and " + list(tensors)[-1]
+        got = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
+        raise ValueError(f"{names} must have the same size along dim {dim}"
+                         + (f" ({what})" if what else "") + f", got {got}")
+
+
+def check_sequences(weight: torch.Tensor, batch_first: bool = True,
+                    **inputs: tuple[Any, int | None]) -> None:
+    """The inputs of a sequence layer: for each ``name=(t, E)`` a float tensor ``(B, T, E)``
+    (``(T, B, E)`` unless ``batch_first``; ``E=None``: any width) with the dtype and device of
+    the layer's ``weight``, all of one batch size ``B``.
+
+    >>> w = torch.zeros(8, 8)
+    >>> check_sequences(w, query=(torch.zeros(2, 5, 8), 8), key=(torch.zeros(3, 4, 8), 8))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: query and key must have the same size along dim 0 (the batch), got query (2, 5, 8), ...
+    """
+    layout, bdim = ("(B, T, E)", 0) if batch_first else ("(T, B, E)", 1)
+    for name, (t, e) in inputs.items():
+        check_module_input(name, t, weight, (None, None, e), f"{layout} with E = {e or 'any'}")
+    check_same_size(bdim, "the batch", **{name: t for name, (t, _) in inputs.items()})
+
+
+def check_sizes(low: int = 1, **values: Any) -> None:
+    """Each named value an int ``>= low``: 1 for sizes and counts, 0 for lengths and offsets.
+
+    >>> check_sizes(query_dim=4, key_dim=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: key_dim must be a positive int, got 0
+    >>> check_sizes(0, lq=3, offset=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: offset must be a non-negative int, got -1
+    """
+    check = check_positive_int if low == 1 else check_non_negative_int
+    for name, n in values.items():
+        check(name, n)
+
+
+def check_sequence_input(name: str, x: Any, width: int, device: torch.device | None = None,
+                         offset: int = 0, max_len: float = math.inf,
+                         width_name: str = "d_model") -> None:
+    """A float tensor ``(..., T, width)`` on ``device`` for positions ``offset .. offset+T-1``,
+    all below ``max_len`` (a positional table's input).
+
+    >>> check_sequence_input("x", torch.zeros(2, 5, 8), 6)
+    Traceback (most recent call last):
+    ...
+    ValueError: x must have shape (..., T, d_model=6), got (2, 5, 8)
+    """
+    check_float_tensor(name, x, min_dims=2)
+    check_shape(name, x, (*x.shape[:-1], width), what=f"(..., T, {width_name}={width})")
+    _check_device(name, x, device)
+    check_non_negative_int("offset", offset)
+    check_max_len(x.size(-2), max_len, offset, what=f"{name} {tuple(x.shape)}")
+
+
+def check_broadcast_to(target_name: str, target: torch.Tensor, **tensors: Any) -> None:
+    """Each given tensor broadcasts to ``target``'s shape and lives on its device.
+
+    >>> x = torch.zeros(2, 3, 4)
+    >>> check_broadcast_to("x", x, cos=torch.zeros(3, 4), sin=torch.zeros(5, 4))
+    Traceback (most recent call last):
+    ...
+    ValueError: sin must broadcast to x (2, 3, 4), got (5, 4)
+    """
+    for name, t in tensors.items():
+        check_broadcasts(name, t, target.shape, what=target_name)
+        _check_device(name, t, target.device)

@@ -78,7 +78,7 @@ _LOG2E = 1.4426950408889634  # exp(x) = 2^(x · log2 e); exp2 is the cheaper ins
 
 
 def _check_inputs(q: object, k: object, v: object, key_padding_mask: object) -> None:
-    """q, k, v with the same leading dims; key_padding_mask ``(B, Lk)`` for ``q (B, ..., Lq, D)``."""
+    """q, k, v with the same leading dims; key_padding_mask ``(B, Lk)`` for ``q (B, ..., D)``."""
     check_qkv(q, k, v)
     check_shape("k", k, (*q.shape[:-2], None, q.size(-1)), what=f"q's (..., Lk, D) = "
                 f"{(*q.shape[:-2], 'Lk', q.size(-1))}")
@@ -386,7 +386,7 @@ class DecoderLM(nn.Module):
     def generate(
         self, memory: torch.Tensor, start: torch.Tensor, steps: int, use_cache: bool = True
     ) -> torch.Tensor:
-        """Greedy decoding of ``steps`` tokens after ``start (B, T0)``; returns ``(B, T0 + steps)``."""
+        """Greedy decoding of ``steps`` tokens after ``start (B, T0)``: ``(B, T0 + steps)``."""
         check_token_ids("start", start, self.vocab)
         check_non_negative_int("steps", steps)
         if start.dim() != 2 or start.size(1) + steps > self.max_len:

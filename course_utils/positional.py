@@ -31,11 +31,12 @@ import torch
 from torch import nn
 
 from course_utils.checks import (
+    check_broadcast_to,
+    check_divisible,
     check_float_tensor,
-    check_non_negative_int,
-    check_positive_int,
-    check_shape,
-    check_tensor,
+    check_int_tensor,
+    check_sequence_input,
+    check_sizes,
 )
 
 __all__ = [
@@ -50,20 +51,10 @@ __all__ = [
 ]
 
 
-def _check_input(x: object, d_model: int, max_len: float, offset: int, table: torch.Tensor,
-                 dim_name: str = "d_model") -> None:
-    """``x (..., T, d_model)`` on the table's device, with positions ``offset..offset+T-1``."""
-    check_float_tensor("x", x, min_dims=2)
-    check_non_negative_int("offset", offset)
-    if x.device != table.device:
-        raise ValueError(f"x must be on the module's device {table.device}, got x on {x.device} "
-                         "(move the module with .to(device))")
-    check_shape("x", x, (*x.shape[:-1], d_model), what=f"(..., T, {dim_name}={d_model})")
-    if offset + x.size(-2) > max_len:
-        raise ValueError(
-            f"sequence too long: positions {offset}..{offset + x.size(-2) - 1} need "
-            f"max_len >= {offset + x.size(-2)}, got max_len={max_len} (x {tuple(x.shape)})"
-        )
+def _add_positions(x: torch.Tensor, table: torch.Tensor, offset: int) -> torch.Tensor:
+    """``x + table[offset : offset + T]``: the vectors of positions ``offset..`` added."""
+    check_sequence_input("x", x, table.size(-1), table.device, offset, max_len=table.size(0))
+    return x + table[offset : offset + x.size(-2)].to(x.dtype)  # (..., T, D)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,8 +79,7 @@ def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
     >>> round(pe[1, 0].item(), 4), round(pe[1, 1].item(), 4)   # sin(1), cos(1)
     (0.8415, 0.5403)
     """
-    check_positive_int("max_len", max_len)
-    check_positive_int("d_model", d_model)
+    check_sizes(max_len=max_len, d_model=d_model)
     pos = torch.arange(max_len, dtype=torch.float64)[:, None]  # (max_len, 1)
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # 0, 2, 4, ... (ceil(d/2),)
     angle = pos / 10000.0 ** (two_i / d_model)  # (max_len, ceil(d/2))
@@ -124,9 +114,7 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        _check_input(x, self.d_model, self.max_len, offset, self.pe)
-        t = x.size(-2)
-        return self.dropout(x + self.pe[offset : offset + t].to(x.dtype))  # (..., T, D)
+        return self.dropout(_add_positions(x, self.pe, offset))  # (..., T, D)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,14 +137,12 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def __init__(self, max_len: int, d_model: int) -> None:
         super().__init__()
-        check_positive_int("max_len", max_len)
-        check_positive_int("d_model", d_model)
+        check_sizes(max_len=max_len, d_model=d_model)
         self.max_len, self.d_model = max_len, d_model
         self.weight = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        _check_input(x, self.d_model, self.max_len, offset, self.weight)
-        return x + self.weight[offset : offset + x.size(-2)].to(x.dtype)  # (..., T, D)
+        return _add_positions(x, self.weight, offset)  # (..., T, D)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +160,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     tensor([-3., -4.,  1.,  2.])
     """
     check_float_tensor("x", x, min_dims=1)
-    if x.size(-1) % 2 != 0:
-        raise ValueError(f"the last dim of x must be even, got x {tuple(x.shape)}")
+    check_divisible("x.size(-1)", x.size(-1), None, 2)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
@@ -190,20 +175,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     >>> apply_rotary(x, angle.cos(), angle.sin()).round(decimals=6).abs()
     tensor([[0., 1.]])
     """
-    for name, t in (("x", x), ("cos", cos), ("sin", sin)):
-        check_float_tensor(name, t)
-    if not _broadcasts(x.shape, cos.shape, sin.shape) or not x.device == cos.device == sin.device:
-        raise ValueError(f"cos and sin must broadcast to x {tuple(x.shape)} on its device "
-                         f"{x.device}, got cos {tuple(cos.shape)}, sin {tuple(sin.shape)} on "
-                         f"{cos.device}, {sin.device}")
-    return x * cos + rotate_half(x) * sin
-
-
-def _broadcasts(target: torch.Size, *shapes: torch.Size) -> bool:
-    try:
-        return torch.broadcast_shapes(target, *shapes) == target
-    except RuntimeError:
-        return False
+    rotated = rotate_half(x)  # (..., T, D): each pair turned by 90°
+    check_broadcast_to("x", x, cos=cos, sin=sin)
+    return x * cos + rotated * sin
 
 
 class RotaryEmbedding(nn.Module):
@@ -214,8 +188,8 @@ class RotaryEmbedding(nn.Module):
     ``R(m)q · R(n)k = q · R(n-m)k``: the score depends on the positions only through
     ``m - n``. Apply it to queries and keys (not values), after splitting heads.
 
-    * ``forward(x, positions=None)``: ``positions`` is ``(T,)`` or ``(B, T)`` (for
-      ``x (B, H, T, D)`` the head axis is inserted for you); default ``0..T-1``.
+    * ``forward(x, positions=None, offset=0)``: integer ``positions`` ``(T,)`` or ``(B, T)``
+      (for ``x (B, H, T, D)`` the head axis is inserted for you); default ``offset..offset+T-1``.
     * ``rotate(x, offset=0)``: positions ``offset..offset+T-1`` (KV-cache decoding).
     * ``cos_sin(positions)``: the ``(..., T, head_dim)`` tables, as HF's ``LlamaRotaryEmbedding``.
 
@@ -235,9 +209,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
-        check_positive_int("head_dim", head_dim)
-        if head_dim % 2 != 0:
-            raise ValueError(f"head_dim must be even (dims are rotated in pairs), got {head_dim}")
+        check_divisible("head_dim", head_dim, None, 2)  # dims are rotated in pairs
         self.head_dim, self.base = head_dim, base
         # θ_i = base^(-2i/D), i = 0..D/2-1 — computed exactly as HF's LLaMA does (float32)
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
@@ -255,11 +227,15 @@ class RotaryEmbedding(nn.Module):
         angles = torch.cat((freqs, freqs), dim=-1)  # (..., T, D): pair i uses dims i, i+D/2
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        _check_input(x, self.head_dim, math.inf, 0, self.inv_freq, "head_dim")
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, offset: int = 0
+    ) -> torch.Tensor:
+        device = self.inv_freq.device
+        check_sequence_input("x", x, self.head_dim, device, offset, width_name="head_dim")
         t = x.size(-2)
-        positions = torch.arange(t, device=x.device) if positions is None else positions
-        _check_positions(positions, x)
+        if positions is None:  # offset, offset + 1, ...: the tokens after `offset` cached ones
+            positions = torch.arange(offset, offset + t, device=x.device)
+        check_int_tensor("positions", positions, (1, 2), t, x.device, f"(T,) or (B, T), T = {t}")
         cos, sin = self.cos_sin(positions, dtype=x.dtype)  # (T, D) or (B, T, D)
         if positions.dim() == 2 and x.dim() == 4:  # (B, T, D) -> (B, 1, T, D) for the heads
             cos, sin = cos[:, None], sin[:, None]
@@ -267,20 +243,7 @@ class RotaryEmbedding(nn.Module):
 
     def rotate(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """Apply RoPE with positions ``offset, offset+1, ...`` along dim -2."""
-        _check_input(x, self.head_dim, math.inf, offset, self.inv_freq, "head_dim")
-        return self.forward(x, torch.arange(offset, offset + x.size(-2), device=x.device))
-
-
-def _check_positions(positions: object, x: torch.Tensor) -> None:
-    """Integer (or float) positions ``(T,)`` or ``(B, T)`` on the device of ``x``."""
-    check_tensor("positions", positions, dims=(1, 2))
-    if positions.dtype == torch.bool or positions.is_complex():
-        raise TypeError(f"positions must be an integer (or float) tensor, got dtype "
-                        f"{positions.dtype}")
-    t = x.size(-2)
-    if positions.size(-1) != t or positions.device != x.device:
-        raise ValueError(f"positions must have shape (T,) or (B, T) with T = {t} on {x.device}, "
-                         f"got {tuple(positions.shape)} on {positions.device}")
+        return self.forward(x, offset=offset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +265,7 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     >>> [round(m, 4) for m in alibi_slopes(6).tolist()]          # 4 of n=4, then 2 of n=8
     [0.25, 0.0625, 0.0156, 0.0039, 0.5, 0.125]
     """
-    check_positive_int("num_heads", num_heads)
+    check_sizes(num_heads=num_heads)
 
     def power_of_two(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)
@@ -335,9 +298,9 @@ def alibi_bias(
             [-0.0117, -0.0078, -0.0039,  0.0000]])
     """
     lk = lq if lk is None else lk
-    for name, n in (("lq", lq), ("lk", lk), ("offset", offset)):
-        check_non_negative_int(name, n)
+    check_sizes(0, lq=lq, lk=lk, offset=offset)
     i = torch.arange(offset, offset + lq, device=device, dtype=torch.float64)[:, None]  # (Lq, 1)
     j = torch.arange(lk, device=device, dtype=torch.float64)  # (Lk,)
     slopes = alibi_slopes(num_heads).to(device=device, dtype=torch.float64)[:, None, None]
-    return (slopes * torch.minimum(j - i, i - j)).to(dtype)  # -m_h |i - j|: (H, Lq, Lk)
+    distance = (i - j).abs()  # (Lq, Lk): how far key j is from query i
+    return (0.0 - slopes * distance).to(dtype)  # (H, Lq, Lk); 0 - 0 is +0, not -0

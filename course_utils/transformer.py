@@ -33,11 +33,12 @@ from torch import nn
 
 from course_utils.attention import MultiHeadAttention
 from course_utils.checks import (
-    check_float_tensor,
-    check_like_module,
+    check_divisible,
+    check_instance,
     check_positive_int,
     check_probability,
-    check_shape,
+    check_sequences,
+    check_sizes,
 )
 from course_utils.kv_cache import KVCache, KVCacheBase
 
@@ -63,19 +64,9 @@ def _get_activation(activation: Activation) -> Callable[[torch.Tensor], torch.Te
 
 
 def _check_layer_args(d_model: int, nhead: int, dim_feedforward: int, dropout: float) -> None:
-    for name, n in (("d_model", d_model), ("nhead", nhead), ("dim_feedforward", dim_feedforward)):
-        check_positive_int(name, n)
-    if d_model % nhead != 0:
-        raise ValueError(f"d_model must be divisible by nhead, got d_model={d_model} and "
-                         f"nhead={nhead}")
+    check_divisible("d_model", d_model, "nhead", nhead)
+    check_sizes(dim_feedforward=dim_feedforward)
     check_probability("dropout", dropout)
-
-
-def _check_src(name: str, x: object, d_model: int, batch_first: bool, weight: torch.Tensor) -> None:
-    check_float_tensor(name, x)
-    check_like_module(name, x, weight)  # a dtype/device mismatch would fail inside LayerNorm
-    layout = "(B, T, E)" if batch_first else "(T, B, E)"
-    check_shape(name, x, (None, None, d_model), what=f"{layout} with E = {d_model}")
 
 
 def _torch_activation(module: nn.Module) -> Activation:
@@ -149,7 +140,7 @@ class TransformerEncoderLayer(nn.Module):
         src_key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        _check_src("src", src, self.d_model, self.batch_first, self.linear1.weight)
+        check_sequences(self.linear1.weight, self.batch_first, src=(src, self.d_model))
         x = src if self.batch_first else src.transpose(0, 1)  # (B, T, E)
         if self.norm_first:  # pre-LN: normalise inside the residual branch
             x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
@@ -181,23 +172,8 @@ class TransformerEncoderLayer(nn.Module):
 
         Remember to invert boolean masks: torch's ``src_mask`` True = *not* allowed.
         """
-        if not isinstance(module, nn.TransformerEncoderLayer):
-            raise TypeError(
-                f"module must be a torch.nn.TransformerEncoderLayer, got {type(module).__name__}"
-            )
-        new = cls(
-            module.self_attn.embed_dim,
-            module.self_attn.num_heads,
-            dim_feedforward=module.linear1.out_features,
-            dropout=module.dropout.p,
-            activation=_torch_activation(module),
-            layer_norm_eps=module.norm1.eps,
-            batch_first=module.self_attn.batch_first,
-            norm_first=module.norm_first,
-            bias=module.linear1.bias is not None,
-        )
-        _copy_common(new, module, n_norms=2)
-        return new
+        check_instance("module", module, nn.TransformerEncoderLayer)
+        return _copy_layer(cls, module, ["self_attn"], n_norms=2)
 
 
 class TransformerDecoderLayer(nn.Module):
@@ -262,8 +238,8 @@ class TransformerDecoderLayer(nn.Module):
         tgt_is_causal: bool = False,
         memory_is_causal: bool = False,
     ) -> torch.Tensor:
-        _check_src("tgt", tgt, self.d_model, self.batch_first, self.linear1.weight)
-        _check_src("memory", memory, self.d_model, self.batch_first, self.linear1.weight)
+        check_sequences(self.linear1.weight, self.batch_first, tgt=(tgt, self.d_model),
+                        memory=(memory, self.d_model))
         x = tgt if self.batch_first else tgt.transpose(0, 1)  # (B, T, E)
         mem = memory if self.batch_first else memory.transpose(0, 1)  # (B, S, E)
 
@@ -273,8 +249,9 @@ class TransformerDecoderLayer(nn.Module):
 
         def cross_attention(h: torch.Tensor) -> torch.Tensor:
             # queries from the decoder, keys and values from the encoder output
-            return self.multihead_attn(h, mem, mem, attn_mask=memory_mask, is_causal=memory_is_causal,
-                                       key_padding_mask=memory_key_padding_mask)[0]
+            return self.multihead_attn(h, mem, mem, attn_mask=memory_mask,
+                                       key_padding_mask=memory_key_padding_mask,
+                                       is_causal=memory_is_causal)[0]
 
         x = self._blocks(x, self_attention, cross_attention)
         return x if self.batch_first else x.transpose(0, 1)
@@ -295,7 +272,7 @@ class TransformerDecoderLayer(nn.Module):
         """
         if self.training:
             raise RuntimeError("cached decoding is for inference: call model.eval() first")
-        _check_src("tgt", tgt, self.d_model, self.batch_first, self.linear1.weight)
+        check_sequences(self.linear1.weight, self.batch_first, tgt=(tgt, self.d_model))
         x = tgt if self.batch_first else tgt.transpose(0, 1)  # (B, T_new, E)
 
         def self_attention(h: torch.Tensor) -> torch.Tensor:
@@ -310,7 +287,7 @@ class TransformerDecoderLayer(nn.Module):
 
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The cross-attention keys and values of ``memory``, ``(B, H, S, D)`` each."""
-        _check_src("memory", memory, self.d_model, self.batch_first, self.linear1.weight)
+        check_sequences(self.linear1.weight, self.batch_first, memory=(memory, self.d_model))
         mem = memory if self.batch_first else memory.transpose(0, 1)  # (B, S, E)
         return self.multihead_attn.project_kv(mem)
 
@@ -338,40 +315,31 @@ class TransformerDecoderLayer(nn.Module):
         Remember to invert boolean masks: torch's ``tgt_mask``/``memory_mask`` True = *not*
         allowed.
         """
-        if not isinstance(module, nn.TransformerDecoderLayer):
-            raise TypeError(
-                f"module must be a torch.nn.TransformerDecoderLayer, got {type(module).__name__}"
-            )
-        new = cls(
-            module.self_attn.embed_dim,
-            module.self_attn.num_heads,
-            dim_feedforward=module.linear1.out_features,
-            dropout=module.dropout.p,
-            activation=_torch_activation(module),
-            layer_norm_eps=module.norm1.eps,
-            batch_first=module.self_attn.batch_first,
-            norm_first=module.norm_first,
-            bias=module.linear1.bias is not None,
-        )
-        _copy_common(new, module, n_norms=3)
-        new.multihead_attn = _copy_attn(module.multihead_attn)
-        return new
+        check_instance("module", module, nn.TransformerDecoderLayer)
+        return _copy_layer(cls, module, ["self_attn", "multihead_attn"], n_norms=3)
 
 
-def _copy_attn(module: nn.MultiheadAttention) -> MultiHeadAttention:
-    attn = MultiHeadAttention.from_torch(module)
-    attn.batch_first = True  # our layers transpose once at the top, not inside the attention
-    return attn
-
-
-def _copy_common(new: nn.Module, module: nn.Module, n_norms: int) -> None:
-    """Copy self_attn, linear1/2 and norm1..n from a torch layer into ours (in place)."""
-    new.self_attn = _copy_attn(module.self_attn)
-    names = ["linear1", "linear2"] + [f"norm{i}" for i in range(1, n_norms + 1)]
-    for name in names:
+def _copy_layer(cls: type[nn.Module], module: nn.Module, attentions: list[str], n_norms: int):
+    """A layer of class ``cls`` with the configuration and weights of torch's ``module``."""
+    new = cls(
+        module.self_attn.embed_dim,
+        module.self_attn.num_heads,
+        dim_feedforward=module.linear1.out_features,
+        dropout=module.dropout.p,
+        activation=_torch_activation(module),
+        layer_norm_eps=module.norm1.eps,
+        batch_first=module.self_attn.batch_first,
+        norm_first=module.norm_first,
+        bias=module.linear1.bias is not None,
+    )
+    for name in attentions:
+        attn = MultiHeadAttention.from_torch(getattr(module, name))
+        attn.batch_first = True  # our layers transpose once at the top, not inside the attention
+        setattr(new, name, attn)
+    for name in ["linear1", "linear2"] + [f"norm{i}" for i in range(1, n_norms + 1)]:
         getattr(new, name).load_state_dict(getattr(module, name).state_dict())
     ref = module.linear1.weight
-    new.to(device=ref.device, dtype=ref.dtype)
+    return new.to(device=ref.device, dtype=ref.dtype)
 
 
 class TransformerEncoder(nn.Module):
@@ -414,10 +382,7 @@ class TransformerEncoder(nn.Module):
     @classmethod
     def from_torch(cls, module: nn.TransformerEncoder) -> TransformerEncoder:
         """Copy a ``torch.nn.TransformerEncoder`` (every layer and the final norm)."""
-        if not isinstance(module, nn.TransformerEncoder):
-            raise TypeError(
-                f"module must be a torch.nn.TransformerEncoder, got {type(module).__name__}"
-            )
+        check_instance("module", module, nn.TransformerEncoder)
         layers = [TransformerEncoderLayer.from_torch(layer) for layer in module.layers]
         new = cls(layers[0], len(layers), norm=copy.deepcopy(module.norm))
         new.layers = nn.ModuleList(layers)
@@ -512,10 +477,7 @@ class TransformerDecoder(nn.Module):
     @classmethod
     def from_torch(cls, module: nn.TransformerDecoder) -> TransformerDecoder:
         """Copy a ``torch.nn.TransformerDecoder`` (every layer and the final norm)."""
-        if not isinstance(module, nn.TransformerDecoder):
-            raise TypeError(
-                f"module must be a torch.nn.TransformerDecoder, got {type(module).__name__}"
-            )
+        check_instance("module", module, nn.TransformerDecoder)
         layers = [TransformerDecoderLayer.from_torch(layer) for layer in module.layers]
         new = cls(layers[0], len(layers), norm=copy.deepcopy(module.norm))
         new.layers = nn.ModuleList(layers)

@@ -13,8 +13,8 @@ arithmetic is much faster than its memory.
 
 On a machine without a GPU the same kernel runs in Triton's *interpreter* (``TRITON_INTERPRET=1``
 set before ``triton`` is imported): slow NumPy emulation, but exact enough to test the kernel
-on the CPU (in float32; NumPy has no bfloat16). The tests in ``tests/test_triton_attention.py``
-do that.
+on the CPU (in float32; NumPy has no bfloat16). The tests in
+``tests/unit/test_triton_attention.py`` do that.
 
 >>> ok, why = triton_available()
 >>> isinstance(ok, bool) and isinstance(why, str)
@@ -27,7 +27,9 @@ import os
 
 import torch
 
-__all__ = ["HAS_TRITON", "flash_attention_triton", "triton_available"]
+from course_utils.checks import check_one_of, check_qkv, check_shape, check_sizes
+
+__all__ = ["HAS_TRITON", "attention_flops", "flash_attention_triton", "triton_available"]
 
 try:  # Triton is optional: it is not available on every platform (e.g. macOS)
     import triton
@@ -46,12 +48,14 @@ def _interpreting() -> bool:
 def triton_available() -> tuple[bool, str]:
     """``(True, how)`` if :func:`flash_attention_triton` can run here, else ``(False, why not)``."""
     if not HAS_TRITON:
-        return False, "triton is not installed (pip install triton; Linux with an NVIDIA or AMD GPU)"
+        return False, ("triton is not installed (pip install triton; Linux with an NVIDIA or AMD "
+                       "GPU)")
     if _interpreting():
         return True, "Triton's interpreter (TRITON_INTERPRET=1): CPU emulation, for testing only"
     if torch.cuda.is_available():
         return True, f"compiled for {torch.cuda.get_device_name()}"
-    return False, "no CUDA GPU here (set TRITON_INTERPRET=1 before importing triton to emulate the kernel)"
+    return False, ("no CUDA GPU here (set TRITON_INTERPRET=1 before importing triton to emulate "
+                   "the kernel)")
 
 
 if HAS_TRITON:
@@ -61,7 +65,7 @@ if HAS_TRITON:
         Q, K, V, Out,  # (BH, L, D) contiguous
         qk_scale,  # softmax scale · log2(e): the kernel works with exp2
         N_Q, N_K,  # sequence lengths
-        stride_q, stride_k, stride_v, stride_o,  # stride of the BH dim (the L and D strides are D and 1)
+        stride_q, stride_k, stride_v, stride_o,  # BH strides (the L and D strides are D and 1)
         HEAD_DIM: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -126,22 +130,16 @@ def flash_attention_triton(
     ok, why = triton_available()
     if not ok:
         raise RuntimeError(f"flash_attention_triton cannot run: {why}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor (B, H, L, D), got {getattr(t, 'shape', type(t))}")
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.size(3) != k.size(3):
-        raise ValueError(
-            f"q (B, H, Lq, D) and k, v (B, H, Lk, D) must agree, got q {tuple(q.shape)}, k {tuple(k.shape)}, "
-            f"v {tuple(v.shape)}"
-        )
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"q, k, v must share one dtype among fp16, bf16, fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+    check_qkv(q, k, v, dims=4)
+    check_shape("k", k, (*q.shape[:2], None, q.size(3)), what="(B, H, Lk, D) with q's B, H, D")
+    check_shape("v", v, tuple(k.shape), what=f"k's shape {tuple(k.shape)}")
+    check_one_of("q.dtype", q.dtype, (torch.float16, torch.bfloat16, torch.float32))
     if _interpreting() and q.dtype == torch.bfloat16:
-        raise TypeError("Triton's interpreter computes with NumPy, which has no bfloat16: use fp32 or fp16 there")
+        raise TypeError("Triton's interpreter computes with NumPy, which has no bfloat16: "
+                        "use fp32 or fp16 there")
     b, h, lq, d = q.shape
     lk = k.size(2)
-    if d not in (16, 32, 64, 128, 256):
-        raise ValueError(f"head dim D must be a power of two in 16..256, got {d}")
+    check_one_of("the head dim D", d, (16, 32, 64, 128, 256))
     if causal and lq > lk:
         raise ValueError(f"causal=True needs Lq <= Lk, got Lq={lq}, Lk={lk}")
     scale = d**-0.5 if scale is None else scale
@@ -156,8 +154,15 @@ def flash_attention_triton(
     return out.view(b, h, lq, d)
 
 
-def _flops(b: int, h: int, lq: int, lk: int, d: int, causal: bool) -> float:
-    """Floating-point operations of one attention forward: two matmuls of 2·Lq·Lk·D each."""
+def attention_flops(b: int, h: int, lq: int, lk: int, d: int, causal: bool = False) -> float:
+    """Floating-point operations of one attention forward: two matmuls (``q kᵀ`` and ``P v``)
+    of ``2·Lq·Lk·D`` each per head; a causal mask skips about half of them (the convention of
+    FlashAttention's benchmarks). Divide by the time for FLOP/s.
+
+    >>> attention_flops(1, 8, 4096, 4096, 64) / 1e9                  # GFLOP
+    34.359738368
+    """
+    check_sizes(b=b, h=h, lq=lq, lk=lk, d=d)
     f = 4.0 * b * h * lq * lk * d
     return f / 2 if causal else f
 

@@ -172,7 +172,7 @@ def test_rope_position_zero_is_identity_and_apply_rotary() -> None:
 
 
 def test_rope_bad_input() -> None:
-    with pytest.raises(ValueError, match=r"head_dim must be even .* got 7"):
+    with pytest.raises(ValueError, match=r"head_dim must be divisible by 2, got head_dim=7"):
         RotaryEmbedding(7)
     rope = RotaryEmbedding(8)
     with pytest.raises(
@@ -180,7 +180,7 @@ def test_rope_bad_input() -> None:
     ):
         rope(randn(2, 3, 6))
     with pytest.raises(
-        ValueError, match=r"positions must have shape \(T,\) or \(B, T\) with T = 3 on cpu, got \(4,\)"
+        ValueError, match=r"positions must have shape \(T,\) or \(B, T\), T = 3, got \(4,\)"
     ):
         rope(randn(2, 3, 8), torch.arange(4))
 
