@@ -330,7 +330,7 @@ class GPT(nn.Module):
         if c.positions == "learned":
             return LearnedPositionalEmbedding(c.block_size, c.n_embd)
         if c.positions == "sinusoidal":
-            return SinusoidalPositionalEncoding(c.n_embd, max_len=c.max_positions)
+            return ScaledSinusoidalPositions(c.n_embd, c.max_positions, rms=0.02)
         return None  # rope: inside the attention; alibi: a bias on the scores; none: nothing
 
     @staticmethod
@@ -420,6 +420,35 @@ class GPT(nn.Module):
         ``(B, V)`` and the cache."""
         logits = self.forward_cached(tokens[:, cache.length(0):], cache)
         return logits[:, -1], cache
+
+
+class ScaledSinusoidalPositions(nn.Module):
+    """The sinusoidal table of Vaswani et al. (2017), scaled to a root-mean-square of ``rms``.
+
+    ``forward(x (B, T, E), offset=0) -> x + rms·√2·PE[offset : offset + T]``. The paper's sines
+    and cosines have amplitude 1 (RMS 1/√2); next to GPT-2's token embeddings, N(0, 0.02²), they
+    would drown the tokens 35 to 1. Scaled to the size of a learned position table at
+    initialisation, the two start alike and differ only in that this one is fixed (and defined
+    at every position).
+
+    >>> pos = ScaledSinusoidalPositions(8, max_len=100, rms=0.02)
+    >>> round(pos.pe.pow(2).mean().sqrt().item(), 3)
+    0.02
+    """
+
+    def __init__(self, d_model: int, max_len: int, rms: float = 0.02) -> None:
+        super().__init__()
+        check_real("rms", rms, 0.0, low_open=True)
+        table = SinusoidalPositionalEncoding(d_model, max_len=max_len).pe  # (max_len, E), amplitude 1
+        self.register_buffer("pe", table * (rms * math.sqrt(2.0)), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        check_float_tensor("x", x, dims=3)
+        check_non_negative_int("offset", offset)
+        if offset + x.size(1) > self.pe.size(0):
+            raise ValueError(f"positions {offset}..{offset + x.size(1) - 1} need a table of "
+                             f"{offset + x.size(1)} rows, this one has {self.pe.size(0)}")
+        return x + self.pe[offset : offset + x.size(1)].to(x.dtype)  # (B, T, E)
 
 
 def _attach_rope(attn: MultiHeadAttention, head_dim: int) -> None:
