@@ -55,6 +55,11 @@ def _read_proc(path: str) -> str:
         return f.read()
 
 
+def _write_proc(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def _proc_kib(field: str) -> int | None:
     """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``); ``None`` without /proc."""
     try:
@@ -80,8 +85,7 @@ def rss_mb() -> float:
 def _reset_peak_rss() -> bool:
     """Reset the kernel's record of this process's peak RSS (Linux ≥ 4.0); False if unsupported."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        _write_proc("/proc/self/clear_refs", "5")
     except OSError:
         return False
     return _proc_kib("VmHWM") is not None
