@@ -1,0 +1,62 @@
+"""The compiled tiled attention equals PyTorch's SDPA (eager tile updates here; the compiled
+kernel in the slow test)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_utils.inference.compiled import (
+    compile_seconds,
+    compiled_tiled_attention,
+    inductor_cache_hits,
+    tile_update,
+)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lq,lk,bq,bk", [(100, 100, 32, 24), (64, 64, 64, 64), (30, 70, 16, 50)])
+def test_eager_tiles_equal_sdpa(causal, lq, lk, bq, bk):
+    if causal and lq != lk:
+        pytest.skip("causal attention here is square, as in tiled_attention")
+    g = torch.Generator().manual_seed(lq + lk)
+    q = torch.randn(2, 3, lq, 16, generator=g)
+    k, v = torch.randn(2, 3, lk, 16, generator=g), torch.randn(2, 3, lk, 8, generator=g)
+    out = compiled_tiled_attention(q, k, v, causal=causal, block_q=bq, block_k=bk, compiled=False)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    assert (out - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_compiled_tiles_equal_sdpa():
+    q, k, v = torch.randn(3, 1, 4, 256, 32).unbind(0)
+    before = inductor_cache_hits()
+    seconds = compile_seconds(compiled_tiled_attention, q, k, v, block_q=64, block_k=128)
+    after = inductor_cache_hits()
+    assert seconds > 0 and after["hits"] + after["misses"] > before["hits"] + before["misses"]
+    for causal in (False, True):
+        with torch.no_grad():
+            out = compiled_tiled_attention(q, k, v, causal=causal, block_q=64, block_k=128)
+        assert (out - F.scaled_dot_product_attention(q, k, v, is_causal=causal)).abs().max() <= 1e-5
+
+
+def test_tile_update_is_one_online_softmax_step():
+    """Two tiles through tile_update give the softmax of the whole row."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(1, 3, 10, generator=g)  # scores in log2 units, as tile_update expects
+    v = torch.randn(1, 10, 4, generator=g)
+    eye = torch.eye(3)[None]  # q = identity rows so that q @ kᵀ = s
+    m, total, acc = torch.full((1, 3, 1), float("-inf")), torch.zeros(1, 3, 1), torch.zeros(1, 3, 4)
+    for j0, j1 in ((0, 6), (6, 10)):
+        m, total, acc = tile_update(eye, s[:, :, j0:j1], v[:, j0:j1], m, total, acc)
+    ref = torch.softmax(s * torch.log(torch.tensor(2.0)), -1) @ v
+    assert torch.allclose(acc / total, ref, atol=1e-6)
+
+
+def test_bad_inputs():
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(ValueError, match="block_q must be a positive int"):
+        compiled_tiled_attention(q, q, q, block_q=0, compiled=False)
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        compiled_tiled_attention(q, q, q, causal="yes", compiled=False)

@@ -1,0 +1,150 @@
+"""Multi-head latent attention: naive and weight-absorbed forms equal each other, the cached
+decoding equals the full pass, and the layer equals transformers' DeepseekV2Attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from course_utils.inference.latent_attention import (
+    DEEPSEEK_V2,
+    LatentKVCache,
+    MLAConfig,
+    MultiHeadLatentAttention,
+    kv_cache_bytes_per_token,
+)
+from course_utils.kv_cache import KVCache
+
+SIZES = dict(d_model=64, num_heads=4, kv_rank=16, q_rank=24, nope_dim=8, rope_dim=4, v_dim=6)
+
+
+def mla(seed=0, dtype=torch.float32, **overrides):
+    torch.manual_seed(seed)
+    m = MultiHeadLatentAttention(**{**SIZES, **overrides}).to(dtype)
+    with torch.no_grad():  # non-trivial norms, so a misplaced one would show
+        for norm in (m.q_norm, m.kv_norm):
+            if norm is not None:
+                norm.weight.uniform_(0.5, 1.5)
+    return m
+
+
+@pytest.mark.parametrize("q_rank", [24, None])
+def test_absorbed_equals_naive(q_rank):
+    m = mla(q_rank=q_rank)
+    x = torch.randn(3, 17, 64)
+    assert (m(x) - m(x, absorbed=True)).abs().max() <= 1e-5
+    m64 = mla(q_rank=q_rank, dtype=torch.float64)
+    x64 = x.double()
+    assert (m64(x64) - m64(x64, absorbed=True)).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("absorbed", [False, True])
+def test_cached_decoding_equals_the_full_pass(absorbed):
+    m = mla()
+    x = torch.randn(2, 15, 64)
+    full = m(x)
+    cache = m.new_cache(batch=2, max_len=15, num_layers=2)
+    chunks, t, outs = [5, 1, 1, 4, 1, 3], 0, []
+    for size in chunks:  # a prompt, steps, more chunks; layer 1 of the cache
+        outs.append(m(x[:, t : t + size], cache=cache, layer=1, absorbed=absorbed))
+        t += size
+    assert (torch.cat(outs, 1) - full).abs().max() <= 1e-5
+    assert cache.length(1) == 15 and cache.length(0) == 0
+
+
+def test_is_causal():
+    m = mla()
+    x = torch.randn(1, 10, 64)
+    y = x.clone()
+    y[:, 6:] = torch.randn(1, 4, 64)  # change the future of token 5
+    assert torch.allclose(m(x)[:, :6], m(y)[:, :6], atol=1e-6)
+    assert not torch.allclose(m(x)[:, 6:], m(y)[:, 6:], atol=1e-3)
+
+
+def _hf_attention(m: MultiHeadLatentAttention):
+    """transformers' DeepseekV2Attention holding m's weights (DeepSeek's RoPE pairs dims
+    (2i, 2i+1) where the course pairs (i, i + d/2): reorder the RoPE rows to match)."""
+    tf = pytest.importorskip("transformers.models.deepseek_v2.modeling_deepseek_v2")
+    cfg_mod = pytest.importorskip("transformers.models.deepseek_v2.configuration_deepseek_v2")
+    h, nope, rope, v, kv_rank = m.num_heads, m.nope_dim, m.rope_dim, m.v_dim, m.kv_rank
+    config = cfg_mod.DeepseekV2Config(
+        hidden_size=m.d_model,
+        num_attention_heads=h,
+        num_key_value_heads=h,
+        q_lora_rank=m.q_rank,
+        kv_lora_rank=kv_rank,
+        qk_nope_head_dim=nope,
+        qk_rope_head_dim=rope,
+        v_head_dim=v,
+        attention_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        rms_norm_eps=1e-6,
+    )
+    config._attn_implementation = "eager"
+    hf = tf.DeepseekV2Attention(config, layer_idx=0).eval()
+    to_hf = torch.cat(
+        [torch.arange(0, rope, 2), torch.arange(1, rope, 2)]
+    ).argsort()  # course -> HF
+    with torch.no_grad():
+        hf.q_a_proj.weight.copy_(m.w_dq.weight)
+        hf.q_a_layernorm.weight.copy_(m.q_norm.weight)
+        q_rope = m.w_qr.weight.view(h, rope, -1)[:, to_hf]
+        hf.q_b_proj.weight.copy_(
+            torch.cat([m.w_uq.weight.view(h, nope, -1), q_rope], 1).flatten(0, 1)
+        )
+        hf.kv_a_proj_with_mqa.weight.copy_(torch.cat([m.w_dkv.weight, m.w_kr.weight[to_hf]]))
+        hf.kv_a_layernorm.weight.copy_(m.kv_norm.weight)
+        hf.kv_b_proj.weight.copy_(
+            torch.cat([m.w_uk.weight.view(h, nope, -1), m.w_uv.weight.view(h, v, -1)], 1).flatten(
+                0, 1
+            )
+        )
+        hf.o_proj.weight.copy_(m.w_o.weight)
+    return hf, tf.DeepseekV2RotaryEmbedding(config)
+
+
+def test_equals_transformers_deepseek_v2_attention():
+    m = mla()
+    hf, rotary = _hf_attention(m)
+    x = torch.randn(2, 11, 64)
+    t = x.size(1)
+    freqs = rotary(x, torch.arange(t)[None])
+    causal = torch.full((t, t), float("-inf")).triu(1)[None, None]
+    with torch.no_grad():
+        ref = hf(x, attention_mask=causal, position_embeddings=freqs)[0]
+        for absorbed in (False, True):
+            assert (m(x, absorbed=absorbed) - ref).abs().max() <= 1e-5
+
+
+def test_cache_bytes_per_token_at_deepseek_v2():
+    """DeepSeek-V2's Table 1, per layer: MHA 2 n_h d_h, GQA 2 n_g d_h, MQA 2 d_h, MLA d_c + d_R."""
+    per_layer = {
+        kind: kv_cache_bytes_per_token(kind, DEEPSEEK_V2, kv_heads=8, bytes_per_number=1)
+        // DEEPSEEK_V2.num_layers
+        for kind in ("mha", "gqa", "mqa", "mla")
+    }
+    assert per_layer == {"mha": 32768, "gqa": 2048, "mqa": 256, "mla": 576}
+    assert per_layer["mla"] == 4.5 * DEEPSEEK_V2.head_dim  # the paper's "≈ 9/2 d_h l"
+    # measured on the cache objects themselves, bf16, one layer
+    mla_cache = LatentKVCache(
+        1, 1, DEEPSEEK_V2.kv_rank, DEEPSEEK_V2.rope_dim, 4, dtype=torch.bfloat16
+    )
+    mha_cache = KVCache(1, 1, DEEPSEEK_V2.num_heads, DEEPSEEK_V2.head_dim, 4, dtype=torch.bfloat16)
+    assert mla_cache.bytes_per_token() == 2 * 576 and mha_cache.nbytes() // 4 == 2 * 32768
+
+
+def test_bad_inputs():
+    m = mla()
+    with pytest.raises(ValueError, match=r"x must have shape \(B, T, d_model=64\)"):
+        m(torch.randn(2, 3, 32))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        kv_cache_bytes_per_token("mlp", DEEPSEEK_V2)
+    with pytest.raises(ValueError, match="kv_heads must be a positive int"):
+        kv_cache_bytes_per_token("gqa", DEEPSEEK_V2)
+    cache = m.new_cache(1, 2)
+    m(torch.randn(1, 2, 64), cache=cache)
+    with pytest.raises(ValueError, match="latent cache full"):
+        m(torch.randn(1, 1, 64), cache=cache)
+    with pytest.raises(ValueError, match="layer must be"):
+        m(torch.randn(1, 1, 64), cache=cache, layer=3)
+    assert isinstance(DEEPSEEK_V2, MLAConfig)
