@@ -15,8 +15,10 @@ The shards are plain POSIX tar, written and read with the standard library's :mo
 every operating system, with no extra dependency; because they follow WebDataset's naming
 convention, ``webdataset.WebDataset("tar_shards/shard-{000000..000003}.tar")`` streams the same
 files. The course reads them at offsets recorded once (as WebDataset's indexed ``wids`` reader
-does) so that every layout serves the same samples in the same order through an ordinary
-map-style ``Dataset``, which the tests check exactly.
+does), so that every layout serves the same samples through an ordinary map-style ``Dataset``
+(the tests check them equal, sample for sample and batch for batch), and streams them in the
+order that makes shards fast — one shard after another, front to back
+(:class:`ShardStreamSampler`).
 
 **Warm and cold.** Reading a file the operating system has read recently costs a copy from its
 page cache (RAM); reading it *cold* goes to the disk. :func:`evict_from_page_cache` drops a
@@ -61,6 +63,7 @@ __all__ = [
     "InMemoryDataset",
     "MemmapDataset",
     "PngFilesDataset",
+    "ShardStreamSampler",
     "StoredLayout",
     "TarShardsDataset",
     "decode_png",
@@ -313,6 +316,38 @@ class TarShardsDataset(torch.utils.data.Dataset):
         self._handles = {}
 
 
+class ShardStreamSampler(torch.utils.data.Sampler):
+    """The order a shard reader uses: shards in a shuffled order, each read front to back.
+
+    Every sample once per epoch, and every read continues where the previous one stopped, so the
+    disk sees a few long sequential reads instead of one random read per sample (WebDataset then
+    mixes samples in a shuffle buffer in memory, which changes nothing on the disk).
+
+    >>> class Fake: index = [(0, 0, 1), (0, 1, 1), (1, 0, 1), (1, 1, 1)]
+    >>> list(ShardStreamSampler(Fake(), seed=0)) in ([0, 1, 2, 3], [2, 3, 0, 1])
+    True
+    """
+
+    def __init__(self, dataset: TarShardsDataset, seed: int = 0) -> None:
+        self.dataset, self.seed = dataset, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset.index)
+
+    def __iter__(self):
+        by_shard: dict[int, list[int]] = {}
+        for i, (shard, offset, _) in enumerate(self.dataset.index):
+            by_shard.setdefault(shard, []).append((offset, i))
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        shards = sorted(by_shard)
+        for k in torch.randperm(len(shards), generator=gen).tolist():
+            yield from (i for _, i in sorted(by_shard[shards[k]]))
+
+
 class MemmapDataset(torch.utils.data.Dataset):
     """Raw pixels in one ``.npy`` file, memory-mapped (opened lazily in each process)."""
 
@@ -467,10 +502,12 @@ def predict_epoch_seconds(files: int, per_file_s: float, nbytes: int, bandwidth:
 
 
 def loader_samples_per_s(dataset: torch.utils.data.Dataset, num_workers: int = 0, batch_size: int = 64,
-                         seed: int = 0, device: torch.device | str = "cpu", pin_memory: bool = False) -> float:
+                         seed: int = 0, device: torch.device | str = "cpu", pin_memory: bool = False,
+                         sampler: torch.utils.data.Sampler | None = None) -> float:
     """Samples per second for one shuffled epoch of ``dataset`` through a ``DataLoader``, copied to ``device``.
 
-    The order is a fixed permutation (``seed``), the same for every layout. The clock starts when
+    The order is a fixed permutation (``seed``), or ``sampler``'s (a :class:`ShardStreamSampler`
+    for shards). The clock starts when
     the first batch arrives, so worker start-up (paid once per epoch without
     ``persistent_workers``) is left out and the rate is the steady one. With ``pin_memory`` the
     copies to a GPU are ``non_blocking``.
@@ -485,7 +522,8 @@ def loader_samples_per_s(dataset: torch.utils.data.Dataset, num_workers: int = 0
     device = torch.device(device)
     if pin_memory and device.type != "cuda":
         raise ValueError(f"pin_memory=True only helps copies to a GPU; the device here is {device}")
-    sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    if sampler is None:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                                          pin_memory=pin_memory)
     seen, start = 0, None
@@ -559,7 +597,10 @@ def run_study(root: str | os.PathLike, samples: int, image_size: int = 64, worke
     study = LoadingStudy(samples, image_size, stored, eviction)
     datasets = {name: open_layout(name, stored[name].root) for name in ("png_files", "tar_shards", "memmap")}
     datasets["in_memory"] = open_layout("in_memory", images=images, labels=labels)
-    order = torch.randperm(samples, generator=torch.Generator().manual_seed(1)).tolist()
+    # each layout read the way its users read it: one random file or page per sample, shards streamed
+    samplers = {name: torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(1))
+                for name, ds in datasets.items()}
+    samplers["tar_shards"] = ShardStreamSampler(datasets["tar_shards"], seed=1)
 
     # the ingredients of the prediction, measured on a probe set that the epochs below do not use
     probe_dir = root / "probe"
@@ -593,19 +634,20 @@ def run_study(root: str | os.PathLike, samples: int, image_size: int = 64, worke
         if cache == "cold":
             evict_from_page_cache(stored[layout].files)
         ds = datasets[layout]
-        if w == "read":  # bytes only, in this process, same order
+        if w == "read":  # bytes only, in this process, in the layout's order
             start = time.perf_counter()
-            for i in order:
+            for i in samplers[layout]:
                 ds.read(i)
             study.read_s[(layout, cache)] = (time.perf_counter() - start) / samples
         else:
             study.rates[(layout, cache, w)] = loader_samples_per_s(ds, num_workers=w, batch_size=batch_size,
-                                                                   device=device)
+                                                                   device=device, sampler=samplers[layout])
     device = torch.device(device)
     if device.type == "cuda":
         for pin in (False, True):
             study.pinned[pin] = loader_samples_per_s(datasets["memmap"], num_workers=max(workers),
-                                                     batch_size=batch_size, device=device, pin_memory=pin)
+                                                     batch_size=batch_size, device=device, pin_memory=pin,
+                                                     sampler=samplers["memmap"])
     datasets["tar_shards"].close()
     return study
 

@@ -129,3 +129,24 @@ def test_the_study_measures_every_layout(tmp_path):
     assert set(study.read_s) == {(lay, c) for lay in ("png_files", "tar_shards", "memmap") for c in study.caches()}
     assert study.decode_s > 0 and all(v > 0 for v in study.bandwidth.values())
     assert "png_files" in study.table([0, 1])
+
+
+def test_shard_stream_sampler_reads_each_shard_front_to_back(stored):
+    images, labels, layouts = stored
+    ds = L.TarShardsDataset(layouts["tar_shards"].root)
+    sampler = L.ShardStreamSampler(ds, seed=0)
+    order = list(sampler)
+    assert sorted(order) == list(range(40))  # every sample once
+    shards = [ds.index[i][0] for i in order]
+    runs = [s for k, s in enumerate(shards) if k == 0 or s != shards[k - 1]]
+    assert sorted(runs) == [0, 1, 2], f"a shard was visited twice: {runs}"
+    offsets = [ds.index[i][1] for i in order]
+    assert all(b > a for a, b, s, t in zip(offsets, offsets[1:], shards, shards[1:], strict=False) if s == t)
+    orders = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        orders.add(tuple(ds.index[i][0] for i in sampler))
+    assert len(orders) > 1, "the shard order never changes between epochs"
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=L.ShardStreamSampler(ds, seed=0))
+    got = torch.cat([x for x, _ in loader])
+    assert torch.equal(got[:, 0], images[order]) and torch.equal(torch.cat([y for _, y in loader]), labels[order])
