@@ -48,7 +48,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ __all__ = [
     "LAYOUTS",
     "EvictionReport",
     "InMemoryDataset",
+    "LoadingStudy",
     "MemmapDataset",
     "PngFilesDataset",
     "ShardStreamSampler",
@@ -75,6 +76,7 @@ __all__ = [
     "page_cache_eviction",
     "predict_epoch_seconds",
     "read_bandwidth",
+    "run_study",
     "write_layouts",
 ]
 
@@ -540,33 +542,127 @@ def loader_samples_per_s(dataset: torch.utils.data.Dataset, num_workers: int = 0
     return seen / (time.perf_counter() - start)
 
 
-@dataclass
 class LoadingStudy:
-    """Everything :func:`run_study` measured (the notebook plots and records from it)."""
+    """The four layouts of one dataset on disk, and what reading them costs (filled in step by step).
 
-    samples: int
-    image_size: int
-    stored: dict[str, StoredLayout]
-    eviction: EvictionReport
-    rates: dict[tuple[str, str, int], float] = field(default_factory=dict)  # (layout, cache, workers) → samples/s
-    read_s: dict[tuple[str, str], float] = field(default_factory=dict)  # (layout, cache) → s/sample, bytes only
-    decode_s: float = math.nan  # s/sample, PNG decode from bytes in memory
-    per_file_s: dict[str, float] = field(default_factory=dict)  # cache → s per file (open, read, close)
-    bandwidth: dict[str, float] = field(default_factory=dict)  # cache → bytes/s, one large file
-    pinned: dict[bool, float] = field(default_factory=dict)  # pin_memory → samples/s to the GPU
+    ``LoadingStudy(root, samples)`` writes the layouts under ``root``; then, each a method the
+    notebook calls in its own cell:
+
+    * :meth:`measure_ingredients` — the cost of opening and reading one small file, the bandwidth
+      of one large file (warm and cold), and of decoding one PNG: what the prediction needs;
+    * :meth:`measure_reads` — each layout's bytes only, per sample, in its own order;
+    * :meth:`measure_loaders` — samples/s through a ``DataLoader`` per layout, cache state and
+      worker count;
+    * :meth:`measure_pinned` — on a GPU, copies from pageable and from pinned memory.
+    """
+
+    def __init__(self, root: str | os.PathLike, samples: int, image_size: int = 64, samples_per_shard: int = 2048,
+                 progress: Callable[[Iterable], Iterable] | None = None) -> None:
+        self.root, self.samples, self.image_size = Path(root), samples, image_size
+        self.images, self.labels = make_image_dataset(samples, size=image_size)
+        self.stored = write_layouts(self.images, self.labels, self.root, samples_per_shard=samples_per_shard,
+                                    progress=progress)
+        self.eviction = page_cache_eviction()
+        self.datasets = {name: open_layout(name, self.stored[name].root) for name in ("png_files", "tar_shards",
+                                                                                     "memmap")}
+        self.datasets["in_memory"] = open_layout("in_memory", images=self.images, labels=self.labels)
+        # each layout read the way its users read it: one random file or page per sample, shards streamed
+        self.samplers = {name: torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(1))
+                         for name, ds in self.datasets.items()}
+        self.samplers["tar_shards"] = ShardStreamSampler(self.datasets["tar_shards"], seed=1)
+        self.rates: dict[tuple[str, str, int], float] = {}  # (layout, cache, workers) → samples/s
+        self.read_s: dict[tuple[str, str], float] = {}  # (layout, cache) → s/sample, bytes only
+        self.decode_s = math.nan  # s/sample, PNG decode of bytes in memory
+        self.per_file_s: dict[str, float] = {}  # cache → s to open, read and close one small file
+        self.bandwidth: dict[str, float] = {}  # cache → bytes/s reading one large file
+        self.pinned: dict[bool, float] = {}  # pin_memory → samples/s to the GPU
 
     def caches(self) -> list[str]:
+        """``["warm", "cold"]``, or ``["warm"]`` where the page cache cannot be evicted."""
         return ["warm", "cold"] if self.eviction.supported else ["warm"]
 
+    def evict(self, layout: str) -> None:
+        """Drop ``layout``'s files from the page cache (a no-op where that is impossible)."""
+        evict_from_page_cache(self.stored[layout].files)
+
+    def measure_ingredients(self, probes: int = 256) -> None:
+        """Per-file cost and bandwidth (warm, cold) on files the epochs do not read, and the PNG decode cost."""
+        probe_dir = self.root / "probe"
+        probe_dir.mkdir(exist_ok=True)
+        probe_images, _ = make_image_dataset(probes, size=self.image_size, seed=99)
+        probe = [probe_dir / f"{i:06d}.png" for i in range(probes)]
+        for path, img in zip(probe, probe_images, strict=True):
+            _write_bytes(path, encode_png(img))
+            _fsync(path)
+        big = self.stored["memmap"].files[0]
+        for cache in self.caches():
+            if cache == "cold":
+                evict_from_page_cache([*probe, big])
+            else:  # read once to bring them into the cache
+                read_bandwidth(big)
+                per_file_seconds(probe)
+            self.per_file_s[cache] = per_file_seconds(probe)
+            self.bandwidth[cache] = read_bandwidth(big)
+        blobs = [self.datasets["png_files"].read(i) for i in range(min(self.samples, 512))]
+        start = time.perf_counter()
+        for blob in blobs:
+            decode_png(blob)
+        self.decode_s = (time.perf_counter() - start) / len(blobs)
+
+    def measure_reads(self, progress: Callable[[Iterable], Iterable] | None = None) -> None:
+        """Seconds per sample to read the bytes only (no decode), in this process, in each layout's order."""
+        each = progress or (lambda it: it)
+        for layout, cache in each([(lay, c) for lay in ("png_files", "tar_shards", "memmap") for c in self.caches()]):
+            if cache == "cold":
+                self.evict(layout)
+            ds, start = self.datasets[layout], time.perf_counter()
+            for i in self.samplers[layout]:
+                ds.read(i)
+            self.read_s[(layout, cache)] = (time.perf_counter() - start) / self.samples
+
+    def measure_loaders(self, workers: Sequence[int] = (0, 1, 2), batch_size: int = 64,
+                        device: torch.device | str = "cpu", progress: Callable[[Iterable], Iterable] | None = None
+                        ) -> None:
+        """Samples/s of one epoch through a ``DataLoader``: every layout, cache state and worker count."""
+        each = progress or (lambda it: it)
+        runs = [(layout, cache, w) for layout in LAYOUTS for cache in self.caches() for w in workers
+                if not (layout == "in_memory" and cache == "cold")]
+        for layout, cache, w in each(runs):
+            if cache == "cold":
+                self.evict(layout)
+            self.rates[(layout, cache, w)] = loader_samples_per_s(
+                self.datasets[layout], num_workers=w, batch_size=batch_size, device=device,
+                sampler=self.samplers[layout])
+
+    def measure_pinned(self, device: torch.device | str, workers: int = 2, batch_size: int = 64) -> None:
+        """On a GPU: samples/s of the memmap layout copied from pageable, then from pinned memory."""
+        for pin in (False, True):
+            self.pinned[pin] = loader_samples_per_s(self.datasets["memmap"], num_workers=workers,
+                                                    batch_size=batch_size, device=device, pin_memory=pin,
+                                                    sampler=self.samplers["memmap"])
+
+    def epoch_seconds(self, layout: str, cache: str, workers: int = 0) -> float:
+        """Measured seconds for one epoch (from :meth:`measure_loaders`)."""
+        return self.samples / self.rates[(layout, cache, workers)]
+
+    def predicted_epoch_seconds(self, layout: str, cache: str) -> float:
+        """:func:`predict_epoch_seconds` from the ingredients: files × per-file cost + bytes / bandwidth
+        (+ the PNG decodes); the in-memory layout costs nothing to read."""
+        if layout == "in_memory":
+            return 0.0
+        stored = self.stored[layout]
+        decode = self.decode_s if layout in ("png_files", "tar_shards") else 0.0
+        return predict_epoch_seconds(len(stored.files), self.per_file_s[cache], stored.nbytes,
+                                     self.bandwidth[cache], samples=self.samples, decode_s=decode)
+
     def table(self, workers: Sequence[int]) -> str:
-        head = f"{'layout':<11}{'cache':<6}" + "".join(f"{f'{w} workers':>12}" for w in workers)
-        lines = [head]
+        """samples/s, one row per layout and cache state, one column per worker count."""
+        lines = [f"{'layout':<11}{'cache':<6}" + "".join(f"{f'{w} workers':>12}" for w in workers)]
         for layout in LAYOUTS:
             for cache in self.caches():
-                if (layout, cache, workers[0]) not in self.rates:
-                    continue
-                lines.append(f"{layout:<11}{cache:<6}" + "".join(f"{self.rates[(layout, cache, w)]:>12,.0f}"
-                                                                  for w in workers))
+                if (layout, cache, workers[0]) in self.rates:
+                    lines.append(f"{layout:<11}{cache:<6}"
+                                 + "".join(f"{self.rates[(layout, cache, w)]:>12,.0f}" for w in workers))
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -578,77 +674,21 @@ class LoadingStudy:
                 "bandwidth_bytes_per_s": self.bandwidth,
                 "bytes": {k: v.nbytes for k, v in self.stored.items()}}
 
+    def close(self) -> None:
+        self.datasets["tar_shards"].close()
+
 
 def run_study(root: str | os.PathLike, samples: int, image_size: int = 64, workers: Sequence[int] = (0, 1, 2),
               batch_size: int = 64, device: torch.device | str = "cpu",
               progress: Callable[[Iterable], Iterable] | None = None) -> LoadingStudy:
-    """Write the four layouts under ``root``, then measure reads, decodes and loader throughput.
-
-    For each layout, cache state (warm; cold where :func:`evict_from_page_cache` works) and
-    worker count: samples/s of a shuffled epoch. Separately, in this process: the cost of reading
-    each sample's bytes (warm and cold), of decoding a PNG, of opening one small file, and the
-    bandwidth of one large file — the ingredients of :func:`predict_epoch_seconds`.
-    """
-    each = progress or (lambda it: it)
-    root = Path(root)
-    images, labels = make_image_dataset(samples, size=image_size)
-    stored = write_layouts(images, labels, root, progress=progress)
-    eviction = page_cache_eviction()
-    study = LoadingStudy(samples, image_size, stored, eviction)
-    datasets = {name: open_layout(name, stored[name].root) for name in ("png_files", "tar_shards", "memmap")}
-    datasets["in_memory"] = open_layout("in_memory", images=images, labels=labels)
-    # each layout read the way its users read it: one random file or page per sample, shards streamed
-    samplers = {name: torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(1))
-                for name, ds in datasets.items()}
-    samplers["tar_shards"] = ShardStreamSampler(datasets["tar_shards"], seed=1)
-
-    # the ingredients of the prediction, measured on a probe set that the epochs below do not use
-    probe_dir = root / "probe"
-    probe_dir.mkdir(exist_ok=True)
-    probe_images, _ = make_image_dataset(256, size=image_size, seed=99)
-    probe = [probe_dir / f"{i:06d}.png" for i in range(len(probe_images))]
-    for path, img in zip(probe, probe_images, strict=True):
-        _write_bytes(path, encode_png(img))
-        _fsync(path)
-    big = stored["memmap"].files[0]
-    for cache in study.caches():
-        if cache == "cold":
-            evict_from_page_cache([*probe, big])
-        else:
-            read_bandwidth(big)  # bring it into the cache
-            per_file_seconds(probe)
-        study.per_file_s[cache] = per_file_seconds(probe)
-        study.bandwidth[cache] = read_bandwidth(big)
-    blobs = [datasets["png_files"].read(i) for i in range(min(samples, 512))]
-    start = time.perf_counter()
-    for blob in blobs:
-        decode_png(blob)
-    study.decode_s = (time.perf_counter() - start) / len(blobs)
-
-    runs = [(layout, cache, w) for layout in LAYOUTS for cache in study.caches() for w in workers
-            if not (layout == "in_memory" and cache == "cold")]
-    for layout in ("png_files", "tar_shards", "memmap"):
-        for cache in study.caches():
-            runs.append((layout, cache, "read"))
-    for layout, cache, w in each(runs):
-        if cache == "cold":
-            evict_from_page_cache(stored[layout].files)
-        ds = datasets[layout]
-        if w == "read":  # bytes only, in this process, in the layout's order
-            start = time.perf_counter()
-            for i in samplers[layout]:
-                ds.read(i)
-            study.read_s[(layout, cache)] = (time.perf_counter() - start) / samples
-        else:
-            study.rates[(layout, cache, w)] = loader_samples_per_s(ds, num_workers=w, batch_size=batch_size,
-                                                                   device=device, sampler=samplers[layout])
-    device = torch.device(device)
-    if device.type == "cuda":
-        for pin in (False, True):
-            study.pinned[pin] = loader_samples_per_s(datasets["memmap"], num_workers=max(workers),
-                                                     batch_size=batch_size, device=device, pin_memory=pin,
-                                                     sampler=samplers["memmap"])
-    datasets["tar_shards"].close()
+    """Write the four layouts under ``root`` and measure everything :class:`LoadingStudy` measures."""
+    study = LoadingStudy(root, samples, image_size, samples_per_shard=max(1, samples // 4), progress=progress)
+    study.measure_ingredients()
+    study.measure_reads(progress)
+    study.measure_loaders(workers, batch_size=batch_size, device=device, progress=progress)
+    if torch.device(device).type == "cuda":
+        study.measure_pinned(device, workers=max(workers), batch_size=batch_size)
+    study.close()
     return study
 
 
@@ -701,6 +741,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nPNG decode {study.decode_s * 1e6:.0f} µs/sample; "
               + "; ".join(f"{c}: open+read+close {study.per_file_s[c] * 1e6:.0f} µs/file, "
                           f"{study.bandwidth[c] / 2**20:.0f} MiB/s on one large file" for c in study.caches()))
+        cache = study.caches()[-1]
+        print(f"\none epoch, {cache} cache, 0 workers: predicted (files × per-file + bytes / bandwidth + decodes) "
+              "against measured")
+        for layout in ("png_files", "tar_shards", "memmap"):
+            print(f"  {layout:<11} predicted {study.predicted_epoch_seconds(layout, cache):7.2f} s   "
+                  f"measured {study.epoch_seconds(layout, cache):7.2f} s")
         if args.json:
             from .files import atomic_write_json
 
