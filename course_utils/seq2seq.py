@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm.auto import tqdm
 
+from course_utils import decoding
 from course_utils.attention import AdditiveAttention, MultiHeadAttention
 from course_utils.checks import (
     check_bool,
@@ -265,7 +266,9 @@ class GRUSeq2Seq(nn.Module):
             memory["keys"] = self.attn.project_keys(ann)  # W_k h_j, once per sentence
         return memory
 
-    def init_state(self, memory: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def init_state(self, memory: dict[str, torch.Tensor], max_len: int | None = None,
+                   use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's first states ``s¹_0, s²_0 = tanh(W c)`` (a recurrence needs no cache)."""
         s1, s2 = torch.tanh(self.init(memory["c"])).chunk(2, dim=-1)  # (B, H) each
         return s1[None].contiguous(), s2[None].contiguous()  # (1, B, H): nn.GRU's layout
 
@@ -367,18 +370,44 @@ class TransformerSeq2Seq(nn.Module):
     def forward(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         return self._decode(tgt_in, self.encode(src, src_pad))
 
-    def init_state(self, memory: dict[str, torch.Tensor]) -> torch.Tensor:
-        return memory["memory"].new_zeros(memory["memory"].size(0), 0, dtype=torch.long)
+    def init_state(self, memory: dict[str, torch.Tensor], max_len: int | None = None,
+                   use_cache: bool = True):
+        """Decoding state. With ``use_cache``: the cross-attention keys and values of the memory,
+        projected once, and a KV cache (:class:`~course_utils.kv_cache.KVCache`, created at the
+        first step for as many rows as the decoder then runs) for the self-attention of up to
+        ``max_len`` new tokens (default: as many as the positions go). Without: the prefix so far,
+        ``(B, 0)``, re-read at every step."""
+        check_bool("use_cache", use_cache)
+        if not use_cache:
+            return memory["memory"].new_zeros(memory["memory"].size(0), 0, dtype=torch.long)
+        if max_len is not None:
+            check_positive_int("max_len", max_len)
+        positions = self.pos.max_len if max_len is None else min(max_len + 1, self.pos.max_len)
+        return {"memory_kv": self.decoder.project_memory(memory["memory"]), "cache": None,
+                "max_len": positions}
 
-    def step(self, y_prev: torch.Tensor, state: torch.Tensor, memory):
-        """The state is the prefix so far; the decoder re-reads it (no KV cache, for clarity)."""
-        prefix = torch.cat([state, y_prev[:, None]], dim=1)  # (B, t)
-        logits = self._decode(prefix, memory)[:, -1]  # (B, V): only the newest position
-        return logits.log_softmax(-1), prefix, None
+    def step(self, y_prev: torch.Tensor, state, memory):
+        """``y_prev (B,)`` → log-probabilities ``(B, V)``, new state, ``None`` (no single alignment).
+
+        With a cache only the new token goes through the decoder: its keys and values join the
+        cache, and it attends to those of every earlier token (:meth:`TransformerDecoder.step`).
+        Without, the whole prefix is decoded again and only the newest position is kept."""
+        if not isinstance(state, dict):  # no cache: re-read the prefix
+            prefix = torch.cat([state, y_prev[:, None]], dim=1)  # (B, t)
+            return self._decode(prefix, memory)[:, -1].log_softmax(-1), prefix, None
+        if state["cache"] is None:
+            state["cache"] = self.decoder.new_cache(y_prev.size(0), state["max_len"])
+        t = state["cache"].length(0)  # the new token's position
+        x = self.pos(self.tgt_emb(y_prev[:, None]) * math.sqrt(self.d_model), offset=t)  # (B, 1, D)
+        h = self.decoder.step(x, state["cache"], state["memory_kv"], memory["src_pad"])  # (B, 1, D)
+        return self.generator(h[:, -1]).log_softmax(-1), state, None
 
     @staticmethod
-    def reorder_state(state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return state.index_select(0, index)
+    def reorder_state(state, index: torch.Tensor):
+        if not isinstance(state, dict):
+            return state.index_select(0, index)
+        return {**state, "memory_kv": decoding.reorder_state(state["memory_kv"], index),
+                "cache": decoding.reorder_state(state["cache"], index)}  # a KVCache reorders itself
 
     def cross_attention(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor,
                         layer: int = -1) -> torch.Tensor:
@@ -397,86 +426,95 @@ class TransformerSeq2Seq(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _expand(memory: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-    return {name: t.repeat_interleave(k, dim=0) for name, t in memory.items()}
+class _Stepper:
+    """The course's models as :mod:`course_utils.decoding` drives them.
+
+    A model decodes through ``encode``, ``init_state`` and ``step(y_prev, state, memory) ->
+    (log-probabilities, state, attention weights or None)``; :mod:`course_utils.decoding` calls
+    ``step(tokens, state) -> (logits, state)``. This adapter carries ``(memory, model state)`` as
+    the decoding state, feeds the model the last token of ``tokens``, keeps greedy decoding's
+    attention weights, and reorders the state for beam search.
+    """
+
+    def __init__(self, model: nn.Module, keep_weights: bool = False) -> None:
+        self.model, self.keep_weights, self.weights = model, keep_weights, []
+
+    def start(self, src: torch.Tensor, src_pad: torch.Tensor, max_len: int, use_cache: bool):
+        memory = self.model.encode(src, src_pad)
+        return memory, self.model.init_state(memory, max_len=max_len, use_cache=use_cache)
+
+    def __call__(self, tokens: torch.Tensor, state):
+        memory, model_state = state
+        logp, model_state, weights = self.model.step(tokens[:, -1], model_state, memory)  # (B, V)
+        if self.keep_weights and weights is not None:
+            self.weights.append(weights)  # (B, S)
+        return logp, (memory, model_state)
+
+    def reorder(self, state, index: torch.Tensor):
+        memory, model_state = state
+        if index.numel() != next(iter(memory.values())).size(0):  # beam search's first expansion
+            memory = decoding.reorder_state(memory, index)
+        # Afterwards every survivor extends a hypothesis of its own sentence, whose rows all hold
+        # that sentence's memory: the memory needs no reordering, only the model's state does.
+        return memory, self.model.reorder_state(model_state, index)
+
+
+def _check_special_ids(**ids: int) -> None:
+    for name, i in ids.items():
+        check_non_negative_int(name, i)
 
 
 @torch.no_grad()
 def greedy_decode(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor, max_len: int,
-                  bos: int = 1, eos: int = 2, pad: int = 0
+                  bos: int = 1, eos: int = 2, pad: int = 0, use_cache: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pick the most likely word at every step: tokens ``(B, ≤max_len)`` (after ``<eos>``: pad)
-    and, for attention GRUs, the weights ``(B, T, S)``."""
+    and, for attention GRUs, the weights ``(B, T, S)``.
+
+    :func:`course_utils.decoding.greedy` over the model's steps; ``<pad>`` and ``<bos>`` are
+    never emitted. ``use_cache`` (the transformer): decode with a KV cache, or re-read the
+    prefix at every step (the same tokens, more work).
+    """
     check_positive_int("max_len", max_len)
-    memory = model.encode(src, src_pad)
-    state = model.init_state(memory)
-    b = src.size(0)
-    y = torch.full((b,), bos, dtype=torch.long, device=src.device)
-    done = torch.zeros(b, dtype=torch.bool, device=src.device)
-    tokens, weights = [], []
-    for _ in range(max_len):
-        logp, state, w = model.step(y, state, memory)
-        logp[:, [pad, bos]] = float("-inf")  # never emit <pad> or <bos> as a word
-        y = logp.argmax(-1).masked_fill(done, pad)  # (B,)
-        tokens.append(y)
-        if w is not None:
-            weights.append(w)
-        done |= y == eos
-        if done.all():
-            break
-    return torch.stack(tokens, 1), (torch.stack(weights, 1) if weights else None)
+    check_bool("use_cache", use_cache)
+    _check_special_ids(bos=bos, eos=eos, pad=pad)
+    stepper = _Stepper(model, keep_weights=True)
+    state = stepper.start(src, src_pad, max_len, use_cache)
+    start = torch.full((src.size(0), 1), bos, dtype=torch.long, device=src.device)  # (B, 1)
+    out = decoding.greedy(stepper, start, state, max_new_tokens=max_len, eos=eos, pad=pad,
+                          suppress=(pad, bos))
+    weights = torch.stack(stepper.weights, 1) if stepper.weights else None  # (B, T, S)
+    return out.tokens[:, 1:], weights
 
 
 @torch.no_grad()
 def beam_search(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor, beam_width: int,
                 max_len: int, length_penalty: float = 0.6, bos: int = 1, eos: int = 2,
-                pad: int = 0) -> torch.Tensor:
+                pad: int = 0, use_cache: bool = True) -> torch.Tensor:
     """Keep the ``beam_width`` best prefixes per sentence; return the best hypothesis ``(B, T)``.
 
-    Batched over sentences and beams (``B·K`` rows per step). A finished beam (it produced
-    ``<eos>``) keeps its score and grows only with padding. The final choice divides the
-    log-probability by the GNMT length penalty ``((5 + |y|) / 6) ** length_penalty`` (Wu et al.
-    2016), so longer hypotheses are not unfairly punished. ``beam_width=1`` is greedy decoding.
+    :func:`course_utils.decoding.beam_search` over the model's steps: batched over sentences
+    and beams, a finished beam keeps its score and grows only with padding, and the final choice
+    divides the log-probability by the GNMT length penalty ``((5 + |y|) / 6) ** length_penalty``
+    (Wu et al. 2016). ``beam_width=1`` is greedy decoding.
     """
     check_positive_int("beam_width", beam_width)
     check_positive_int("max_len", max_len)
     check_real("length_penalty", length_penalty, 0.0)
-    b, k = src.size(0), beam_width
-    memory = _expand(model.encode(src, src_pad), k)  # rows b·k .. b·k+k-1 belong to sentence b
-    state = model.init_state(memory)
-    dev = src.device
-    y = torch.full((b * k,), bos, dtype=torch.long, device=dev)
-    scores = torch.zeros(b, k, device=dev)
-    scores[:, 1:] = float("-inf")  # all beams start identical: keep only the first one alive
-    finished = torch.zeros(b * k, dtype=torch.bool, device=dev)
-    lengths = torch.zeros(b * k, dtype=torch.long, device=dev)
-    tokens = torch.empty(b * k, 0, dtype=torch.long, device=dev)
-    base = (torch.arange(b, device=dev) * k)[:, None]  # (B, 1)
-    for _ in range(max_len):
-        logp, state, _ = model.step(y, state, memory)  # (B·K, V)
-        v = logp.size(-1)
-        logp[:, bos] = float("-inf")  # never emit <bos> as a word
-        # a finished beam may only add <pad>, at no cost
-        logp = torch.where(finished[:, None], torch.full_like(logp, float("-inf")), logp)
-        logp[:, pad] = torch.where(finished, 0.0, float("-inf"))
-        cand = (scores.view(-1, 1) + logp).view(b, k * v)  # (B, K·V)
-        scores, flat = cand.topk(k, dim=-1)  # (B, K)
-        rows = (base + flat // v).view(-1)  # (B·K,) which beam each survivor extends
-        y = (flat % v).view(-1)
-        state = model.reorder_state(state, rows)
-        tokens = torch.cat([tokens[rows], y[:, None]], dim=1)
-        lengths = lengths[rows] + (~finished[rows]).long()
-        finished = finished[rows] | (y == eos)
-        if finished.all():
-            break
-    penalty = ((5.0 + lengths.float()) / 6.0) ** length_penalty  # (B·K,)
-    best = (scores.view(-1) / penalty).view(b, k).argmax(-1)  # (B,)
-    return tokens.view(b, k, -1)[torch.arange(b, device=dev), best]
+    check_bool("use_cache", use_cache)
+    _check_special_ids(bos=bos, eos=eos, pad=pad)
+    stepper = _Stepper(model)
+    state = stepper.start(src, src_pad, max_len, use_cache)
+    start = torch.full((src.size(0), 1), bos, dtype=torch.long, device=src.device)  # (B, 1)
+    out = decoding.beam_search(stepper, start, state, max_new_tokens=max_len, beam_width=beam_width,
+                               length_penalty=length_penalty, eos=eos, pad=pad, suppress=(pad, bos),
+                               reorder=stepper.reorder)
+    return out.tokens[:, 1:]
 
 
 def translate(model: nn.Module, sentences: Sequence[str], src_vocab: Vocab, tgt_vocab: Vocab,
               beam_width: int = 1, batch_size: int = 250, device: torch.device | str = "cpu",
-              max_len_factor: float = 1.5) -> list[str]:
+              max_len_factor: float = 1.5, use_cache: bool = True) -> list[str]:
     """English strings → French strings (detokenised), greedy when ``beam_width == 1``.
 
     ``sentences`` is a list of strings (one per sentence); each is tokenised like the training
@@ -498,10 +536,11 @@ def translate(model: nn.Module, sentences: Sequence[str], src_vocab: Vocab, tgt_
         max_len = int(max_len_factor * src.size(1)) + 5
         if beam_width == 1:
             ids, _ = greedy_decode(model, src, src == src_vocab.pad, max_len, tgt_vocab.bos,
-                                   tgt_vocab.eos, tgt_vocab.pad)
+                                   tgt_vocab.eos, tgt_vocab.pad, use_cache=use_cache)
         else:
             ids = beam_search(model, src, src == src_vocab.pad, beam_width, max_len,
-                              bos=tgt_vocab.bos, eos=tgt_vocab.eos, pad=tgt_vocab.pad)
+                              bos=tgt_vocab.bos, eos=tgt_vocab.eos, pad=tgt_vocab.pad,
+                              use_cache=use_cache)
         for row, i in zip(ids.tolist(), idx, strict=True):
             out[i] = detokenize(tgt_vocab.decode(row))
     return out  # type: ignore[return-value]

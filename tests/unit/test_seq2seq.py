@@ -598,3 +598,97 @@ def test_the_tuning_script_runs_and_chooses_on_the_validation_split(capsys):
     for kind, lr in out["lr"].items():
         ls = out["label_smoothing"]
         assert out["scores"][kind, ls, lr] == max(out["scores"][kind, ls, r] for r in (1e-3, 4e-3))
+
+
+def test_the_tuning_script_uses_the_notebooks_full_mode_protocol():
+    """scripts/tune_translation.py chooses learning rates for notebook 10: same corpus, sizes,
+    budget, batch and warm-up as the notebook's full mode, or its table means nothing there."""
+    import ast
+    import importlib.util
+    import json
+    import re
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("tune_translation", REPO / "scripts" / "tune_translation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cells = json.loads((REPO / "notebooks" / "10_translation.ipynb").read_text(encoding="utf-8"))["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+    def full(name):
+        match = re.search(rf"^{name} = by_mode\(\s*full=(.*?),\s*fast=", source, re.M | re.S)
+        assert match, f"notebook 10 defines no {name} = by_mode(full=..., fast=...)"
+        return eval(match.group(1), {"dict": dict})  # a literal: a number or dict(...)
+
+    assert full("N_PAIRS") == script.FULL["n_pairs"] and full("N_TEST") == script.FULL["n_test"]
+    assert full("STEPS") == script.FULL["steps"] and full("BATCH") == script.FULL["batch"]
+    assert full("SIZES") == script.FULL["sizes"]
+    assert "n_valid=200" in source and script.FULL["n_valid"] == 200
+    assert "WARMUP = STEPS // 10" in source and script.warmup_steps(600) == 600 // 10
+    chosen = re.search(r"^LR = (dict\(.*?\))", source, re.M)
+    assert chosen, "notebook 10 states its learning rates as LR = dict(...)"
+    lrs = eval(chosen.group(1), {"dict": dict})
+    assert set(lrs) == {"gru", "attn", "transformer"} and all(lr in script.LRS for lr in lrs.values())
+    ls = ast.literal_eval(re.search(r"^LABEL_SMOOTHING = ([0-9.]+)", source, re.M).group(1))
+    assert ls in script.LABEL_SMOOTHING
+
+
+# ---- the transformer decodes with a KV cache: the same steps, the same tokens -------------------
+
+
+def _trained_reverser(seed=0):
+    torch.manual_seed(seed)
+    v = Vocab([chr(ord("a") + i) for i in range(8)])
+    g = torch.Generator().manual_seed(seed)
+    srcs = [[4 + int(x) for x in torch.randint(0, 8, (int(n),), generator=g)]
+            for n in torch.randint(3, 9, (300,), generator=g)]
+    model = TransformerSeq2Seq(len(v), len(v), d_model=32, nhead=2, num_layers=2,
+                               dim_feedforward=64, dropout=0.0, max_len=32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_seq2seq(model, BatchIterator(srcs, [s[::-1] for s in srcs], v, v, batch_size=32),
+                      num_steps=40, lr=3e-3, warmup=10, desc="reverse", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval(), v, srcs
+
+
+def test_cached_transformer_step_equals_rereading_the_prefix():
+    model = models()["transformer"].eval()
+    src, pad, tgt = batch(b=3, t=7)
+    with torch.no_grad():
+        memory = model.encode(src, pad)
+        cached, uncached = model.init_state(memory, max_len=7), model.init_state(memory, use_cache=False)
+        for t in range(tgt.size(1)):
+            a, cached, _ = model.step(tgt[:, t], cached, memory)
+            b, uncached, _ = model.step(tgt[:, t], uncached, memory)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        assert cached["cache"].length(0) == tgt.size(1)  # one position per step, nothing re-read
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_the_transformer_decodes_the_same_tokens_with_and_without_the_cache(trained):
+    if trained:
+        model, v, srcs = _trained_reverser()
+        b = make_batch(srcs[:24], [[4]] * 24, v, v)
+        src, pad = b.src, b.src_pad
+    else:
+        model = models()["transformer"].eval()
+        src, pad, _ = batch(b=6, seed=4)
+    with_cache, _ = greedy_decode(model, src, pad, max_len=12, use_cache=True)
+    without, _ = greedy_decode(model, src, pad, max_len=12, use_cache=False)
+    assert torch.equal(with_cache, without)
+    for width in (2, 4):
+        assert torch.equal(beam_search(model, src, pad, width, 12, use_cache=True),
+                           beam_search(model, src, pad, width, 12, use_cache=False))
+    assert len({tuple(row) for row in with_cache.tolist()}) > 3  # not one output for every source
+
+
+def test_translate_with_and_without_the_cache_and_bad_use_cache():
+    model, v, srcs = _trained_reverser(seed=1)
+    sents = [" ".join(v.decode(s)) for s in srcs[:30]]
+    assert translate(model, sents, v, v, use_cache=True) == translate(model, sents, v, v, use_cache=False)
+    with pytest.raises(TypeError, match="use_cache must be True or False"):
+        translate(model, sents, v, v, use_cache="yes")

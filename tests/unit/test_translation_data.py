@@ -268,7 +268,8 @@ def test_available_for_the_doctor():
 
 # ---- the real-data path, offline, on the Tatoeba-format sample in data/ -----------------------
 
-SAMPLE = REPO / "data" / "tatoeba_sample.tsv"
+SAMPLE = tr.TATOEBA_SAMPLE
+assert SAMPLE == REPO / "data" / "tatoeba_sample.tsv"
 
 
 def _spaces(text: str) -> str:
@@ -439,3 +440,36 @@ def test_length_bucket_of_zero_words_is_the_first_bucket():
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("tokens, lang, text", [
+    (["l'", "homme", "qu'", "il", "voit", ",", "dort", "."], "fr", "l'homme qu'il voit, dort."),
+    (["Qu'", "est-ce", "que", "c'", "est", "?"], "fr", "Qu'est-ce que c'est ?"),
+    (["Il", "a", "crié", ":", "«", "Arrêtez", "!", "»"], "fr", "Il a crié : « Arrêtez ! »"),
+    (["Vraiment", "?", "!"], "fr", "Vraiment ?!"),
+    (["Attends", "…", "quoi", "?"], "fr", "Attends… quoi ?"),
+    (["Il", "sait", "tout", "(", "ou", "presque", ")", "."], "fr", "Il sait tout (ou presque)."),
+    (["Le", "taux", "est", "de", "5", "%", "."], "fr", "Le taux est de 5 %."),
+    (["Ça", "coûte", "3,50", "euros", "."], "fr", "Ça coûte 3,50 euros."),
+    (["s’", "il", "vous", "plaît"], "fr", "s’il vous plaît"),
+    (["Did", "he", "say", '"', "yes", '"', "?"], "en", 'Did he say "yes"?'),
+    (['"', "Come", "in", ",", '"', "she", "said", "."], "en", '"Come in," she said.'),
+    (["It", "is", "5", "%", ";", "wait", "!"], "en", "It is 5%; wait!"),
+    (["Tom'", "s", "car"], "en", "Tom's car"),
+    ([], "fr", ""),
+])
+def test_detokenize_writes_each_language_s_typography(tokens, lang, text):
+    assert detokenize(tokens, lang=lang) == text
+
+
+@pytest.mark.parametrize("text, tokens", [
+    ("L'homme dort.", ["L'", "homme", "dort", "."]),
+    ("aujourd'hui, à 9:30 !", ["aujourd'", "hui", ",", "à", "9:30", "!"]),
+    ("« Oui » ?", ["«", "Oui", "»", "?"]),
+    ("3,5 ou 3, 5", ["3,5", "ou", "3", ",", "5"]),
+    ("peut-être...", ["peut-être", ".", ".", "."]),
+    ("Je l’ai vu", ["Je", "l’", "ai", "vu"]),
+    ("les chats' queues", ["les", "chats", "'", "queues"]),  # an apostrophe before a space elides nothing
+])
+def test_tokenize_on_punctuation_and_apostrophes(text, tokens):
+    assert tokenize(text) == tokens
