@@ -192,7 +192,8 @@ def _flops_variant(kind: str) -> Callable[[int, bool], int]:
     "09.2",
     title="Derive the FLOPs of an MLA decoding step, naive and absorbed",
     hint="List every matrix product of one step with its shape (M × K) @ (K × N) and count "
-    "2·M·K·N. The naive form up-projects all n = cached + 1 latents to keys AND values; the absorbed form "
+    "2·M·K·N. The naive form up-projects all n = cached + 1 latents to keys AND values; the "
+    "absorbed form "
     "moves W_UK into the query and applies W_UV after the weighted sum.",
     solution=_solution_mla_step_flops,
     kind="derive",
