@@ -147,7 +147,9 @@ def check_real(
     if bad:
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
-        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        left = "(" if low_open or low is None else "["
+        right = ")" if high_open or high is None else "]"
+        interval = f"{left}{lo}, {hi}{right}"
         raise ValueError(f"{name} must be a real number in {interval}, got {x}")
 
 
@@ -203,10 +205,10 @@ def check_str(name: str, x: Any, allow_empty: bool = True) -> None:
 def check_sequence_of_str(name: str, xs: Any, allow_empty: bool = False) -> None:
     """A list (or tuple) of strings, and not a bare string, which would read as its characters.
 
-    >>> check_sequence_of_str("sentences", "le chat")
+    >>> check_sequence_of_str("sentences", "le chat")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    TypeError: sentences must be a list of str (one per sentence), got a single str 'le chat': wrap it in a list
+    TypeError: sentences must be a list of str (one per sentence), got a single str 'le chat': ...
     """
     if isinstance(xs, str):
         raise TypeError(f"{name} must be a list of str (one per sentence), got a single str "
@@ -263,7 +265,8 @@ def check_shape(name: str, t: torch.Tensor, expected: Sequence[int | None], what
     ValueError: x must have shape (B, T, d_model=64), got (2, 5, 32)
     """
     shape = tuple(t.shape)
-    ok = len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected, strict=True))
+    ok = len(shape) == len(expected) and all(e is None or e == s
+                                             for s, e in zip(shape, expected, strict=True))
     if not ok:
         want = what or "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
         raise ValueError(f"{name} must have shape {want}, got {shape}")
@@ -355,10 +358,11 @@ def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
 def check_qkv(q: Any, k: Any, v: Any, dims: int | None = None, broadcast: bool = True,
               attn_mask: Any = None) -> None:
     """Queries, keys and values that attention can use: ``q (..., Lq, D)``, ``k (..., Lk, D)``,
-    ``v (..., Lk, Dv)``, floating point, one dtype, one device, ``D >= 1`` and ``Lk >= 1``,
-    leading (batch, head) dims that broadcast (unless ``broadcast=False``: grouped-query heads
-    check their own); exactly ``dims`` dims each if given. An ``attn_mask``, if given, is a
-    bool or float mask on their device that broadcasts to the scores ``(..., Lq, Lk)``.
+    ``v (..., Lk, Dv)``, floating point, one dtype, one device, ``D >= 1``, ``Lk >= 1`` if
+    ``Lq >= 1``, leading (batch, head) dims that broadcast (unless ``broadcast=False``:
+    grouped-query heads check their own); exactly ``dims`` dims each if given. An
+    ``attn_mask``, if given, is a bool or float mask on their device that broadcasts to the
+    scores ``(..., Lq, Lk)``.
 
     >>> check_qkv(torch.zeros(2, 5, 8), torch.zeros(2, 6, 4), torch.zeros(2, 6, 4))
     ... # doctest: +ELLIPSIS
@@ -377,8 +381,9 @@ def check_qkv(q: Any, k: Any, v: Any, dims: int | None = None, broadcast: bool =
         raise ValueError(f"q and k must have a head dim D >= 1, got {shapes}")
     if k.size(-2) != v.size(-2):
         raise ValueError(f"k and v must have the same number of keys Lk (dim -2), got {shapes}")
-    if k.size(-2) == 0:
-        raise ValueError(f"k must have at least one key (Lk >= 1), got {shapes}")
+    if k.size(-2) == 0 and q.size(-2) > 0:  # no query and no key: an empty result is right
+        raise ValueError(f"k must have at least one key (Lk >= 1) for Lq >= 1 queries, got "
+                         f"{shapes}")
     lead = q.shape[:-2]
     if broadcast:
         try:
@@ -543,7 +548,7 @@ def check_same_size(dim: int, what: str = "", **tensors: torch.Tensor) -> None:
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: query and key must have the same size along dim 0 (the batch), got query (2, 5), ...
+    ValueError: query and key must have the same size along dim 0 (the batch), got query ...
     """
     if len({t.size(dim) for t in tensors.values()}) > 1:
         names = ", ".join(list(tensors)[:-1]) + " and " + list(tensors)[-1]
@@ -563,7 +568,7 @@ def check_sequences(weight: torch.Tensor, batch_first: bool = True,
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: query and key must have the same size along dim 0 (the batch), got query (2, 5, 8), ...
+    ValueError: query and key must have the same size along dim 0 (the batch), got query ...
     """
     layout, bdim = ("(B, T, E)", 0) if batch_first else ("(T, B, E)", 1)
     for name, (t, e) in inputs.items():

@@ -53,12 +53,14 @@ import torch
 import torch.nn.functional as F
 
 from course_utils.checks import (
+    check_float_tensor,
     check_int,
+    check_int_tensor,
     check_non_negative_int,
     check_positive_int,
     check_real,
     check_shape,
-    check_token_ids,
+    describe,
 )
 
 __all__ = [
@@ -101,6 +103,7 @@ def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     >>> filter_top_k(torch.tensor([1., 3., 2., 0.]), 2)
     tensor([-inf, 3., 2., -inf])
     """
+    check_float_tensor("logits", logits, min_dims=1)
     check_positive_int("k", k)
     kth = logits.topk(min(k, logits.size(-1)), dim=-1).values[..., -1:]  # (..., 1)
     return logits.masked_fill(logits < kth, _NEG_INF)
@@ -116,6 +119,7 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     >>> filter_top_p(logits, 0.75).exp()                  # 0.5 < 0.75, 0.5 + 0.3 >= 0.75
     tensor([0.5000, 0.3000, 0.0000, 0.0000])
     """
+    check_float_tensor("logits", logits, min_dims=1)
     check_real("p", p, 0.0, 1.0, low_open=True)
     probs, order = logits.float().softmax(-1).sort(dim=-1, descending=True, stable=True)
     before = probs.cumsum(-1) - probs  # probability of the tokens ranked above each one
@@ -142,6 +146,7 @@ def sample_next(
     tensor([1, 0])
     """
     check_real("temperature", temperature, 0.0)
+    _check_scores("logits", logits)
     if temperature == 0.0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -306,8 +311,14 @@ def beam_search(
 
 def _check_start(tokens: object, max_new_tokens: int, eos: int | None, pad: int | None) -> int:
     """Check the prompt and the special ids; return the id that follows an ended sequence."""
-    check_token_ids("tokens", tokens, vocab_size=2**62)
+    check_int_tensor("tokens", tokens)
     check_shape("tokens", tokens, (None, None), what="(B, t): a batch of prompts")
+    if tokens.size(1) == 0:
+        raise ValueError(f"tokens must hold at least one token per row (a start token), got "
+                         f"shape {tuple(tokens.shape)}")
+    if tokens.numel() and int(tokens.min()) < 0:
+        raise ValueError(f"tokens must hold token ids >= 0, got values from {int(tokens.min())} "
+                         f"to {int(tokens.max())}")
     check_non_negative_int("max_new_tokens", max_new_tokens)
     for name, i in (("eos", eos), ("pad", pad)):
         if i is not None:
@@ -322,6 +333,7 @@ def _check_logits(logits: object, rows: int, suppress: Sequence[int], eos: int |
         raise TypeError(f"step must return (logits, state) with float logits (B, V), got "
                         f"{type(logits).__name__} {getattr(logits, 'dtype', '')}")
     check_shape("logits returned by step", logits, (rows, None), what=f"(B, V) with B = {rows}")
+    _check_scores("logits returned by step", logits)
     v = logits.size(-1)
     for name, i in [("eos", eos), ("pad", pad)] + [("suppress[]", s) for s in suppress]:
         if i is not None:
@@ -336,3 +348,13 @@ def _suppress(scores: torch.Tensor, suppress: Sequence[int]) -> torch.Tensor:
         return scores
     ids = torch.tensor(list(suppress), dtype=torch.long, device=scores.device)
     return scores.index_fill(-1, ids, _NEG_INF)
+
+
+def _check_scores(name: str, logits: object) -> None:
+    """Float ``(B, V)`` scores a softmax can use: no NaN, no +inf, some token allowed per row."""
+    check_float_tensor(name, logits, dims=(1, 2))
+    bad = logits.isnan() | (logits == float("inf"))
+    if bool(bad.any()) or bool((logits == _NEG_INF).all(-1).any()):
+        rows = (bad.any(-1) | (logits == _NEG_INF).all(-1)).nonzero().flatten().tolist()
+        raise ValueError(f"{name} must be finite or -inf with some token allowed in every row, "
+                         f"got NaN, +inf or only -inf in rows {rows} of {describe(logits)}")

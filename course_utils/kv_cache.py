@@ -37,12 +37,11 @@ import torch
 from course_utils.checks import (
     check_float_tensor,
     check_int,
+    check_int_tensor,
     check_positive_int,
     check_same_device,
     check_same_dtype,
     check_shape,
-    check_tensor,
-    describe,
 )
 
 __all__ = ["KVCache", "KVCacheBase"]
@@ -92,7 +91,8 @@ class KVCacheBase(abc.ABC):
         b, h, _, d = like.shape
         for name, t, dim in (("k_new", k_new, d), ("v_new", v_new, head_dim_v or d)):
             check_float_tensor(name, t, dims=4)
-            check_shape(name, t, (b, h, None, dim), what=f"(B, Hkv, T, D) = {(b, h, 'T', dim)}")
+            check_shape(name, t, (b, h, None, dim), what=f"(B, Hkv, T, D) = {(b, h, 'T', dim)} "
+                        f"(the cache holds B={b} sequences of Hkv={h} heads of D={dim} dims)")
             check_same_dtype(**{name: t, "cache": like})
             check_same_device(**{name: t, "cache": like})
         if k_new.size(2) != v_new.size(2):
@@ -164,12 +164,11 @@ class KVCache(KVCacheBase):
 
     def reorder(self, index: torch.Tensor) -> None:
         batch = self.keys[0].size(0)
-        check_tensor("index", index, dims=1)
-        if (index.is_floating_point() or index.dtype == torch.bool or index.numel() != batch
-                or int(index.min()) < 0 or int(index.max()) >= batch):
-            raise ValueError(f"index must be an integer tensor of {batch} row numbers in "
-                             f"[0, {batch}), got {describe(index)}")
+        check_int_tensor("index", index, 1, batch, self.keys[0].device, f"({batch},): a row each")
+        if int(index.min()) < 0 or int(index.max()) >= batch:
+            raise ValueError(f"index must hold row numbers in [0, {batch}), got values from "
+                             f"{int(index.min())} to {int(index.max())}")
         for buffers in (self.keys, self.values):
             for layer, buf in enumerate(buffers):
                 n = self._len[layer]
-                buf[:, :, :n] = buf[index.to(buf.device), :, :n]  # (B, Hkv, n, D), rows chosen
+                buf[:, :, :n] = buf[index, :, :n]  # (B, Hkv, n, D), the rows chosen

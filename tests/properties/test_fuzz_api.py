@@ -57,11 +57,13 @@ def fuzz_settings(n: int):
                                            HealthCheck.data_too_large])
 
 
-def call(name: str, fn, *args, allowed=DOCUMENTED, says: re.Pattern = GOT, **kwargs):
+def call(name: str, fn, *args, allowed=DOCUMENTED, says: re.Pattern = GOT,
+         blame: str | None = None, **kwargs):
     """Run ``fn``; return ``(True, result)`` or ``(False, exception)`` for a documented error.
 
     Anything else (RuntimeError, IndexError, AttributeError, ...) propagates: hypothesis then
-    shrinks the input and the test fails with it.
+    shrinks the input and the test fails with it. ``blame`` (a regex, see :func:`blame`) must
+    match the message of an error when exactly one argument was mutated: it names it.
     """
     COUNTS[name] += 1
     try:
@@ -69,7 +71,19 @@ def call(name: str, fn, *args, allowed=DOCUMENTED, says: re.Pattern = GOT, **kwa
     except allowed as exc:
         msg = str(exc)
         assert says.search(msg), f"{name}: {type(exc).__name__} does not say what it got: {msg!r}"
+        if blame is not None:
+            assert re.search(blame, msg), f"{name}: the message does not name {blame}: {msg!r}"
         return False, exc
+
+
+def blame(mutations: dict[str, str], aliases: dict[str, str] | None = None) -> str | None:
+    """The argument an error must name: the only one mutated beyond NaN/inf, as a word regex
+    (``aliases`` gives other names it goes by after a reshape, e.g. ``key`` -> ``k``)."""
+    bad = [name for name, m in mutations.items() if m not in HARMLESS]
+    if len(bad) != 1:
+        return None
+    alias = (aliases or {}).get(bad[0])  # a regex of other names
+    return rf"\b{re.escape(bad[0])}\b" + (rf"|\b(?:{alias})\b" if alias else "")
 
 
 # ---- building blocks: tensors that start valid and may be mutated ---------------------------
@@ -178,7 +192,11 @@ def sdpa_calls(draw):
 @given(sdpa_calls())
 def test_scaled_dot_product_attention(case):
     (q, k, v, mask), kwargs, mutations = case
-    ok, out = call("scaled_dot_product_attention", A.scaled_dot_product_attention, q, k, v, mask, **kwargs)
+    named = dict(zip(["q", "k", "v", "attn_mask"], mutations[:4], strict=True))
+    if any(m not in HARMLESS for m in mutations[4:]):  # dropout_p or scale: blame no tensor
+        named["dropout_p/scale"] = "arg"
+    ok, out = call("scaled_dot_product_attention", A.scaled_dot_product_attention, q, k, v, mask,
+                   blame=blame(named, {"dropout_p/scale": "dropout_p|scale"}), **kwargs)
     _check_outcome("scaled_dot_product_attention", ok, out, mutations)
     if ok and mask is not None and mask.dtype == torch.bool and not kwargs.get("causal") and q.device.type == "cpu":
         dead = ~mask.any(-1)  # (Lq,) rows that may attend to nothing
@@ -239,7 +257,10 @@ def test_multi_head_attention_forward(data):
                   need_weights=data.draw(st.booleans()), average_attn_weights=data.draw(st.booleans()))
     MHA.use_sdpa = data.draw(st.booleans())
     try:
-        ok, out = call("MultiHeadAttention.forward", MHA, q, k, v, **kwargs)
+        named = dict(zip(["query", "key", "value", "key_padding_mask", "attn_mask"],
+                         [m1, m2, m3, m4, m5], strict=True))
+        ok, out = call("MultiHeadAttention.forward", MHA, q, k, v, **kwargs,
+                       blame=blame(named, {"key": "k", "value": "v"}))
     finally:
         MHA.use_sdpa = False
     _check_outcome("MultiHeadAttention.forward", ok, out, [m1, m2, m3, m4, m5])
@@ -410,11 +431,13 @@ def test_efficient_attention(data):
     causal = data.draw(st.booleans())
     block_q, block_k = data.draw(st.sampled_from([1, 2, 3, 256, 0, -1, 2.5, True, "4"])), data.draw(st.integers(1, 5))
     mutations = [mq, mk, mv, mp]
-    ok, out = call("naive_attention", EF.naive_attention, q, k, v, causal=causal, key_padding_mask=pad)
+    who = blame(dict(zip(["q", "k", "v", "key_padding_mask"], mutations, strict=True)))
+    ok, out = call("naive_attention", EF.naive_attention, q, k, v, causal=causal,
+                   key_padding_mask=pad, blame=who)
     _check_outcome("naive_attention", ok, out, mutations)
     block_ok = isinstance(block_q, int) and not isinstance(block_q, bool) and block_q >= 1
     ok, out = call("tiled_attention", EF.tiled_attention, q, k, v, causal=causal, key_padding_mask=pad,
-                   block_q=block_q, block_k=block_k)
+                   block_q=block_q, block_k=block_k, blame=who if block_ok else None)
     _check_outcome("tiled_attention", ok, out, mutations + ([VALID] if block_ok else ["arg"]))
     x, mx = data.draw(tensors((b, lq, d), dtype))
     ok, out = call("online_softmax", EF.online_softmax, x, block=block_k)
@@ -431,12 +454,146 @@ def test_grouped_query_attention(data):
     v, mv = data.draw(tensors((b, hkv, lk, d), dtype))
     pad, mp = data.draw(padding_masks(b, lk))
     ok, out = call("grouped_query_attention", EF.grouped_query_attention, q, k, v,
-                   causal=data.draw(st.booleans()), key_padding_mask=pad)
+                   causal=data.draw(st.booleans()), key_padding_mask=pad,
+                   blame=blame(dict(zip(["q", "k", "v", "key_padding_mask"], [mq, mk, mv, mp],
+                                        strict=True))))
     _check_outcome("grouped_query_attention", ok, out, [mq, mk, mv, mp])
     n_rep = data.draw(st.sampled_from([1, 2, 3, 0, -1, 1.5, True, "2", None]))
     rep_ok = isinstance(n_rep, int) and not isinstance(n_rep, bool) and n_rep >= 1
     ok, out = call("repeat_kv", EF.repeat_kv, k, n_rep)
     _check_outcome("repeat_kv", ok, out, [mk] + ([VALID] if rep_ok else ["arg"]))
+
+
+# ---- KV cache, cached attention, decoding, ALiBi ------------------------------------------------
+
+from course_utils import decoding as DE  # noqa: E402
+from course_utils import kv_cache as KV  # noqa: E402
+
+LAYER_VALUES = [0, 1, 0, -1, 2, 1.0, True, None, "0"]
+
+
+@fuzz_settings(200)
+@given(st.data())
+def test_kv_cache_update(data):
+    cache = KV.KVCache(2, batch=2, num_heads=2, head_dim=3, max_len=4)
+    layer = data.draw(st.sampled_from(LAYER_VALUES))
+    t = data.draw(st.integers(1, 5))
+    k, mk = data.draw(tensors((2, 2, t, 3)))
+    v, mv = data.draw(tensors((2, 2, t, 3)))
+    layer_ok = layer in (0, 1) and not isinstance(layer, bool) and isinstance(layer, int)
+    named = {"layer": VALID if layer_ok else "arg", "k_new": mk, "v_new": mv}
+    ok, out = call("KVCache.update", cache.update, layer, k, v, blame=blame(named))
+    if set(named.values()) <= HARMLESS and t <= 4:
+        assert ok, out
+    if ok:  # what comes back is exactly what went in, in the cache's dtype (no silent cast)
+        assert out[0].dtype == torch.float32 and k.dtype == torch.float32
+        torch.testing.assert_close(out[0], k, rtol=0, atol=0, equal_nan=True)
+    index, mi = data.draw(tensors((2,), torch.int64))
+    call("KVCache.reorder", cache.reorder, index.clamp(0, 1) if mi == VALID else index)
+
+
+def _table_step(v: int, kind: str):
+    table = torch.randn(v, v, generator=torch.Generator().manual_seed(v))
+
+    def step(tokens, state):
+        logits = table[tokens[:, -1].clamp(0, v - 1)]
+        if kind == "3d":
+            logits = logits[:, None]
+        elif kind == "int":
+            logits = logits.long()
+        elif kind == "nan":
+            logits = logits.clone().fill_(math.nan)
+        elif kind == "list":
+            logits = logits.tolist()
+        return logits, state
+    return step
+
+
+@fuzz_settings(200)
+@given(st.data())
+def test_decoding(data):
+    v = 5
+    # tokens on the meta device hold no values: which device they live on is the step's business
+    tokens, mt = data.draw(tensors((2, data.draw(st.integers(1, 3))), torch.int64).filter(
+        lambda tm: tm[1] != "meta"))
+    if mt in HARMLESS:
+        tokens = tokens.abs() % v
+    kind = data.draw(st.sampled_from(["ok", "ok", "ok", "3d", "int", "nan", "list"]))
+    n = data.draw(st.sampled_from([0, 3, 3, -1, 2.5, None]))
+    eos = data.draw(st.sampled_from([None, 1, 4, 5, -1, 1.0]))
+    named = {"tokens": mt, "step": VALID if kind == "ok" else "arg",
+             "max_new_tokens": VALID if n in (0, 3) and not isinstance(n, float) else "arg",
+             "eos": VALID if eos in (None, 1, 4) and not isinstance(eos, float) else "arg"}
+    aliases = {"step": "logits returned by step|step"}
+    for name, fn, kwargs in (
+        ("decoding.greedy", DE.greedy, {}),
+        ("decoding.sample", DE.sample, {"generator": torch.Generator().manual_seed(0)}),
+        ("decoding.beam_search", DE.beam_search, {"beam_width": 2}),
+    ):
+        ok, out = call(name, fn, _table_step(v, kind), tokens, None, n, eos=eos,
+                       blame=blame(named, aliases), **kwargs)
+        if set(named.values()) <= {VALID}:
+            assert ok, out
+            assert out.tokens.shape[0] == 2 and ((out.tokens >= 0) & (out.tokens < v)).all()
+
+
+@fuzz_settings(150)
+@given(st.data())
+def test_sampling_filters(data):
+    # sampling needs the values: meta tensors hold none (PyTorch's sampling refuses them too)
+    logits, ml = data.draw(tensors((2, 6)).filter(lambda tm: tm[1] != "meta"))
+    k = data.draw(st.sampled_from([1, 3, 6, 9, 0, -1, 1.5, None]))
+    p = data.draw(st.sampled_from([0.5, 1.0, 0.0, 1.5, math.nan, "0.5"]))
+    temperature = data.draw(st.sampled_from([1.0, 0.0, 0.7, -1.0, math.inf, math.nan]))
+    k_ok = isinstance(k, int) and not isinstance(k, bool) and k >= 1
+    ok, out = call("filter_top_k", DE.filter_top_k, logits, k)
+    if ml == VALID and k_ok:
+        assert ok and (out.isfinite().sum(-1) == min(k, 6)).all()
+    p_ok = p in (0.5, 1.0)
+    ok, out = call("filter_top_p", DE.filter_top_p, logits, p)
+    if ml == VALID and p_ok:
+        assert ok and (out.isfinite().sum(-1) >= 1).all()
+    t_ok = temperature in (1.0, 0.0, 0.7)
+    ok, out = call("sample_next", DE.sample_next, logits, temperature,
+                   generator=torch.Generator().manual_seed(0),
+                   blame=None if t_ok else r"\btemperature\b")
+
+
+@fuzz_settings(80)
+@given(st.sampled_from([0, 1, 3, 8, 12, -2, 2.0, True, None, "4"]),
+       st.sampled_from([0, 1, 5, -1, 2.5, None]), st.sampled_from([0, 2, -1, 1.5]))
+def test_alibi_and_causal_offsets(heads, lq, offset):
+    ok, slopes = call("alibi_slopes", P.alibi_slopes, heads)
+    heads_ok = isinstance(heads, int) and not isinstance(heads, bool) and heads >= 1
+    assert ok == heads_ok
+    if ok:  # a geometric sequence in (0, 1) for a power of two
+        assert ((slopes > 0) & (slopes < 1)).all() and slopes.numel() == heads
+    call("alibi_bias", P.alibi_bias, heads, lq, offset=offset)
+    call("causal_mask", A.causal_mask, lq, 4, offset=offset)
+
+
+@fuzz_settings(150)
+@given(st.data())
+def test_cached_modules(data):
+    torch.manual_seed(0)
+    gqa = A.GroupedQueryAttention(8, 4, 2, head_dim=3, rope=None).eval()
+    rope_mha = A.MultiHeadAttention(8, 2, rope=P.RotaryEmbedding(4)).eval()
+    t = data.draw(st.integers(1, 3))
+    x, mx = data.draw(tensors((2, t, 8)))
+    positions, mp = data.draw(st.one_of(st.just((None, VALID)), tensors((t,), torch.int64)))
+    if mp == VALID and positions is not None:
+        positions = positions.abs()
+    cache = KV.KVCache(1, 2, 2, 3, 4)
+    ok, out = call("GroupedQueryAttention.forward", gqa, x, is_causal=True, cache=cache,
+                   blame=blame({"x": mx}, {"x": "k_new"}))  # a batch the cache does not hold
+    cache = KV.KVCache(1, 2, 2, 4, 4)
+    ok, out = call("MultiHeadAttention.forward(cache, rope)", rope_mha, x, is_causal=True,
+                   cache=cache, positions=positions,
+                   blame=blame({"query": mx, "positions": mp}, {"query": "k_new"}))
+    dec = DEC  # the 2-layer decoder above
+    memory_kv = dec.project_memory(torch.randn(2, 3, E))
+    ok, out = call("TransformerDecoder.step", dec.step, x, dec.new_cache(2, 4), memory_kv,
+                   blame=blame({"tgt": mx}, {"tgt": "k_new"}))
 
 
 def test_zz_examples_run():

@@ -187,6 +187,8 @@ def test_reorder_state_handles_nested_states_and_caches():
 
 BAD = [
     (dict(tokens=torch.tensor([[1.0]])), TypeError, r"tokens must be an integer tensor"),
+    (dict(tokens=torch.tensor([[-1]])), ValueError, r"tokens must hold token ids >= 0, got values "
+                                                    r"from -1 to -1"),
     (dict(tokens=torch.tensor([1, 2])), ValueError, r"tokens must have shape \(B, t\)"),
     (dict(max_new_tokens=-1), ValueError, r"max_new_tokens must be a non-negative int, got -1"),
     (dict(eos=4), ValueError, r"eos must be an int in \[0, 3\], got 4"),

@@ -82,9 +82,13 @@ def test_reorder_keeps_rows_for_beam_search():
     for layer in (0, 1):
         assert torch.equal(cache.keys[layer][:, :, :2], k[index])
         assert torch.equal(cache.values[layer][:, :, :2], v[index])
-    for bad in (torch.tensor([0, 1]), torch.tensor([0, 1, 3]), torch.tensor([0.0, 1.0, 2.0])):
-        with pytest.raises(ValueError, match=r"index must be an integer tensor of 3 row numbers"):
-            cache.reorder(bad)
+    with pytest.raises(ValueError, match=r"index must have shape \(3,\): a row each, got \(2,\)"):
+        cache.reorder(torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"index must hold row numbers in \[0, 3\), got values "
+                                         r"from 0 to 3"):
+        cache.reorder(torch.tensor([0, 1, 3]))
+    with pytest.raises(TypeError, match=r"index must be an integer tensor"):
+        cache.reorder(torch.tensor([0.0, 1.0, 2.0]))
 
 
 # ---------------------------------------------------------------------------------------------
