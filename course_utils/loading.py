@@ -473,10 +473,11 @@ def read_bandwidth(path: str | os.PathLike, chunk: int = 1 << 20) -> float:
     return size / (time.perf_counter() - start)
 
 
-def per_file_seconds(paths: Sequence[str | os.PathLike]) -> float:
-    """Median seconds to open, read and close one of ``paths`` (as cached now)."""
+def per_file_seconds(paths: Sequence[str | os.PathLike], seed: int = 0) -> float:
+    """Median seconds to open, read and close one of ``paths`` (as cached now), visited in a random order."""
     times = []
-    for path in paths:
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
+    for path in (paths[i] for i in order):
         start = time.perf_counter()
         with open(path, "rb") as f:
             f.read()
@@ -485,19 +486,20 @@ def per_file_seconds(paths: Sequence[str | os.PathLike]) -> float:
 
 
 def predict_epoch_seconds(files: int, per_file_s: float, nbytes: int, bandwidth: float,
-                          samples: int = 0, decode_s: float = 0.0) -> float:
-    """Predicted seconds to read (and decode) one epoch: ``files × per-file cost + bytes / bandwidth
-    + samples × decode cost``.
+                          samples: int = 0, decode_s: float = 0.0, batch_s: float = 0.0) -> float:
+    """Predicted seconds for one epoch: ``files × per-file cost + bytes / bandwidth + samples × (decode
+    cost + the DataLoader's own cost per sample)``.
 
     >>> predict_epoch_seconds(files=10_000, per_file_s=1e-4, nbytes=100 * 2**20, bandwidth=500 * 2**20)
     1.2
     """
-    for name, value in (("per_file_s", per_file_s), ("bandwidth", bandwidth), ("decode_s", decode_s)):
+    for name, value in (("per_file_s", per_file_s), ("bandwidth", bandwidth), ("decode_s", decode_s),
+                        ("batch_s", batch_s)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if bandwidth <= 0:
         raise ValueError(f"bandwidth must be > 0 bytes/s, got {bandwidth!r}")
-    return files * per_file_s + nbytes / bandwidth + samples * decode_s
+    return files * per_file_s + nbytes / bandwidth + samples * (decode_s + batch_s)
 
 
 # -- throughput -------------------------------------------------------------------------------------
@@ -573,6 +575,8 @@ class LoadingStudy:
         self.rates: dict[tuple[str, str, int], float] = {}  # (layout, cache, workers) → samples/s
         self.read_s: dict[tuple[str, str], float] = {}  # (layout, cache) → s/sample, bytes only
         self.decode_s = math.nan  # s/sample, PNG decode of bytes in memory
+        self.batch_s = 0.0  # s/sample, the DataLoader's own work (index, collate), from the in-memory layout
+        self.batch_size = 64
         self.per_file_s: dict[str, float] = {}  # cache → s to open, read and close one small file
         self.bandwidth: dict[str, float] = {}  # cache → bytes/s reading one large file
         self.pinned: dict[bool, float] = {}  # pin_memory → samples/s to the GPU
@@ -586,7 +590,8 @@ class LoadingStudy:
         evict_from_page_cache(self.stored[layout].files)
 
     def measure_ingredients(self, probes: int = 256) -> None:
-        """Per-file cost and bandwidth (warm, cold) on files the epochs do not read, and the PNG decode cost."""
+        """Per-file cost and bandwidth (warm, cold) on files the epochs do not read, the PNG decode cost,
+        and the DataLoader's own cost per sample (one epoch of the in-memory layout, 0 workers)."""
         probe_dir = self.root / "probe"
         probe_dir.mkdir(exist_ok=True)
         probe_images, _ = make_image_dataset(probes, size=self.image_size, seed=99)
@@ -608,6 +613,9 @@ class LoadingStudy:
         for blob in blobs:
             decode_png(blob)
         self.decode_s = (time.perf_counter() - start) / len(blobs)
+        # the DataLoader's own cost per sample (indexing, collating the batch): the in-memory layout
+        self.batch_s = 1.0 / loader_samples_per_s(self.datasets["in_memory"], batch_size=self.batch_size,
+                                                  sampler=self.samplers["in_memory"])
 
     def measure_reads(self, progress: Callable[[Iterable], Iterable] | None = None) -> None:
         """Seconds per sample to read the bytes only (no decode), in this process, in each layout's order."""
@@ -625,6 +633,7 @@ class LoadingStudy:
                         ) -> None:
         """Samples/s of one epoch through a ``DataLoader``: every layout, cache state and worker count."""
         each = progress or (lambda it: it)
+        self.batch_size = batch_size
         runs = [(layout, cache, w) for layout in LAYOUTS for cache in self.caches() for w in workers
                 if not (layout == "in_memory" and cache == "cold")]
         for layout, cache, w in each(runs):
@@ -653,7 +662,8 @@ class LoadingStudy:
         stored = self.stored[layout]
         decode = self.decode_s if layout in ("png_files", "tar_shards") else 0.0
         return predict_epoch_seconds(len(stored.files), self.per_file_s[cache], stored.nbytes,
-                                     self.bandwidth[cache], samples=self.samples, decode_s=decode)
+                                     self.bandwidth[cache], samples=self.samples, decode_s=decode,
+                                     batch_s=self.batch_s)
 
     def table(self, workers: Sequence[int]) -> str:
         """samples/s, one row per layout and cache state, one column per worker count."""
@@ -670,7 +680,8 @@ class LoadingStudy:
                 "rates": [{"layout": k[0], "cache": k[1], "workers": k[2], "samples_per_s": v}
                           for k, v in self.rates.items()],
                 "read_s_per_sample": {f"{k[0]}/{k[1]}": v for k, v in self.read_s.items()},
-                "decode_s_per_sample": self.decode_s, "per_file_s": self.per_file_s,
+                "decode_s_per_sample": self.decode_s, "loader_s_per_sample": self.batch_s,
+                "per_file_s": self.per_file_s,
                 "bandwidth_bytes_per_s": self.bandwidth,
                 "bytes": {k: v.nbytes for k, v in self.stored.items()}}
 

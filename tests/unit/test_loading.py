@@ -114,6 +114,7 @@ def test_bad_layouts_are_named(tmp_path):
 
 def test_prediction_is_the_sum_of_its_parts():
     assert L.predict_epoch_seconds(100, 1e-3, 10_000, 1e6, samples=100, decode_s=1e-4) == pytest.approx(0.12)
+    assert L.predict_epoch_seconds(100, 1e-3, 10_000, 1e6, samples=100, decode_s=1e-4, batch_s=1e-4) == pytest.approx(0.13)
     with pytest.raises(ValueError, match="bandwidth must be > 0"):
         L.predict_epoch_seconds(1, 0.0, 1, 0.0)
 
