@@ -255,3 +255,26 @@ def test_cache_refuses_training_mode():
     lm = DecoderLM(vocab=11, d_model=16, nhead=4, num_layers=1, max_len=8).train()
     with pytest.raises(RuntimeError, match="eval"):
         lm.generate(torch.randn(1, 3, 16), torch.zeros(1, 1, dtype=torch.long), 2)
+
+
+def test_decoder_lm_bad_input():
+    lm = DecoderLM(vocab=11, d_model=16, nhead=4, num_layers=1, max_len=8).eval()
+    memory, start = torch.randn(1, 3, 16), torch.zeros(1, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"start must hold token ids in \[0, 11\), got values "
+                                         r"from 0 to 12"):
+        lm.generate(memory, torch.tensor([[0, 12]]), 2)
+    with pytest.raises(TypeError, match=r"start must be an integer tensor of token ids"):
+        lm.generate(memory, start.float(), 2)
+    with pytest.raises(ValueError, match=r"steps must be a non-negative int, got -1"):
+        lm.generate(memory, start, -1)
+    with pytest.raises(ValueError, match=r"T0 \+ steps <= max_len=8, got start \(1, 1\) and "
+                                         r"steps=8"):
+        lm.generate(memory, start, 8)
+    with pytest.raises(ValueError, match=r"memory must have shape \(B, T, E\) with E = 16, got "
+                                         r"\(1, 3, 8\)"):
+        lm.generate(torch.randn(1, 3, 8), start, 2)
+    with pytest.raises(ValueError, match=r"the batch\), got tgt \(1, 1, 16\), memory \(2, 3, 16\)"):
+        lm(start, torch.randn(2, 3, 16))
+    with pytest.raises(ValueError, match=r"vocab must be a positive int, got 0"):
+        DecoderLM(vocab=0)
+    assert lm.generate(memory, start, 0).tolist() == [[0]]  # nothing to generate
