@@ -19,7 +19,7 @@ MIN_PYTHON = (3, 10)
 MIN_FREE_DISK_GB = 2.0
 MIN_FREE_MEMORY_GB = 2.0
 PACKAGES = ["torch", "torchvision", "transformers", "matplotlib", "jupyterlab", "tqdm", "numpy",
-            "scikit-learn", "sacrebleu", "gymnasium", "nvidia-ml-py", "psutil"]
+            "scikit-learn", "sacrebleu", "gymnasium", "nvidia-ml-py", "psutil", "filelock", "pillow"]
 
 
 @dataclass
@@ -84,6 +84,7 @@ def run_checks() -> list[Check]:
     except Exception as exc:
         checks.append(Check("autocast smoke test", False, f"{type(exc).__name__}: {exc}",
                             fix="update PyTorch (`make install`) or run notebooks with mixed precision disabled"))
+    checks.extend(_scaling_checks())
     import psutil
 
     free_mem = psutil.virtual_memory().available / 2**30
@@ -112,6 +113,30 @@ def run_checks() -> list[Check]:
         checks.append(Check("jupyter kernel", True, "ipykernel importable"))
     except ImportError:
         checks.append(Check("jupyter kernel", False, "ipykernel missing", fix="run `make install`"))
+    return checks
+
+
+def _scaling_checks() -> list[Check]:
+    """torch.distributed and its backends, the launch plan of notebook 15, and cold-cache measurements."""
+    import torch.distributed as dist
+
+    from .distributed import launch_plan
+    from .loading import page_cache_eviction
+
+    if not dist.is_available():
+        return [Check("torch.distributed", False, "this PyTorch build has no torch.distributed", warning=True,
+                      fix="notebook 15's multi-process runs need torch.distributed: install PyTorch from pytorch.org")]
+    backends = [name for name, ok in (("gloo", dist.is_gloo_available()), ("nccl", dist.is_nccl_available())) if ok]
+    checks = [Check("torch.distributed", "gloo" in backends, f"backends: {', '.join(backends) or 'none'}",
+                    fix="gloo is missing: reinstall PyTorch (`rm -rf .venv && make install`)", warning=True)]
+    try:
+        checks.append(Check("launch plan", True, str(launch_plan(2)).removeprefix("launch plan: ")))
+    except Exception as exc:  # a plan that cannot be made is worth a line, not a crash
+        checks.append(Check("launch plan", False, f"{type(exc).__name__}: {exc}", warning=True,
+                            fix="notebook 15 cannot plan its torchrun jobs here; see its section 5"))
+    eviction = page_cache_eviction()
+    checks.append(Check("page cache eviction", eviction.supported, eviction.reason, warning=True,
+                        fix="notebook 15 measures warm reads only on this system (no posix_fadvise)"))
     return checks
 
 

@@ -40,3 +40,19 @@ def test_doctor_reports_a_broken_data_source(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "data: broken" in out and "data/broken.tsv is missing (notebooks 99)" in out
     assert "--write" in out
+
+
+def test_doctor_reports_the_launch_plan_and_cache_eviction(capsys):
+    assert doctor.main() == 0
+    out = capsys.readouterr().out
+    assert "launch plan" in out and "2 processes" in out and "torch.distributed" in out
+    assert "page cache eviction" in out
+
+
+def test_doctor_warns_without_posix_fadvise(monkeypatch, capsys):
+    import os
+
+    monkeypatch.delattr(os, "posix_fadvise", raising=False)
+    assert doctor.main() == 0  # a warning, not a failure: notebook 15 still runs
+    out = capsys.readouterr().out
+    assert "[warn] page cache eviction" in out and "warm reads only" in out
