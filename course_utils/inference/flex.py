@@ -63,6 +63,7 @@ __all__ = [
     "prefix_lm_mask",
     "prefix_lm_mod",
     "sliding_window_mod",
+    "tile_map",
 ]
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -243,6 +244,32 @@ def block_stats(mask: BlockMask) -> dict[str, float]:
         "full": full,
         "skipped_fraction": 1.0 - (partial + full) / tiles,
     }
+
+
+def tile_map(mask: BlockMask, batch: int = 0, head: int = 0) -> torch.Tensor:
+    """``(q_tiles, kv_tiles)`` int map of one (batch row, head): 0 = skipped, 1 = partial (the
+    mask is evaluated inside), 2 = full (computed without evaluating it), read from the block
+    mask's own index lists.
+
+    >>> tile_map(block_mask(causal_mod, 384, 384, block_size=128)).tolist()
+    [[1, 0, 0], [2, 1, 0], [2, 2, 1]]
+    """
+    if not isinstance(mask, BlockMask):
+        raise TypeError(f"mask must be a BlockMask (from block_mask), got {describe(mask)}")
+    kv_tiles = -(-mask.seq_lengths[1] // mask.BLOCK_SIZE[1])
+    rows = mask.kv_num_blocks.size(-1)
+    out = torch.zeros(rows, kv_tiles + 1, dtype=torch.long)  # the last column catches padding
+    for kind, num, idx in (
+        (1, mask.kv_num_blocks, mask.kv_indices),
+        (2, mask.full_kv_num_blocks, mask.full_kv_indices),
+    ):
+        if num is None:
+            continue
+        num, idx = num[batch, head].cpu(), idx[batch, head].cpu()  # (rows,), (rows, max_tiles)
+        listed = torch.arange(idx.size(-1))[None, :] < num[:, None]
+        cols = torch.where(listed, idx.long(), kv_tiles)
+        out.scatter_(1, cols, kind)
+    return out[:, :kv_tiles]
 
 
 _COMPILED: Callable | None = None

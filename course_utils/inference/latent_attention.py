@@ -243,6 +243,58 @@ class MultiHeadLatentAttention(nn.Module):
         self.rope = RotaryEmbedding(rope_dim)
         self.scale = 1.0 / math.sqrt(nope_dim + rope_dim)
 
+    def to_transformers(self) -> nn.Module:
+        """transformers' ``DeepseekV2Attention`` holding a copy of these weights (eager attention).
+
+        Call it as ``hf(x, attention_mask=causal_float_mask, position_embeddings=freqs)`` with
+        ``freqs = DeepseekV2RotaryEmbedding(hf.config)(x, positions[None])``. DeepSeek's RoPE
+        rotates the pairs of dims ``(2i, 2i + 1)`` where the course rotates ``(i, i + d_R/2)``:
+        the RoPE rows of the copied weights are reordered to match, which changes no score.
+        Needs ``q_rank`` (transformers' layer always compresses the queries when it is set).
+        """
+        from transformers.models.deepseek_v2 import configuration_deepseek_v2, modeling_deepseek_v2
+
+        h, nope, rope, v = self.num_heads, self.nope_dim, self.rope_dim, self.v_dim
+        config = configuration_deepseek_v2.DeepseekV2Config(
+            hidden_size=self.d_model,
+            num_attention_heads=h,
+            num_key_value_heads=h,
+            q_lora_rank=self.q_rank,
+            kv_lora_rank=self.kv_rank,
+            qk_nope_head_dim=nope,
+            qk_rope_head_dim=rope,
+            v_head_dim=v,
+            attention_bias=False,
+            rope_parameters={"rope_type": "default", "rope_theta": self.rope.base},
+            rms_norm_eps=self.kv_norm.eps,
+        )
+        config._attn_implementation = "eager"
+        hf = modeling_deepseek_v2.DeepseekV2Attention(config, layer_idx=0)
+        hf = hf.to(dtype=self.w_o.weight.dtype, device=self.w_o.weight.device).eval()
+        # course RoPE dim i pairs with i + rope/2; DeepSeek's dim 2i with 2i + 1
+        to_hf = torch.cat([torch.arange(0, rope, 2), torch.arange(1, rope, 2)]).argsort()
+        with torch.no_grad():
+            if self.w_dq is not None:
+                hf.q_a_proj.weight.copy_(self.w_dq.weight)
+                hf.q_a_layernorm.weight.copy_(self.q_norm.weight)
+                q_b = hf.q_b_proj
+            else:
+                q_b = hf.q_proj
+            q_rope = self.w_qr.weight.view(h, rope, -1)[:, to_hf]
+            q_b.weight.copy_(
+                torch.cat([self.w_uq.weight.view(h, nope, -1), q_rope], 1).flatten(0, 1)
+            )
+            hf.kv_a_proj_with_mqa.weight.copy_(
+                torch.cat([self.w_dkv.weight, self.w_kr.weight[to_hf]])
+            )
+            hf.kv_a_layernorm.weight.copy_(self.kv_norm.weight)
+            kv_b = torch.cat(
+                [self.w_uk.weight.view(h, nope, -1), self.w_uv.weight.view(h, v, -1)], 1
+            )
+            hf.kv_b_proj.weight.copy_(kv_b.flatten(0, 1))
+            hf.o_proj.weight.copy_(self.w_o.weight)
+        return hf
+
     def new_cache(self, batch: int, max_len: int, num_layers: int = 1) -> LatentKVCache:
         w = self.w_dkv.weight
         return LatentKVCache(

@@ -41,8 +41,8 @@ class RecallConfig:
 
     num_keys: int = 64
     num_values: int = 64
-    num_pairs: int = 16
-    num_queries: int = 8
+    num_pairs: int = 32
+    num_queries: int = 16
     d_model: int = 64
     num_heads: int = 2
     num_layers: int = 1
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = RecallConfig(steps=args.steps, num_pairs=args.pairs, num_queries=min(8, args.pairs))
+    cfg = RecallConfig(steps=args.steps, num_pairs=args.pairs, num_queries=min(RecallConfig.num_queries, args.pairs))
     print(asdict(cfg))
     table = tune_recall(cfg, lrs=args.lrs, progress=False)
     for att, row in table.items():

@@ -17,6 +17,7 @@ from course_utils.inference.flex import (
     prefix_lm_mask,
     prefix_lm_mod,
     sliding_window_mod,
+    tile_map,
 )
 from course_utils.inference.sliding_window import window_mask
 from course_utils.positional import alibi_bias, alibi_slopes
@@ -130,6 +131,8 @@ def test_sliding_window_skips_the_blocks_it_should():
     assert stats["partial"] + stats["full"] == int(dense.sum())
     full = window_mask(n, n, w).view(n // bs, bs, n // bs, bs).all(3).all(1)
     assert stats["full"] == int(full.sum())
+    tiles = tile_map(bm)  # the same picture, tile by tile
+    assert torch.equal(tiles == 2, full) and torch.equal(tiles > 0, dense)
 
 
 def test_block_stats_counts_batch_rows_and_heads():

@@ -61,59 +61,35 @@ def test_is_causal():
     assert not torch.allclose(m(x)[:, 6:], m(y)[:, 6:], atol=1e-3)
 
 
-def _hf_attention(m: MultiHeadLatentAttention):
-    """transformers' DeepseekV2Attention holding m's weights (DeepSeek's RoPE pairs dims
-    (2i, 2i+1) where the course pairs (i, i + d/2): reorder the RoPE rows to match)."""
+@pytest.mark.parametrize("q_rank", [24, None])
+def test_equals_transformers_deepseek_v2_attention(q_rank):
     tf = pytest.importorskip("transformers.models.deepseek_v2.modeling_deepseek_v2")
-    cfg_mod = pytest.importorskip("transformers.models.deepseek_v2.configuration_deepseek_v2")
-    h, nope, rope, v, kv_rank = m.num_heads, m.nope_dim, m.rope_dim, m.v_dim, m.kv_rank
-    config = cfg_mod.DeepseekV2Config(
-        hidden_size=m.d_model,
-        num_attention_heads=h,
-        num_key_value_heads=h,
-        q_lora_rank=m.q_rank,
-        kv_lora_rank=kv_rank,
-        qk_nope_head_dim=nope,
-        qk_rope_head_dim=rope,
-        v_head_dim=v,
-        attention_bias=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        rms_norm_eps=1e-6,
-    )
-    config._attn_implementation = "eager"
-    hf = tf.DeepseekV2Attention(config, layer_idx=0).eval()
-    to_hf = torch.cat(
-        [torch.arange(0, rope, 2), torch.arange(1, rope, 2)]
-    ).argsort()  # course -> HF
-    with torch.no_grad():
-        hf.q_a_proj.weight.copy_(m.w_dq.weight)
-        hf.q_a_layernorm.weight.copy_(m.q_norm.weight)
-        q_rope = m.w_qr.weight.view(h, rope, -1)[:, to_hf]
-        hf.q_b_proj.weight.copy_(
-            torch.cat([m.w_uq.weight.view(h, nope, -1), q_rope], 1).flatten(0, 1)
-        )
-        hf.kv_a_proj_with_mqa.weight.copy_(torch.cat([m.w_dkv.weight, m.w_kr.weight[to_hf]]))
-        hf.kv_a_layernorm.weight.copy_(m.kv_norm.weight)
-        hf.kv_b_proj.weight.copy_(
-            torch.cat([m.w_uk.weight.view(h, nope, -1), m.w_uv.weight.view(h, v, -1)], 1).flatten(
-                0, 1
-            )
-        )
-        hf.o_proj.weight.copy_(m.w_o.weight)
-    return hf, tf.DeepseekV2RotaryEmbedding(config)
-
-
-def test_equals_transformers_deepseek_v2_attention():
-    m = mla()
-    hf, rotary = _hf_attention(m)
+    m = mla(q_rank=q_rank)
+    hf = m.to_transformers()
     x = torch.randn(2, 11, 64)
     t = x.size(1)
-    freqs = rotary(x, torch.arange(t)[None])
+    freqs = tf.DeepseekV2RotaryEmbedding(hf.config)(x, torch.arange(t)[None])
     causal = torch.full((t, t), float("-inf")).triu(1)[None, None]
     with torch.no_grad():
         ref = hf(x, attention_mask=causal, position_embeddings=freqs)[0]
         for absorbed in (False, True):
             assert (m(x, absorbed=absorbed) - ref).abs().max() <= 1e-5
+
+
+def test_a_wrong_rope_layout_would_show():
+    """The RoPE reordering matters: without it the outputs differ (the test above can fail)."""
+    tf = pytest.importorskip("transformers.models.deepseek_v2.modeling_deepseek_v2")
+    m = mla()
+    hf = m.to_transformers()
+    with torch.no_grad():
+        hf.kv_a_proj_with_mqa.weight[-m.rope_dim :] = m.w_kr.weight  # course layout, not DeepSeek's
+    x = torch.randn(1, 6, 64)
+    freqs = tf.DeepseekV2RotaryEmbedding(hf.config)(x, torch.arange(6)[None])
+    causal = torch.full((6, 6), float("-inf")).triu(1)[None, None]
+    with torch.no_grad():
+        assert (
+            m(x) - hf(x, attention_mask=causal, position_embeddings=freqs)[0]
+        ).abs().max() > 1e-4
 
 
 def test_cache_bytes_per_token_at_deepseek_v2():
