@@ -39,6 +39,7 @@ from course_utils import decoding
 from course_utils.attention import AdditiveAttention, MultiHeadAttention
 from course_utils.checks import (
     check_bool,
+    check_int,
     check_non_negative_int,
     check_one_of,
     check_positive_int,
@@ -205,6 +206,16 @@ def _check_source(src: torch.Tensor, src_pad: torch.Tensor, vocab_size: int) -> 
                              "(a sentence ends with <eos>, so even an empty one has one)")
 
 
+def _check_target(tgt_in: torch.Tensor, src: torch.Tensor, vocab_size: int) -> None:
+    """``tgt_in (B, T)``: target ids below ``vocab_size``, one row per source sentence."""
+    check_tensor("tgt_in", tgt_in, dims=2)
+    if tgt_in.device.type == "cpu" or not torch.is_grad_enabled():
+        check_token_ids("tgt_in", tgt_in, vocab_size)
+    if isinstance(src, torch.Tensor) and src.dim() == 2 and tgt_in.size(0) != src.size(0):
+        raise ValueError(f"tgt_in must have one row per source sentence ({src.size(0)}), got "
+                         f"{describe(tgt_in)}")
+
+
 # ---------------------------------------------------------------------------------------------
 # GRU encoder–decoder, with or without attention
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +302,7 @@ class GRUSeq2Seq(nn.Module):
 
     def forward(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor,
                 return_attention: bool = False):
+        _check_target(tgt_in, src, self.tgt_emb.num_embeddings)
         memory = self.encode(src, src_pad)
         logits, _, weights = self._decode(tgt_in, self.init_state(memory), memory)
         return (logits, weights) if return_attention else logits
@@ -368,6 +380,7 @@ class TransformerSeq2Seq(nn.Module):
         return self.generator(h)  # (B, T, V)
 
     def forward(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        _check_target(tgt_in, src, self.tgt_emb.num_embeddings)
         return self._decode(tgt_in, self.encode(src, src_pad))
 
     def init_state(self, memory: dict[str, torch.Tensor], max_len: int | None = None,
@@ -412,6 +425,7 @@ class TransformerSeq2Seq(nn.Module):
     def cross_attention(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor,
                         layer: int = -1) -> torch.Tensor:
         """Head-averaged cross-attention weights ``(B, T, S)`` of one decoder layer (teacher forced)."""
+        check_int("layer", layer, low=-len(self.decoder.layers), high=len(self.decoder.layers) - 1)
         mha = self.decoder.layers[layer].multihead_attn
         mha.store_weights = True
         try:

@@ -682,6 +682,11 @@ def train_bpe(sentences: Iterable[str], vocab_size: int = 1000, min_frequency: i
     >>> tok.decode(tok.encode("les chats noirs").ids)
     'les chats noirs'
     """
+    if isinstance(sentences, str) or not isinstance(sentences, Iterable):
+        raise TypeError(f"sentences must be a list (or iterable) of str, got {describe(sentences)}: "
+                        "a single str would be read as its characters")
+    check_positive_int("vocab_size", vocab_size)
+    check_positive_int("min_frequency", min_frequency)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token=UNK))

@@ -692,3 +692,23 @@ def test_translate_with_and_without_the_cache_and_bad_use_cache():
     assert translate(model, sents, v, v, use_cache=True) == translate(model, sents, v, v, use_cache=False)
     with pytest.raises(TypeError, match="use_cache must be True or False"):
         translate(model, sents, v, v, use_cache="yes")
+
+
+@pytest.mark.parametrize("name", ["gru", "attn", "transformer"])
+def test_teacher_forcing_bad_targets(name):
+    model = models()[name]
+    src, pad, tgt = batch()
+    with pytest.raises(ValueError, match=r"tgt_in must hold token ids in \[0, 31\)"):
+        model(src, pad, tgt + TV)
+    with pytest.raises(ValueError, match="tgt_in must have one row per source sentence"):
+        model(src, pad, tgt[:2])
+    with pytest.raises(ValueError, match="tgt_in must have 2 dims"):
+        model(src, pad, tgt[0])
+
+
+def test_cross_attention_layer_out_of_range():
+    model = models()["transformer"].eval()
+    src, pad, tgt = batch()
+    assert model.cross_attention(src, pad, tgt, layer=0).shape == (3, 6, 7)
+    with pytest.raises(ValueError, match=r"layer must be an int in \[-2, 1\], got 2"):
+        model.cross_attention(src, pad, tgt, layer=2)

@@ -473,3 +473,13 @@ def test_detokenize_writes_each_language_s_typography(tokens, lang, text):
 ])
 def test_tokenize_on_punctuation_and_apostrophes(text, tokens):
     assert tokenize(text) == tokens
+
+
+@pytest.mark.parametrize("args, kwargs, error, message", [
+    (("le chat noir",), {}, TypeError, "a single str would be read as its characters"),
+    ((["le chat"],), {"vocab_size": 0}, ValueError, "vocab_size must be a positive int"),
+    ((["le chat"],), {"min_frequency": -1}, ValueError, "min_frequency must be a positive int"),
+])
+def test_train_bpe_bad_input(args, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        tr.train_bpe(*args, **kwargs)
