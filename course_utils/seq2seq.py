@@ -14,10 +14,14 @@ Teacher-forced training is **batched over time**: no Python loop over target pos
 GRU decoder is two stacked GRUs; the first reads the previous target words, its states query the
 attention (all positions at once, with the keys projected once per sentence), and the second GRU
 reads ``[state; context]``, so the attended context still flows through a recurrence. Decoding
-runs the very same modules one step at a time (:meth:`step`).
+runs the very same modules one step at a time (:meth:`step`); the transformer's step runs only
+the newest token, with a KV cache (:class:`course_utils.kv_cache.KVCache`).
 
-Decoding: :func:`greedy_decode` and :func:`beam_search` (beam width a parameter; width 1 is
-greedy). Evaluation: :func:`corpus_bleu` (sacrebleu) and :func:`bleu_by_length`.
+Decoding: :func:`greedy_decode`, :func:`beam_search` and :func:`translate`, thin wrappers over
+:mod:`course_utils.decoding` (the course's one greedy and beam search). Training:
+:func:`train_seq2seq` for one model, :func:`train_jobs` for several side by side (one process per
+CPU core), each described by a :class:`TranslationJob`. Evaluation: :func:`corpus_bleu`
+(sacrebleu, one or several references per sentence) and :func:`bleu_by_length`.
 """
 
 from __future__ import annotations
