@@ -158,6 +158,13 @@ class LatentKVCache(KVCacheBase):
     def reset(self) -> None:
         self._len = [0] * self.num_layers
 
+    def crop(self, length: int) -> None:
+        """Forget every token after the first ``length`` (at every layer): decode again from there
+        (speculative decoding rolls back rejected tokens the same way; timing loops reuse a cache).
+        """
+        check_int("length", length, low=0, high=self.max_len)
+        self._len = [min(n, length) for n in self._len]
+
     def nbytes(self) -> int:
         return sum(t.untyped_storage().nbytes() for t in self.latents + self.rope_keys)
 

@@ -123,6 +123,17 @@ class PagedKVCache(KVCacheBase):
             raise ValueError(f"seq_ids must not repeat a sequence, got {list(seq_ids)}")
         self._batch = list(seq_ids)
 
+    def crop(self, seq_id: Hashable, length: int) -> None:
+        """Keep the first ``length`` tokens of ``seq_id`` (every layer) and free the blocks past
+        them: roll back tokens (rejected speculative tokens, a step timed again)."""
+        self._check_known(seq_id)
+        check_int("length", length, low=0)
+        self._lens[seq_id] = [min(n, length) for n in self._lens[seq_id]]
+        table = self._tables[seq_id]
+        keep = -(-max(self._lens[seq_id]) // self.block_size)
+        self._free.extend(reversed(table[keep:]))
+        del table[keep:]
+
     def block_table(self, seq_id: Hashable) -> list[int]:
         """The physical blocks of ``seq_id``, in token order."""
         self._check_known(seq_id)

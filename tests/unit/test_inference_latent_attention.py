@@ -52,6 +52,20 @@ def test_cached_decoding_equals_the_full_pass(absorbed):
     assert cache.length(1) == 15 and cache.length(0) == 0
 
 
+def test_crop_rolls_back():
+    m = mla()
+    x = torch.randn(1, 8, 64)
+    cache = m.new_cache(1, 8)
+    with torch.no_grad():
+        m(x[:, :6], cache=cache)
+        first = m(x[:, 6:7], cache=cache, absorbed=True)
+        cache.crop(6)
+        again = m(x[:, 6:7], cache=cache, absorbed=True)
+    assert cache.length(0) == 7 and torch.equal(first, again)
+    with pytest.raises(ValueError, match="length must be"):
+        cache.crop(9)
+
+
 def test_is_causal():
     m = mla()
     x = torch.randn(1, 10, 64)

@@ -101,6 +101,18 @@ def test_blocks_are_reused_after_completion():
     assert k.tolist() == [[[[5.0, 5.0]]]] and cache.free_blocks() == 2
 
 
+def test_crop_rolls_back_and_frees_blocks():
+    cache = PagedKVCache(2, 1, 1, num_blocks=6, block_size=2)
+    cache.add("s")
+    cache.set_batch(["s"])
+    for layer in range(2):
+        cache.update(layer, torch.arange(7.0).view(1, 1, 7, 1), torch.zeros(1, 1, 7, 1))
+    cache.crop("s", 3)
+    assert cache.lengths(1) == [3] and cache.block_table("s") == [0, 1] and cache.free_blocks() == 4
+    k, _ = cache.update(0, torch.full((1, 1, 1, 1), 9.0), torch.zeros(1, 1, 1, 1))
+    assert k.flatten().tolist() == [0.0, 1.0, 2.0, 9.0]
+
+
 def test_waste_is_the_tail_of_the_last_block():
     cache = PagedKVCache(1, 1, 1, num_blocks=100, block_size=16)
     lengths = [1, 16, 17, 40]
