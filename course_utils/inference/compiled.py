@@ -99,6 +99,9 @@ def compiled_tiled_attention(
     lead, lq, d = q.shape[:-2], q.size(-2), q.size(-1)
     lk, dv = k.size(-2), v.size(-1)
     scale = d**-0.5 if scale is None else scale
+    out_dtype = q.dtype
+    if q.dtype in (torch.float16, torch.bfloat16):  # accumulate in float32, as tiled_attention
+        q, k, v = q.float(), k.float(), v.float()
     bh = math.prod(lead)
     qf = q.reshape(bh, lq, d) * (scale * _LOG2E)  # fold the scale and log2(e) into q once
     kt = k.reshape(bh, lk, d).transpose(1, 2)  # (BH, D, Lk)
@@ -123,7 +126,7 @@ def compiled_tiled_attention(
                 qf[:, i0:i1], kt[:, :, j0:j1], vf[:, j0:j1], m, l, acc, future
             )
         out[:, i0:i1] = acc / torch.where(l == 0, 1.0, l)
-    return out.reshape(*lead, lq, dv)
+    return out.reshape(*lead, lq, dv).to(out_dtype)
 
 
 def compile_seconds(fn: Callable, *args: Any, **kwargs: Any) -> float:

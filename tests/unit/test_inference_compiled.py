@@ -28,6 +28,14 @@ def test_eager_tiles_equal_sdpa(causal, lq, lk, bq, bk):
     assert (out - ref).abs().max() <= 1e-5
 
 
+def test_half_precision_accumulates_in_float32():
+    q, k, v = torch.randn(3, 1, 2, 64, 16).unbind(0)
+    out = compiled_tiled_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), block_q=16, block_k=16,
+                                   compiled=False)
+    ref = F.scaled_dot_product_attention(q, k, v)
+    assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 2e-2
+
+
 @pytest.mark.slow
 def test_compiled_tiles_equal_sdpa():
     q, k, v = torch.randn(3, 1, 4, 256, 32).unbind(0)
