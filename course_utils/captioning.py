@@ -100,32 +100,48 @@ class GridEncoder(nn.Module):
     the 8×8 patch of pixels of cell ``(r, c)`` and nothing else. No feature leaks across cells,
     so an attention map over the features *is* a map over the image. A learned embedding of
     each cell's position is added, so the decoder can tell where a feature comes from (it needs
-    that for "left of" / "above").
+    that for "left of" / "above"); ``pos_std`` is its initial scale (the LayerNorm'd features
+    have unit scale).
+
+    ``stem`` is the first convolution's kernel and stride (2 by default; 4 halves the cost on
+    64×64 images, still patch-local). ``context`` adds that many 3×3 convolutions over the grid
+    of cells (residual, after the local CNN): each cell then also sees its neighbours, for
+    shapes larger than a cell — and the attention maps are no longer strictly local.
 
     >>> enc = GridEncoder(dim=32, grid=4, image_size=32)
     >>> enc(torch.rand(2, 3, 32, 32)).shape                 # (B, N = 4*4, D)
     torch.Size([2, 16, 32])
+    >>> GridEncoder(dim=32, grid=4, image_size=64, stem=4, context=1)(torch.rand(2, 3, 64, 64)).shape
+    torch.Size([2, 16, 32])
     """
 
-    def __init__(self, dim: int = 128, grid: int = 4, image_size: int = 32, channels: int = 32) -> None:
+    def __init__(self, dim: int = 128, grid: int = 4, image_size: int = 32, channels: int = 32,
+                 pos_std: float = 0.02, stem: int = 2, context: int = 0) -> None:
         super().__init__()
-        for name, n in (("dim", dim), ("grid", grid), ("image_size", image_size), ("channels", channels)):
+        for name, n in (("dim", dim), ("grid", grid), ("image_size", image_size), ("channels", channels),
+                        ("stem", stem)):
             check_positive_int(name, n)
+        check_real("pos_std", pos_std, 0.0)
+        check_int("context", context, low=0)
         if image_size % grid:
             raise ValueError(f"image_size must be a multiple of grid, got {image_size} and {grid}")
         patch = image_size // grid
         if patch & (patch - 1):
             raise ValueError(f"the cell size image_size / grid must be a power of 2, got {patch}")
+        if stem & (stem - 1) or stem < 2 or stem > patch:
+            raise ValueError(f"stem must be a power of 2 in [2, {patch}] (the cell size), got {stem}")
         self.dim, self.grid, self.image_size = dim, grid, image_size
         layers: list[nn.Module] = []
         c_in, c_out = 3, channels
-        for _ in range(int(math.log2(patch))):  # each halves the resolution: (C, H/2, W/2)
-            layers += [nn.Conv2d(c_in, c_out, kernel_size=2, stride=2), nn.ReLU()]
+        kernels = [stem] + [2] * int(math.log2(patch // stem))  # each divides the resolution
+        for k in kernels:
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=k, stride=k), nn.ReLU()]
             c_in, c_out = c_out, min(2 * c_out, dim)
         layers.append(nn.Conv2d(c_in, dim, kernel_size=1))  # (B, D, grid, grid)
         self.cnn = nn.Sequential(*layers)
+        self.context = nn.ModuleList(nn.Conv2d(dim, dim, kernel_size=3, padding=1) for _ in range(context))
         self.norm = nn.LayerNorm(dim)  # per cell, so still local; keeps the attention's tanh unsaturated
-        self.pos = nn.Parameter(torch.randn(grid * grid, dim) * 0.02)  # (N, D)
+        self.pos = nn.Parameter(torch.randn(grid * grid, dim) * pos_std)  # (N, D)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         check_float_tensor("images", images)
@@ -135,6 +151,8 @@ class GridEncoder(nn.Module):
                 f"got {tuple(images.shape)}"
             )
         feats = self.cnn(images)  # (B, D, grid, grid)
+        for conv in self.context:  # each cell sees its 3×3 neighbourhood of cells
+            feats = feats + torch.relu(conv(feats))
         feats = self.norm(feats.flatten(2).transpose(1, 2))  # (B, N, D), cells in reading order
         return feats + self.pos
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -172,12 +172,12 @@ class PooledVQA(nn.Module):
 
     def __init__(self, vocab_size: int, num_answers: int, fusion: str = "concat", dim: int = 128,
                  hidden: int = 256, dropout: float = 0.1, image_size: int = 32, grid: int = 4,
-                 pad: int = 0) -> None:
+                 pad: int = 0, encoder: dict | None = None) -> None:
         super().__init__()
         check_positive_int("num_answers", num_answers)
         check_one_of("fusion", fusion, ("concat", "product"))
         self.fusion = fusion
-        self.encoder = GridEncoder(dim=dim, grid=grid, image_size=image_size)
+        self.encoder = GridEncoder(dim=dim, grid=grid, image_size=image_size, **(encoder or {}))
         self.question = QuestionEncoder(vocab_size, dim, pad=pad)
         if fusion == "product":
             self.project_v, self.project_q = nn.Linear(dim, dim), nn.Linear(dim, dim)
@@ -218,11 +218,11 @@ class StackedAttentionVQA(nn.Module):
 
     def __init__(self, vocab_size: int, num_answers: int, hops: int = 2, dim: int = 128,
                  attn_dim: int = 128, hidden: int = 256, dropout: float = 0.1,
-                 image_size: int = 32, grid: int = 4, pad: int = 0) -> None:
+                 image_size: int = 32, grid: int = 4, pad: int = 0, encoder: dict | None = None) -> None:
         super().__init__()
         check_positive_int("num_answers", num_answers)
         check_positive_int("hops", hops)
-        self.encoder = GridEncoder(dim=dim, grid=grid, image_size=image_size)
+        self.encoder = GridEncoder(dim=dim, grid=grid, image_size=image_size, **(encoder or {}))
         self.question = QuestionEncoder(vocab_size, dim, pad=pad)
         self.hops = nn.ModuleList(AdditiveAttention(dim, dim, attn_dim) for _ in range(hops))
         self.classify = _classifier(dim, hidden, num_answers, dropout)
@@ -254,13 +254,14 @@ class TransformerFusionVQA(nn.Module):
 
     def __init__(self, vocab_size: int, num_answers: int, d_model: int = 128, nhead: int = 4,
                  num_layers: int = 2, dim_feedforward: int = 256, dropout: float = 0.1,
-                 max_len: int = 32, image_size: int = 32, grid: int = 4, pad: int = 0) -> None:
+                 max_len: int = 32, image_size: int = 32, grid: int = 4, pad: int = 0,
+                 encoder: dict | None = None) -> None:
         super().__init__()
         check_positive_int("num_answers", num_answers)
         check_positive_int("vocab_size", vocab_size)
         check_int("pad", pad, low=0, high=vocab_size - 1)
         self.vocab_size, self.pad = vocab_size, pad
-        self.encoder = GridEncoder(dim=d_model, grid=grid, image_size=image_size)
+        self.encoder = GridEncoder(dim=d_model, grid=grid, image_size=image_size, **(encoder or {}))
         self.embed = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embed.weight, std=0.02)  # on the positions' scale (as GPT-2)
         self.answer_token = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
@@ -320,6 +321,7 @@ class VQAJob:
     warmup: int = 0
     weight_decay: float = 0.0
     model_kwargs: dict = field(default_factory=dict)
+    dataset: str | None = None  # which of several training sets (see train_jobs)
 
 
 def build_model(job: VQAJob, vocab_size: int, num_answers: int, image_size: int = 32,
@@ -416,22 +418,32 @@ def _model_for(job: VQAJob, data: VQADataset) -> nn.Module:
                        data.grid or 4)
 
 
-_WORKER_DATA: VQADataset | None = None
+def _data_for(job: VQAJob, data: VQADataset | Mapping[str, VQADataset]) -> VQADataset:
+    if isinstance(data, VQADataset):
+        return data
+    if job.dataset not in data:
+        raise ValueError(f"job {job.name!r} trains on dataset {job.dataset!r}, which is not among "
+                         f"the datasets given: {sorted(data)}")
+    return data[job.dataset]
 
 
-def _worker_init(data: VQADataset) -> None:
+_WORKER_DATA: VQADataset | dict[str, VQADataset] | None = None
+
+
+def _worker_init(data: VQADataset | dict[str, VQADataset]) -> None:
     global _WORKER_DATA
     torch.set_num_threads(1)  # one process per core, one thread per process
     _WORKER_DATA = data
 
 
 def _run_job(job: VQAJob, data: VQADataset | None = None, in_worker: bool = False):
-    data = data if data is not None else _WORKER_DATA
+    data = _data_for(job, data if data is not None else _WORKER_DATA)
     model = _model_for(job, data)
     device = torch.device("cpu") if in_worker else get_device()
     t0 = time.perf_counter()
     history = train_vqa(model.to(device), data, job.steps, job.batch_size, job.lr, job.seed,
-                        job.warmup, job.weight_decay, desc=job.name, progress=False if in_worker else None)
+                        job.warmup, job.weight_decay, desc=job.name,
+                        progress=False if in_worker else None)
     seconds = time.perf_counter() - t0
     if in_worker:  # send the weights back as bytes
         buf = io.BytesIO()
@@ -446,30 +458,45 @@ def _shareable(data: VQADataset) -> VQADataset:
                       data.vocab, data.answer_names, data.kind_names, None, data.grid)
 
 
-def train_jobs(jobs: Sequence[VQAJob], data: VQADataset, workers: int = 1) -> dict[str, TrainedJob]:
+def train_jobs(jobs: Sequence[VQAJob], data: VQADataset | Mapping[str, VQADataset],
+               workers: int = 1) -> dict[str, TrainedJob]:
     """Train every job; with ``workers > 1``, that many at a time, one process per CPU core.
 
-    Each job is seeded by itself (weights and batches), so a model comes out the same whether
-    it is trained here with one thread or in a worker; only the wall-clock time changes. With
-    several workers the jobs go out longest first and no progress bars are shown. On a GPU, or
-    with ``workers=1``, they run one after the other in this process.
+    ``data`` is one training set, or several by name (``{"easy-VQA": ..., "relational": ...}``),
+    each job then naming its own in ``job.dataset``. Each job is seeded by itself (weights and
+    batches), so a model comes out the same whether it is trained here with one thread or in a
+    worker; only the wall-clock time changes. With several workers the jobs go out longest
+    first and no progress bars are shown. On a GPU, or with ``workers=1``, they run one after
+    the other in this process.
     """
-    if not isinstance(jobs, Sequence) or not jobs or not all(isinstance(j, VQAJob) for j in jobs):
+    if isinstance(jobs, (str, VQAJob)) or not isinstance(jobs, Sequence) or not jobs \
+            or not all(isinstance(j, VQAJob) for j in jobs):
         raise TypeError(f"jobs must be a non-empty list of VQAJob, got {describe(jobs)}")
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"job names must be unique, got {names}")
     check_positive_int("workers", workers)
+    if not isinstance(data, VQADataset) and not (
+            isinstance(data, Mapping) and data and all(isinstance(d, VQADataset) for d in data.values())):
+        raise TypeError(f"data must be a VQADataset or a dict of them by name, got {describe(data)}")
+    for job in jobs:
+        _data_for(job, data)  # every job's dataset is there, before anything runs
     if workers == 1 or len(jobs) == 1 or get_device().type != "cpu":
-        return {j.name: _run_job(j, data) for j in jobs}
-    cost = {"blind": 0.3, "concat": 1.0, "product": 1.0, "attention": 1.2, "transformer": 1.6}
-    order = sorted(jobs, key=lambda j: -j.steps * cost[j.model] * j.batch_size)
+        return {j.name: _run_job(j, _data_for(j, data)) for j in jobs}
+    cost = {"blind": 0.3, "concat": 1.0, "product": 1.0, "attention": 1.2, "transformer": 2.0}
+
+    def work(job: VQAJob) -> float:  # a rough cost: steps × batch × per-sample cost × pixels
+        pixels = _data_for(job, data).images[0].numel()
+        return job.steps * job.batch_size * cost[job.model] * (pixels if job.model != "blind" else 1024)
+
+    order = sorted(jobs, key=lambda j: -work(j))
+    shared = _shareable(data) if isinstance(data, VQADataset) else {k: _shareable(d) for k, d in data.items()}
     ctx = torch.multiprocessing.get_context("spawn")  # not fork: a forked OpenMP runtime can hang
-    with ctx.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(_shareable(data),)) as pool:
+    with ctx.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(shared,)) as pool:
         outputs = pool.starmap(_run_job, [(j, None, True) for j in order], chunksize=1)
     results = {}
     for job, (weights, hist, interrupted, seconds) in zip(order, outputs, strict=True):
-        model = _model_for(job, data)
+        model = _model_for(job, _data_for(job, data))
         model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
         history = TrainHistory(hist)
         history.interrupted = interrupted
