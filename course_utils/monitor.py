@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psutil
@@ -209,25 +210,29 @@ def _peak_memory_cuda(method: str, n: int, b: int, h: int, d: int, device: torch
 def peak_memory_table(
     methods: list[str], ns: list[int], b: int = 1, h: int = 8, d: int = 64,
     threads: int | None = None, device: torch.device | str = "cpu", progress: bool = False,
+    parallel: int = 1,
 ) -> dict[str, list[float]]:
     """:func:`peak_memory_mb` for every ``(method, n)``, each in its own fresh process on the
-    CPU: ``{method: [MiB for each n]}``. ``progress=True`` shows a progress bar.
+    CPU: ``{method: [MiB for each n]}``. ``parallel`` processes run side by side (each measures
+    only its own memory); ``progress=True`` shows a progress bar.
 
-    >>> table = peak_memory_table(["naive", "tiled"], [256])
+    >>> table = peak_memory_table(["naive", "tiled"], [256], parallel=2)
     >>> sorted(table), len(table["naive"])
     (['naive', 'tiled'], 1)
     """
     for method in methods:
         check_one_of("method", method, _METHODS)
+    check_positive_int("parallel", parallel)
     jobs = [(m, n) for m in methods for n in ns]
-    if progress:
-        from tqdm.auto import tqdm
+    cuda = torch.device(device).type == "cuda"  # one process, the allocator: no need for more
+    with ThreadPoolExecutor(1 if cuda else parallel) as pool:
+        results = pool.map(lambda job: peak_memory_mb(*job, b, h, d, threads, device), jobs)
+        if progress:
+            from tqdm.auto import tqdm
 
-        jobs = tqdm(jobs, desc="memory, one process each")
-    table: dict[str, list[float]] = {m: [] for m in methods}
-    for method, n in jobs:
-        table[method].append(peak_memory_mb(method, n, b, h, d, threads, device))
-    return table
+            results = tqdm(results, total=len(jobs), desc="memory, one process per (method, N)")
+        measured = dict(zip(jobs, results, strict=True))
+    return {m: [measured[m, n] for n in ns] for m in methods}
 
 
 # ---------------------------------------------------------------------------------------------

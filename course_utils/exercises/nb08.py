@@ -8,7 +8,8 @@
 * ``08.3`` (derive) — the bytes of a KV cache for a model configuration,
   ``fn(num_layers, num_heads, num_kv_heads, head_dim, seq_len, batch, bytes_per_value)``,
   compared with the course's :class:`~course_utils.kv_cache.KVCache`.
-* ``08.4`` (debug) — a KV cache that forgets the newest key: ``fn`` is the fixed cache class.
+* ``08.4`` (debug) — a KV cache that forgets the newest key: ``fn()`` returns the fixed cache
+  class (or pass the class itself).
 
 >>> from course_utils.exercises import check, solution_answer
 >>> all(check(i, *solution_answer(i)).passed for i in ("08.1", "08.3", "08.4"))
@@ -360,7 +361,6 @@ def _decode_with(cache_class) -> tuple[torch.Tensor, torch.Tensor]:
     hint="At step t the new token must attend to itself too. What does update return: the keys "
     "before the new ones were added, or after?",
     solution=_solution_kv_cache_class,
-    solution_args=lambda: (_solution_kv_cache_class(),),
     kind="debug",
     minutes=10,
     difficulty=1,
@@ -372,6 +372,8 @@ def _decode_with(cache_class) -> tuple[torch.Tensor, torch.Tensor]:
     ],
 )
 def check_kv_cache_class(cache_class) -> CheckResult:
+    if callable(cache_class) and not isinstance(cache_class, type):
+        cache_class = cache_class()  # the notebook's fixed_cache_class(): it returns the class
     if not (isinstance(cache_class, type) and issubclass(cache_class, KVCacheBase)):
         return fail("type", f"pass the fixed class itself (a KVCacheBase subclass), got "
                             f"{type(cache_class).__name__}")

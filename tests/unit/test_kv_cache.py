@@ -41,7 +41,8 @@ BAD_UPDATES = [
     (0, randn(1, 2, 1, 4), randn(1, 2, 1, 4).half(), TypeError,
      r"same dtype, got v_new torch.float16, cache torch.float32"),
     (0, randn(1, 3, 1, 4), randn(1, 3, 1, 4), ValueError,
-     r"k_new must have shape \(B, Hkv, T, D\) = \(1, 2, 'T', 4\), got \(1, 3, 1, 4\)"),
+     r"k_new must have shape \(B, Hkv, T, D\) = \(1, 2, 'T', 4\) \(the cache holds B=1 "
+     r"sequences of Hkv=2 heads of D=4 dims\), got \(1, 3, 1, 4\)"),
     (0, randn(1, 2, 4), randn(1, 2, 4), ValueError, r"k_new must have 4 dims"),
     (0, randn(1, 2, 1, 4), randn(1, 2, 2, 4), ValueError, r"the same number of tokens"),
     (0, torch.ones(1, 2, 1, 4, dtype=torch.long), randn(1, 2, 1, 4), TypeError,
