@@ -29,7 +29,8 @@ import torch
 
 from course_utils.checks import check_one_of, check_qkv, check_shape, check_sizes
 
-__all__ = ["HAS_TRITON", "attention_flops", "flash_attention_triton", "triton_available"]
+__all__ = ["HAS_TRITON", "attention_flops", "flash_attention_triton", "kernel_source",
+           "triton_available"]
 
 try:  # Triton is optional: it is not available on every platform (e.g. macOS)
     import triton
@@ -152,6 +153,19 @@ def flash_attention_triton(
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
     )
     return out.view(b, h, lq, d)
+
+
+def kernel_source() -> str:
+    """The Python source of the Triton kernel (what notebook 08 prints), or why there is none.
+
+    >>> "tl.dot" in kernel_source() or "not installed" in kernel_source()
+    True
+    """
+    if not HAS_TRITON:
+        return "triton is not installed: no kernel source to show"
+    import inspect
+
+    return inspect.getsource(_flash_fwd_kernel.fn)
 
 
 def attention_flops(b: int, h: int, lq: int, lk: int, d: int, causal: bool = False) -> float:
