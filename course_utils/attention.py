@@ -587,9 +587,10 @@ class MultiHeadAttention(nn.Module):
         ``(B, H, Lk, D)`` each, of the batch of query."""
         kv = {"key": (key, self.kdim), "value": (value, self.vdim)} if projected_kv is None else {}
         check_sequences(self.q_proj.weight, self.batch_first, query=(query, self.embed_dim), **kv)
-        for name, t in zip(("projected_kv[0]", "projected_kv[1]"), projected_kv or ()):  # noqa: B905
-            check_module_input(name, t, self.q_proj.weight, (query.size(1 - self.batch_first),
-                               self.num_heads, None, self.head_dim), "(B, H, Lk, D)")
+        b = query.size(1 - self.batch_first)
+        for i, t in enumerate(projected_kv or ()):
+            check_module_input(f"projected_kv[{i}]", t, self.q_proj.weight,
+                               (b, self.num_heads, None, self.head_dim), "(B, H, Lk, D)")
 
     def _build_mask(
         self,

@@ -56,3 +56,17 @@ def test_cli_exit_status(capsys):
     assert check_share.main(["--max", "0.99"]) == 0
     assert check_share.main(["--max", "0.01"]) == 1
     assert "course_utils/attention.py" in capsys.readouterr().out
+
+
+SPINE_FILES = [f"course_utils/{m}.py" for m in (
+    "attention", "positional", "transformer", "efficient", "kv_cache", "decoding",
+    "triton_attention", "monitor", "checks")] + ["course_utils/inference/__init__.py",
+                                                 "course_utils/exercises/nb08.py"]
+
+
+@pytest.mark.parametrize("path", SPINE_FILES)
+def test_lines_fit_beside_a_notebook(path):
+    """The files learners open beside a notebook keep lines within 100 characters."""
+    long = [i for i, line in enumerate((REPO / path).read_text(encoding="utf-8").splitlines(), 1)
+            if len(line) > 100]
+    assert not long, f"{path}: lines longer than 100 characters: {long}"
