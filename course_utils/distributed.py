@@ -17,7 +17,6 @@ This module reads them and wraps ``torch.distributed``:
 * :func:`torchrun_command` — the single-node and multi-node command lines;
 * :func:`run_torchrun` — run a script under ``torchrun`` from Python (a notebook): its own
   process group, and every process ended on a timeout, an interrupt or a dead kernel;
-* :class:`SlowDigits`, :func:`loader_throughput` — data-loading throughput experiments;
 * :func:`saved_activation_bytes` — how much memory autograd keeps for the backward pass.
 
 Checkpoints are :mod:`course_utils.checkpoint`'s: rank 0 writes the gathered state dicts with
@@ -32,7 +31,6 @@ import os
 import shlex
 import socket
 import sys
-import time
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass
@@ -46,7 +44,6 @@ __all__ = [
     "DistContext",
     "LaunchPlan",
     "MemoryEstimate",
-    "SlowDigits",
     "all_reduce_mean",
     "choose_backend",
     "cleanup_distributed",
@@ -54,7 +51,6 @@ __all__ = [
     "free_port",
     "init_distributed",
     "launch_plan",
-    "loader_throughput",
     "progress",
     "rank_zero_print",
     "ranks_identical",
@@ -489,75 +485,6 @@ def run_torchrun(plan: LaunchPlan, script: str | os.PathLike, args: Iterable[str
     if result.returncode:
         raise RuntimeError(f"torchrun failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
-
-
-# -- data loading ------------------------------------------------------------------------------
-
-
-class SlowDigits(torch.utils.data.Dataset):
-    """Digits that cost something to load: a simulated storage latency plus real CPU preprocessing.
-
-    Real datasets read a file (waiting on the disk or network) and decode and augment it (CPU
-    work) for every sample. ``SlowDigits`` does both on the 8×8 digits: it sleeps
-    ``latency_s`` (the read), then upsamples to ``size × size``, shifts at random and normalises.
-
-    >>> ds = SlowDigits(torch.rand(4, 1, 8, 8), torch.arange(4), size=16, latency_s=0.0)
-    >>> x, y = ds[1]
-    >>> x.shape, int(y)
-    (torch.Size([1, 16, 16]), 1)
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int = 32, latency_s: float = 0.001) -> None:
-        if images.dim() != 4 or len(images) != len(labels):
-            raise ValueError(f"images must be (N, C, H, W) with N labels, got {tuple(images.shape)} and {len(labels)} labels")
-        if latency_s < 0:
-            raise ValueError(f"latency_s must be >= 0, got {latency_s}")
-        self.images, self.labels, self.size, self.latency_s = images, labels, size, latency_s
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.latency_s:
-            time.sleep(self.latency_s)  # the "read from storage"
-        x = self.images[i : i + 1]  # (1, C, 8, 8)
-        x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        shift = torch.randint(-2, 3, (2,))
-        x = torch.roll(x, shifts=(int(shift[0]), int(shift[1])), dims=(2, 3))
-        x = (x - x.mean()) / (x.std() + 1e-6)
-        return x[0], self.labels[i]  # (C, size, size), ()
-
-
-def loader_throughput(dataset: torch.utils.data.Dataset, batch_size: int = 32, num_workers: int = 0,
-                      pin_memory: bool = False, persistent_workers: bool = False, epochs: int = 2,
-                      device: torch.device | str = "cpu") -> float:
-    """Samples per second for reading ``epochs`` epochs through a ``DataLoader`` (and copying to ``device``).
-
-    Each epoch starts the workers again unless ``persistent_workers`` (which needs
-    ``num_workers > 0``); ``pin_memory`` only makes sense with a GPU to copy to.
-
-    >>> ds = torch.utils.data.TensorDataset(torch.rand(64, 3))
-    >>> loader_throughput(ds, batch_size=16) > 0
-    True
-    """
-    device = torch.device(device)
-    if pin_memory and device.type != "cuda":
-        raise ValueError(f"pin_memory=True only helps copies to a GPU; the device here is {device}")
-    if persistent_workers and num_workers == 0:
-        raise ValueError("persistent_workers=True needs num_workers > 0")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                                         pin_memory=pin_memory, persistent_workers=persistent_workers)
-    seen = 0
-    start = time.perf_counter()
-    for _ in range(epochs):
-        for batch in loader:
-            batch[0].to(device, non_blocking=pin_memory)
-            seen += len(batch[0])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    del loader  # stops persistent workers
-    return seen / elapsed
 
 
 # -- activation memory -------------------------------------------------------------------------

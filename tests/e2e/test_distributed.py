@@ -231,15 +231,6 @@ def test_saved_activation_bytes_counts_activations_not_parameters():
     assert bf16 < 2 * 10 * 64 * 4 + lin.weight.numel() * 2 + 1
 
 
-def test_loader_throughput_rejects_meaningless_settings():
-    ds = D.SlowDigits(torch.rand(8, 1, 8, 8), torch.arange(8), size=8, latency_s=0.0)
-    with pytest.raises(ValueError, match="persistent_workers"):
-        D.loader_throughput(ds, num_workers=0, persistent_workers=True)
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="pin_memory"):
-            D.loader_throughput(ds, pin_memory=True)
-
-
 @pytest.mark.slow
 def test_a_torchrun_timeout_leaves_no_process_behind(tmp_path):
     """The notebook's launcher: on a timeout the launcher and both ranks end (they are in sessions of their own)."""
