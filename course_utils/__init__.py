@@ -12,6 +12,8 @@ The modules, in the order the course meets them:
 * ``attention``, ``positional``, ``transformer`` — the reference implementations
 * ``efficient``, ``triton_attention`` — tiled ("flash") attention, KV cache, grouped-query attention
 * ``seq2seq``, ``vit``, ``captioning``, ``rl``, ``distributed`` — the models of notebooks 10–15
+* ``loading`` — one dataset in four storage layouts, read warm and cold (notebook 15);
+  ``process_guard`` — commands whose processes all end with them (``torchrun`` from a notebook)
 * ``datasets`` — offline data (generated, or shipped by a dependency); ``download`` — checksummed,
   atomic downloads for learners who are online; ``checkpoint`` — safe save/load
 * ``exercises`` — ``check`` and ``solution``
