@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from course_utils.datasets.translation import make_corpus, split_corpus, tokenize  # noqa: E402
 from course_utils.datasets.vocab import Vocab  # noqa: E402
+from course_utils.files import atomic_write_json  # noqa: E402
 from course_utils.seq2seq import (  # noqa: E402
     MODEL_KINDS,
     TranslationData,
@@ -44,7 +45,7 @@ FULL = dict(n_pairs=40_000, n_valid=200, n_test=1_000, steps=600, batch=64,
             sizes=dict(emb=64, enc=96, dec=160, d_model=128, layers=2, ff=256, heads=4))
 FAST = dict(n_pairs=1_500, n_valid=40, n_test=40, steps=8, batch=16,
             sizes=dict(emb=16, enc=16, dec=32, d_model=32, layers=1, ff=64, heads=2))
-LRS = (1e-3, 2e-3, 4e-3, 8e-3)
+LRS = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)
 LABEL_SMOOTHING = (0.0, 0.1)
 NAMES = {"gru": "GRU, fixed context", "attn": "GRU + attention", "transformer": "transformer"}
 
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--label-smoothing", type=float, nargs="+", default=list(LABEL_SMOOTHING))
     parser.add_argument("--models", nargs="+", default=list(MODEL_KINDS), choices=MODEL_KINDS)
     parser.add_argument("--workers", type=int, default=2, help="models trained at a time (one per core)")
+    parser.add_argument("--json", type=Path, help="also write every score to this JSON file")
     args = parser.parse_args(argv)
     settings = FAST if args.fast else FULL
     torch.set_num_threads(1)
@@ -124,6 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     chosen = ", ".join(f"{kind}={lr:g}" for kind, lr in best_lrs.items())
     print(f"\nchosen (*): label_smoothing={best_ls:g} for every model; learning rates {chosen}")
     print(f"({len(jobs)} models in {time.perf_counter() - t0:.0f} s)")
+    if args.json is not None:
+        table = [{"model": k, "label_smoothing": ls, "lr": lr, "valid_bleu": b} for (k, ls, lr), b in scores.items()]
+        atomic_write_json(args.json, {"label_smoothing": best_ls, "lr": best_lrs, "scores": table}, indent=1)
     return {"label_smoothing": best_ls, "lr": best_lrs, "scores": scores}
 
 
