@@ -12,7 +12,7 @@ BLEU on the 200 validation sentences. The label smoothing is one setting for all
 (the one whose three best scores have the highest mean); each model then gets its best rate
 under it. Two models train at a time, one process and one thread per core, as in the notebook.
 
-    python scripts/tune_translation.py            # the table notebook 10 quotes (about 12 min on 2 cores)
+    python scripts/tune_translation.py            # the table notebook 10 quotes (30 models, two at a time)
     python scripts/tune_translation.py --fast     # a tiny run that checks the script works (seconds)
 """
 
