@@ -712,3 +712,26 @@ def test_cross_attention_layer_out_of_range():
     assert model.cross_attention(src, pad, tgt, layer=0).shape == (3, 6, 7)
     with pytest.raises(ValueError, match=r"layer must be an int in \[-2, 1\], got 2"):
         model.cross_attention(src, pad, tgt, layer=2)
+
+
+# ---- on a GPU: autocast in training, no device synchronisation per step ---------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["attn", "transformer"])
+def test_training_on_cuda_autocasts_and_reads_the_loss_rarely(name, monkeypatch):
+    from course_utils.precision import amp_dtype
+
+    model = models()[name]
+    dtypes = []
+    model.register_forward_hook(lambda m, args, out: dtypes.append((out[0] if isinstance(out, tuple) else out).dtype))
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or item(self))
+    v = Vocab([chr(ord("a") + i) for i in range(SV - 4)])
+    srcs = [[4 + (i * 7 + j) % (SV - 4) for j in range(5)] for i in range(64)]
+    history = train_seq2seq(model, BatchIterator(srcs, srcs, v, v, batch_size=16), num_steps=20,
+                            lr=1e-3, warmup=2, device="cuda", progress=False)
+    assert set(dtypes) == {amp_dtype("cuda")}  # the forward pass ran under autocast
+    assert len(history["loss"]) == 20 and len(reads) <= 2  # not one .item() (sync) per step
