@@ -15,11 +15,18 @@ from course_utils.inference.compiled import (
 )
 
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("lq,lk,bq,bk", [(100, 100, 32, 24), (64, 64, 64, 64), (30, 70, 16, 50)])
+@pytest.mark.parametrize(
+    "causal,lq,lk,bq,bk",
+    [
+        (False, 100, 100, 32, 24),
+        (True, 100, 100, 32, 24),
+        (False, 64, 64, 64, 64),
+        (True, 64, 64, 64, 64),
+        (False, 30, 70, 16, 50),
+        (True, 37, 37, 8, 5),
+    ],
+)
 def test_eager_tiles_equal_sdpa(causal, lq, lk, bq, bk):
-    if causal and lq != lk:
-        pytest.skip("causal attention here is square, as in tiled_attention")
     g = torch.Generator().manual_seed(lq + lk)
     q = torch.randn(2, 3, lq, 16, generator=g)
     k, v = torch.randn(2, 3, lk, 16, generator=g), torch.randn(2, 3, lk, 8, generator=g)
@@ -30,8 +37,9 @@ def test_eager_tiles_equal_sdpa(causal, lq, lk, bq, bk):
 
 def test_half_precision_accumulates_in_float32():
     q, k, v = torch.randn(3, 1, 2, 64, 16).unbind(0)
-    out = compiled_tiled_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), block_q=16, block_k=16,
-                                   compiled=False)
+    out = compiled_tiled_attention(
+        q.bfloat16(), k.bfloat16(), v.bfloat16(), block_q=16, block_k=16, compiled=False
+    )
     ref = F.scaled_dot_product_attention(q, k, v)
     assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 2e-2
 
