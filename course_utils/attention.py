@@ -333,9 +333,8 @@ class AdditiveAttention(nn.Module):
     def _check_inputs(self, query, keys, values, pk, key_padding_mask) -> None:
         """keys, values and projected keys ``(B, Lk, *)``, query ``(B, Dq)`` or ``(B, Lq, Dq)``."""
         w, dq = self.W_q.weight, self.query_dim
-        check_sequences(w, keys=(keys, self.key_dim), values=(values, self.value_dim),
-                        projected_keys=(pk, self.hidden_dim))
-        check_same_size(1, "the keys", keys=keys, values=values, projected_keys=pk)
+        check_sequences(w, same_length=True, keys=(keys, self.key_dim),
+                        values=(values, self.value_dim), projected_keys=(pk, self.hidden_dim))
         shape = (keys.size(0), dq) if getattr(query, "ndim", 3) == 2 else (keys.size(0), None, dq)
         check_module_input("query", query, w, shape, f"(B, query_dim={dq}) or (B, Lq, query_dim)")
         if key_padding_mask is not None:
@@ -514,7 +513,8 @@ class MultiHeadAttention(nn.Module):
         """Keys and values projected and split into heads, ``(B, H, Lk, D)`` each: compute
         them once for a memory that every decoding step attends to, pass ``projected_kv=``."""
         value = key if value is None else value
-        self._check_inputs(key, key, value, None)
+        check_sequences(self.q_proj.weight, self.batch_first, same_length=True,
+                        key=(key, self.kdim), value=(value, self.vdim))
         if not self.batch_first:
             key, value = key.transpose(0, 1), value.transpose(0, 1)
         return split_heads(self.k_proj(key), self.num_heads), split_heads(

@@ -557,11 +557,12 @@ def check_same_size(dim: int, what: str = "", **tensors: torch.Tensor) -> None:
                          + (f" ({what})" if what else "") + f", got {got}")
 
 
-def check_sequences(weight: torch.Tensor, batch_first: bool = True,
+def check_sequences(weight: torch.Tensor, batch_first: bool = True, same_length: bool = False,
                     **inputs: tuple[Any, int | None]) -> None:
     """The inputs of a sequence layer: for each ``name=(t, E)`` a float tensor ``(B, T, E)``
     (``(T, B, E)`` unless ``batch_first``; ``E=None``: any width) with the dtype and device of
-    the layer's ``weight``, all of one batch size ``B``.
+    the layer's ``weight``, all of one batch size ``B`` (and one length ``T`` if
+    ``same_length``, as keys and values).
 
     >>> w = torch.zeros(8, 8)
     >>> check_sequences(w, query=(torch.zeros(2, 5, 8), 8), key=(torch.zeros(3, 4, 8), 8))
@@ -574,6 +575,8 @@ def check_sequences(weight: torch.Tensor, batch_first: bool = True,
     for name, (t, e) in inputs.items():
         check_module_input(name, t, weight, (None, None, e), f"{layout} with E = {e or 'any'}")
     check_same_size(bdim, "the batch", **{name: t for name, (t, _) in inputs.items()})
+    if same_length:
+        check_same_size(1 - bdim, "the length", **{name: t for name, (t, _) in inputs.items()})
 
 
 def check_sizes(low: int = 1, **values: Any) -> None:

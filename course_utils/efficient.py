@@ -51,6 +51,8 @@ from course_utils.checks import (
     check_positive_int,
     check_qkv,
     check_same_device,
+    check_same_size,
+    check_sequences,
     check_shape,
     check_token_ids,
 )
@@ -388,6 +390,8 @@ class DecoderLM(nn.Module):
     ) -> torch.Tensor:
         """Greedy decoding of ``steps`` tokens after ``start (B, T0)``: ``(B, T0 + steps)``."""
         check_token_ids("start", start, self.vocab)
+        check_sequences(self.head.weight, memory=(memory, self.embed.embedding_dim))
+        check_same_size(0, "the batch", start=start, memory=memory)
         check_non_negative_int("steps", steps)
         if start.dim() != 2 or start.size(1) + steps > self.max_len:
             raise ValueError(f"start must be (B, T0) with T0 + steps <= max_len={self.max_len}, "

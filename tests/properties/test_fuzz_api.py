@@ -596,6 +596,52 @@ def test_cached_modules(data):
                    blame=blame({"tgt": mx}, {"tgt": "k_new"}))
 
 
+SIZES = st.sampled_from([1, 2, 4, 0, -1, 2.0, True, None, "2"])
+
+
+@fuzz_settings(80)
+@given(SIZES, SIZES, SIZES, SIZES, SIZES)
+def test_spine_constructors_and_small_functions(a, b, c, d, e):
+    from course_utils import monitor as MO
+    from course_utils import triton_attention as TA
+
+    call("KVCache()", KV.KVCache, a, b, c, d, e)
+    call("GroupedQueryAttention()", A.GroupedQueryAttention, 8, a, b, head_dim=c)
+    call("DecoderLM()", EF.DecoderLM, a, d_model=8, nhead=b, num_layers=c, max_len=d)
+    call("attention_flops", TA.attention_flops, a, b, c, d, e)
+    call("gnmt_length_penalty", DE.gnmt_length_penalty, torch.tensor([1, 2]), a)
+    call("PeakMemory()", MO.PeakMemory, "cpu", interval=a)
+    call("Monitor()", MO.Monitor, interval=a)
+    if not (isinstance(a, int) and not isinstance(a, bool) and a >= 1):  # a valid one measures
+        call("peak_memory_table", MO.peak_memory_table, ["naive"], [128], parallel=a)
+    call("DEC.new_cache", DEC.new_cache, a, b)
+
+
+@fuzz_settings(80)
+@given(st.data())
+def test_decoder_lm_and_projections(data):
+    torch.manual_seed(0)
+    lm = EF.DecoderLM(vocab=7, d_model=8, nhead=2, num_layers=1, max_len=6).eval()
+    memory, mm = data.draw(tensors((2, 3, 8)))
+    start, ms = data.draw(tensors((2, 1), torch.int64).filter(lambda tm: tm[1] != "meta"))
+    if ms in HARMLESS:
+        start = start.abs() % 7
+    steps = data.draw(st.sampled_from([0, 2, 5, 6, -1, 1.5, None]))
+    named = {"memory": mm, "start": ms,
+             "steps": VALID if steps in (0, 2, 5) and not isinstance(steps, float) else "arg"}
+    for use_cache in (True, False):
+        ok, out = call("DecoderLM.generate", lm.generate, memory, start, steps,
+                       use_cache=use_cache, blame=blame(named, {"steps": "max_len"}))
+        if set(named.values()) <= {VALID}:
+            assert ok and out.shape == (2, 1 + steps)
+    key, mk = data.draw(tensors((2, 3, 6)))
+    value, mv = data.draw(tensors((2, 3, 5)))
+    ok, kv = call("MultiHeadAttention.project_kv", MHA.project_kv, key, value,
+                  blame=blame({"key": mk, "value": mv}))
+    ok, kv = call("TransformerDecoder.project_memory", DEC.project_memory, memory,
+                  blame=blame({"memory": mm}))
+
+
 def test_zz_examples_run():
     """The count of fuzz examples per public function (printed with ``pytest -s``)."""
     total = sum(COUNTS.values())

@@ -439,7 +439,7 @@ def test_additive_attention_bad_input() -> None:
         attn(randn(2, 4), keys, randn(2, 5, 2))
     with pytest.raises(
         ValueError, match=r"keys, values and projected_keys must have the same size along dim 1 "
-        r"\(the keys\), got keys \(2, 5, 6\), values \(2, 7, 3\)"
+        r"\(the length\), got keys \(2, 5, 6\), values \(2, 7, 3\)"
     ):
         attn(randn(2, 4), keys, randn(2, 7, 3))
     with pytest.raises(
@@ -630,3 +630,13 @@ def test_gqa_bad_input():
                                          r"\(1, 4, 2, 2\), got \(3, 2\)"):
         grouped_query_attention(randn(1, 4, 2, 8), randn(1, 2, 2, 8), randn(1, 2, 2, 8),
                                 attn_mask=torch.ones(3, 2, dtype=torch.bool))
+
+
+def test_project_kv_with_other_key_and_value_widths():
+    """Keys and values projected once equal the ones forward computes (kdim, vdim != E)."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2, kdim=6, vdim=5).eval()
+    q, k, v = randn(2, 3, 8), randn(2, 4, 6, seed=1), randn(2, 4, 5, seed=2)
+    torch.testing.assert_close(mha(q, projected_kv=mha.project_kv(k, v))[0], mha(q, k, v)[0])
+    with pytest.raises(ValueError, match=r"key and value must have the same size along dim 1"):
+        mha.project_kv(k, randn(2, 3, 5))
