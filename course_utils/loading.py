@@ -375,6 +375,10 @@ class MemmapDataset(torch.utils.data.Dataset):
     def read(self, i: int) -> bytes:
         return self._images()[i].tobytes()
 
+    def close(self) -> None:
+        """Drop the memory map (Windows cannot delete a file that is still mapped)."""
+        self._array = None
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(np.array(self._images()[i]))[None], self.labels[i]  # (1, H, W), a copy
 
@@ -686,7 +690,9 @@ class LoadingStudy:
                 "bytes": {k: v.nbytes for k, v in self.stored.items()}}
 
     def close(self) -> None:
+        """Close the shard files and the memory map, so that the folder can be deleted on every OS."""
         self.datasets["tar_shards"].close()
+        self.datasets["memmap"].close()
 
 
 def run_study(root: str | os.PathLike, samples: int, image_size: int = 64, workers: Sequence[int] = (0, 1, 2),
