@@ -7,9 +7,11 @@ its keys (the multi-query associative recall of Arora et al., 2023, "Zoology")::
 
 Each pair is one position (its key and value embeddings summed), so one attention layer can
 solve the task: a query must find the position whose key equals its own and copy that value.
-Softmax attention can look the key up exactly — the matching score wins the softmax. Linear
-attention must keep every pair in its fixed ``D × Dv`` state per head, and ``φ(q)·φ(k)`` with
-``φ = elu + 1 > 0`` never vanishes for the other keys: as pairs accumulate, they interfere.
+Softmax attention can look the key up exactly — the matching score wins the softmax, even when
+keys are not orthogonal. Linear attention must keep every pair in its fixed ``D × Dv`` state per
+head, and ``φ(q)·φ(k)`` with ``φ = elu + 1 > 0`` never vanishes for the other keys. With no more
+keys in the vocabulary than a head has dimensions, it could give each key its own direction; with
+256 keys and heads of 16 dimensions it cannot, and the pairs interfere.
 :func:`train_recall` trains the same small model with either attention on the same data, budget
 and learning-rate grid (chosen on a validation set), so the gap is the attention's alone.
 
@@ -39,15 +41,15 @@ __all__ = ["RecallConfig", "RecallModel", "recall_batch", "train_recall", "tune_
 class RecallConfig:
     """The task and the model: the same for both kinds of attention."""
 
-    num_keys: int = 64
+    num_keys: int = 256  # more keys than a head has dims: they cannot all be orthogonal
     num_values: int = 64
     num_pairs: int = 32
     num_queries: int = 16
     d_model: int = 64
-    num_heads: int = 2
+    num_heads: int = 4  # heads of 16 dims
     num_layers: int = 1
     batch_size: int = 64
-    steps: int = 400
+    steps: int = 300
 
     @property
     def length(self) -> int:
