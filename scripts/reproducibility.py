@@ -9,11 +9,13 @@ GPUs: a different kernel or a different order of a floating-point sum changes th
 and training amplifies them. This script re-runs a notebook in full mode under the settings
 that differ between learners' machines and that can be changed here:
 
-* ``native-1thread`` — PyTorch's own CPU kernels for this machine (AVX2/AVX-512), one thread;
-* ``default-2threads`` — ``ATEN_CPU_CAPABILITY=default``: the portable kernels a CPU without
-  AVX2 gets, two threads.
+* ``native-1thread`` — PyTorch's own CPU kernels for this machine (e.g. AVX-512), one thread;
+* ``avx2-2threads`` — the kernels of a CPU with AVX2 but no AVX-512 (``ATEN_CPU_CAPABILITY=avx2``,
+  and the same limit for MKL and oneDNN), two threads: most laptops;
+* ``default-2threads`` — the portable kernels a CPU without AVX2 gets
+  (``ATEN_CPU_CAPABILITY=default``, MKL and oneDNN held to SSE4), two threads.
 
-(The stored outputs are the third setting: native kernels, two threads.) Each run executes the
+(The stored outputs are the fourth setting: native kernels, two threads.) Each run executes the
 whole notebook from a fresh kernel with its own copy of the reports, so ``reports/`` and the
 notebook are never touched; its recorded results are collected. ``reports/reproducibility.json``
 keeps, per notebook and result, the stored value, the value under each setting, the range
@@ -44,7 +46,10 @@ from course_utils.files import atomic_write_json  # noqa: E402
 REPORT = REPO / "reports" / "reproducibility.json"
 SETTINGS: dict[str, dict[str, str]] = {
     "native-1thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-    "default-2threads": {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
+    "avx2-2threads": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                      "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
+    "default-2threads": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+                         "ONEDNN_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
 }
 STORED_SETTING = "native-2threads (stored run)"
 # Notebooks whose headline results come from training (the ones whose numbers can move).
