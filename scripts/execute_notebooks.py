@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -172,9 +171,9 @@ def main() -> int:
         name = path.stem
         tqdm.write(f"running {name} ...")
         with tempfile.TemporaryDirectory(prefix="course-run-") as staging:
-            # The kernel's record_result writes here, not into reports/: a failed run records nothing.
-            if (reports_dir() / "metrics.json").exists():
-                shutil.copy(reports_dir() / "metrics.json", Path(staging) / "metrics.json")
+            # The kernel's record_result writes here, not into reports/: a failed run records
+            # nothing, and the staging starts empty, so a result the notebook no longer records
+            # disappears from the reports with its old value.
             env = {"COURSE_RECORD": "1", "COURSE_REPORTS_DIR": staging}
             for var in ("COURSE_FAST", "TQDM_DISABLE"):  # full mode, with progress bars
                 os.environ.pop(var, None)

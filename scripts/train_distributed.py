@@ -58,7 +58,7 @@ from course_utils.distributed import (  # noqa: E402
     ranks_identical,
     unwrap,
 )
-from course_utils.precision import MixedPrecision  # noqa: E402
+from course_utils.precision import MixedPrecision, enable_tf32  # noqa: E402
 from course_utils.vit import ViT  # noqa: E402
 
 
@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     fail_rank, fail_step = (int(v) for v in args.simulate_failure.split(":")) if args.simulate_failure else (-1, -1)
     try:
         seed_everything(args.seed)
+        if ctx.device.type == "cuda":
+            enable_tf32()  # float32 matmuls on tensor cores (Ampere+), as in the notebooks
         if ctx.device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
         rank_zero_print(f"world size {ctx.world_size}, backend {ctx.backend}, device {ctx.device.type}, "

@@ -19,6 +19,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+import list_exercises  # noqa: E402
+
 from course_utils.files import atomic_write_many  # noqa: E402
 from course_utils.results import describe_result  # noqa: E402
 
@@ -128,9 +131,14 @@ def render_guide(guide: str, times: dict | None = None) -> str:
 
 def rendered(times: dict | None = None, metrics: list | None = None) -> dict[Path, str]:
     """The new text of every file this script keeps, from the given (or the stored) reports."""
+    guide = render_guide(GUIDE.read_text(encoding="utf-8"), times)
+    try:
+        guide = list_exercises.render(guide)  # the guide's exercise list, from the exercise registry
+    except ValueError as exc:
+        raise ReportError(str(exc)) from exc
     new = {
         REPO / "README.md": render((REPO / "README.md").read_text(encoding="utf-8"), times, metrics),
-        GUIDE: render_guide(GUIDE.read_text(encoding="utf-8"), times),
+        GUIDE: guide,
     }
     return new
 
@@ -145,7 +153,7 @@ def main() -> int:
     atomic_write_many(changed)
     for path in changed:
         print(f"{path.relative_to(REPO)} updated")
-    return __import__("list_exercises").main([])  # the guide's exercise list, from the registry
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import update_readme  # noqa: E402
 pytestmark = pytest.mark.slow  # each test starts a Jupyter kernel
 
 README = "# Course\n\n<!-- course-map:start -->\nold map\n<!-- course-map:end -->\n\nThe end.\n"
-GUIDE = "# Guide\n\n<!-- run-times:start -->\nold times\n<!-- run-times:end -->\n"
+GUIDE = ("# Guide\n\n<!-- run-times:start -->\nold times\n<!-- run-times:end -->\n\n"
+         "<!-- exercises:start -->\nold list\n<!-- exercises:end -->\n")
 
 
 def _notebook(*code: str) -> nbformat.NotebookNode:
@@ -79,6 +80,15 @@ def test_a_passing_notebook_updates_everything_together(repo, monkeypatch):
     assert "| 00_tiny |" in (repo / "docs" / "instructor_guide.md").read_text()
     assert "answer = 42" in (repo / "reports" / "course_run.md").read_text()
     assert not list(repo.rglob("*.tmp"))
+
+
+def test_a_result_the_notebook_no_longer_records_disappears(repo, monkeypatch):
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    metrics["results"].append(dict(metrics["results"][0], name="a_result_of_an_older_version", value=1.0))
+    (repo / "reports" / "metrics.json").write_text(json.dumps(metrics))
+    assert _run(monkeypatch, str(repo / "notebooks" / "00_tiny.ipynb")) == 0
+    names = [m["name"] for m in json.loads((repo / "reports" / "metrics.json").read_text())["results"]]
+    assert names == ["answer"]
 
 
 def test_a_failing_notebook_changes_nothing(repo, monkeypatch):
