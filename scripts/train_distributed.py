@@ -174,6 +174,24 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     return args.lr * 0.5 * (1.0 + math.cos(math.pi * progress_))
 
 
+def rank_loader(train_set, world_size: int, rank: int, batch_size: int, seed: int,
+                workers: int = 0) -> tuple[torch.utils.data.DistributedSampler, torch.utils.data.DataLoader]:
+    """This rank's sampler and loader: its own 1/world_size of every epoch, reshuffled each epoch.
+
+    Epoch ``e`` is the permutation ``DistributedSampler`` draws from ``seed + e``; rank ``r`` takes
+    every ``world_size``-th index of it from ``r`` on. ``drop_last`` (in the sampler and in the
+    loader) keeps the shards and batches equal, so ``world_size × batch_size`` samples form one
+    global batch, whatever ``world_size`` is.
+    """
+    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world_size, rank=rank,
+                                                  shuffle=True, seed=seed, drop_last=True)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
+                                         num_workers=workers, persistent_workers=workers > 0)
+    if len(loader) == 0:
+        raise ValueError(f"--batch-size {batch_size} is larger than a rank's shard ({len(sampler)} samples)")
+    return sampler, loader
+
+
 def micro_batches(loader, sampler, start: int):
     """Endless micro-batches in a fixed order: epoch e uses the sampler's permutation for seed + e.
 
@@ -256,14 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
         data = load_digits_split(test_size=0.2, seed=0)
         train_set = torch.utils.data.TensorDataset(data.x_train, data.y_train)
-        # Every rank sees its own 1/world_size of each epoch; drop_last keeps the shards equal, so
-        # world_size × batch_size samples form one global batch, whatever world_size is.
-        sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
-                                                      shuffle=True, seed=args.seed, drop_last=True)
-        loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                                             num_workers=args.workers, persistent_workers=args.workers > 0)
-        if len(loader) == 0:
-            raise ValueError(f"--batch-size {args.batch_size} is larger than a rank's shard ({len(sampler)} samples)")
+        sampler, loader = rank_loader(train_set, ctx.world_size, ctx.rank, args.batch_size, args.seed, args.workers)
 
         model = build_model(args).to(ctx.device)
         model = wrap_model(model, ctx, args.fsdp)

@@ -173,6 +173,25 @@ def test_mixed_precision_with_accumulation_keeps_ranks_identical(tmp_path):
     assert all(v.dtype == torch.float32 for v in rank0.values())  # autocast leaves the weights in float32
 
 
+def test_runs_stay_equal_across_an_epoch_boundary_and_a_resume_inside_the_second_epoch(tmp_path):
+    """Batches of 64 per rank: 718 samples a rank, 11 steps an epoch, so 14 steps reach into epoch 1
+    (a new shuffle, drawn alike by every rank). 2 processes × 64 equal 1 process × 128 there too, and
+    a run stopped at step 12 (one micro-batch into epoch 1) resumes to the uninterrupted run's end."""
+    common = [*COMMON, "--steps", "14", "--log-every", "7"]
+    launch(2, [*common, "--batch-size", "64", "--dump-params", str(tmp_path / "two")])
+    launch(1, [*common, "--batch-size", "128", "--dump-params", str(tmp_path / "one")])
+    ckpt = tmp_path / "ckpt.pt"
+    launch(2, [*common, "--batch-size", "64", "--stop-at", "12", "--checkpoint", str(ckpt)])
+    assert load_checkpoint(ckpt)["step"] == 12
+    launch(2, [*common, "--batch-size", "64", "--checkpoint", str(ckpt), "--resume",
+               "--dump-params", str(tmp_path / "resumed")])
+    two, one = _params(tmp_path / "two" / "rank0.pt"), _params(tmp_path / "one" / "rank0.pt")
+    resumed = _params(tmp_path / "resumed" / "rank0.pt")
+    assert not [k for k in two if not torch.equal(resumed[k], two[k])], "the resumed run differs"
+    for name in (k for k in two if not k.endswith("k_proj.bias")):  # see the test above
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
 # -- helpers ------------------------------------------------------------------------------------
 
 
