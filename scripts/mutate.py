@@ -9,6 +9,7 @@ runs, not what it computes.
     python scripts/mutate.py course_utils/attention.py          # one module, its own tests
     python scripts/mutate.py course_utils/rl.py --tests tests/unit/test_rl.py
     python scripts/mutate.py --all                              # every teaching module
+    python scripts/mutate.py course_utils/rl.py --recheck       # the last run's survivors only
 
 The tool is mutmut (3.x): it runs under pytest, mutates a copy of the code (never the working
 tree), runs only the tests that reach the mutated function, forks a child per mutant (no
@@ -21,7 +22,14 @@ The results go to ``reports/mutation.md``: per module the kill rate (killed / al
 equivalent mutants excluded) and every survivor with its diff. A mutant that cannot change
 behaviour (an *equivalent* mutant) is listed in ``tests/mutation_equivalents.toml`` with a one-line
 reason, keyed by its function and the changed line; it is reported as such, never hidden.
-Not part of ``make test``: a module takes minutes, the whole list about an hour on 2 cores.
+Where a module mixes what it teaches with plumbing (argument parsing, input checks, progress
+bars), ``SCOPE`` names the functions that teach, and only their mutants are run and counted;
+the report section says so. A mutant that no test reaches ("not covered") counts as a survivor; one
+that makes the tests run out of time (an endless loop) counts as killed, and is reported as such.
+
+``--recheck`` re-tests only the survivors of the module's last run (kept in its scratch copy)
+against the current tests, a quick check after adding a test; it prints, and writes no report.
+Not part of ``make test``: a module takes minutes to an hour on 2 cores.
 """
 
 from __future__ import annotations
@@ -57,8 +65,24 @@ TEACHING = {
     "course_utils/rl.py": ["tests/unit/test_rl.py"],
     "course_utils/captioning.py": ["tests/unit/test_captioning.py"],
     "course_utils/seq2seq.py": ["tests/unit/test_seq2seq.py"],
+    "course_utils/datasets/translation.py": ["tests/unit/test_translation_data.py"],
     "course_utils/vit.py": ["tests/unit/test_vit.py"],
-    "scripts/train_distributed.py": ["tests/e2e/test_distributed.py"],
+    "course_utils/inference/compiled.py": ["tests/unit/test_inference_compiled.py"],
+    "course_utils/inference/flex.py": ["tests/unit/test_inference_flex.py"],
+    "course_utils/inference/latent_attention.py": ["tests/unit/test_inference_latent_attention.py"],
+    "course_utils/inference/linear_attention.py": ["tests/unit/test_inference_linear_attention.py"],
+    "course_utils/inference/paged_cache.py": ["tests/unit/test_inference_paged_cache.py"],
+    "course_utils/inference/recall.py": ["tests/unit/test_inference_recall.py"],
+    "course_utils/inference/sliding_window.py": ["tests/unit/test_inference_sliding_window.py"],
+    "scripts/train_distributed.py": ["tests/unit/test_train_distributed.py"],
+}
+# Modules where only some functions teach: their names ("function" or "Class.method"). The rest
+# (argument parsing, launching, logging, corpus generation) is plumbing, not counted.
+SCOPE = {
+    # the data path (which samples each rank sees in each epoch) and the learning-rate schedule
+    "scripts/train_distributed.py": ["rank_loader", "micro_batches", "learning_rate"],
+    # tokenisation and detokenisation (the rest of the module generates and loads the corpus)
+    "course_utils/datasets/translation.py": ["tokenize", "detokenize"],
 }
 REPORT = REPO / "reports" / "mutation.md"
 EQUIVALENTS = REPO / "tests" / "mutation_equivalents.toml"
@@ -73,6 +97,7 @@ class ModuleResult:
     survivors: list[tuple[str, str]] = field(default_factory=list)  # (name, diff)
     equivalents: list[tuple[str, str, str]] = field(default_factory=list)  # (name, diff, reason)
     seconds: float = 0.0
+    scope: list[str] = field(default_factory=list)  # functions run and counted; empty: all
 
     @property
     def kill_rate(self) -> float:
@@ -89,9 +114,13 @@ def tests_for(module: str) -> list[str]:
     return [guess]
 
 
+def scratch_dir(module: str) -> Path:
+    return REPO / "build" / "mutation" / module.replace("/", "_").removesuffix(".py")
+
+
 def scratch_copy(module: str) -> Path:
     """A copy of the tracked source (no notebooks, reports or images) to mutate in."""
-    where = REPO / "build" / "mutation" / Path(module).stem
+    where = scratch_dir(module)
     shutil.rmtree(where, ignore_errors=True)
     where.mkdir(parents=True)
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
@@ -105,12 +134,31 @@ def scratch_copy(module: str) -> Path:
     return where
 
 
+def _module_name(module: str) -> str:
+    return module.removesuffix(".py").replace("/", ".")
+
+
+def scope_globs(module: str, scope: list[str]) -> list[str]:
+    """mutmut's names of the mutants of ``scope``'s functions (``f`` or ``Class.method``)."""
+    name = _module_name(module)
+    globs = []
+    for function in scope:
+        cls, _, method = function.rpartition(".")
+        mangled = f"xǁ{cls}ǁ{method}" if cls else f"x_{method}"
+        globs.append(f"{name}.{mangled}__mutmut_*")
+    return globs
+
+
 def configure(where: Path, module: str, tests: list[str]) -> None:
     source_root = module.split("/", 1)[0]
+    # mutmut's copy (mutants/) holds the source root and tests/; the data, scripts and the rest
+    # that tests read go with them, so that no test reaches back into the working tree.
+    others = sorted(p.name for p in where.iterdir() if p.is_dir() and p.name not in (source_root, "tests"))
     config = (
         "\n[tool.mutmut]\n"
         f'source_paths = ["{source_root}"]\n'
         f'only_mutate = ["{module}"]\n'
+        f"also_copy = {json.dumps(others)}\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "-p", "no:randomly"]\n'
     )
@@ -138,47 +186,102 @@ def _function_of(name: str) -> str:
     return short[2:] if short.startswith("x_") else short
 
 
+def _mutmut() -> str:
+    return shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
+    env.pop("COURSE_FAST", None)
+    return env
+
+
+def _statuses(where: Path, scope: list[str]) -> list[tuple[str, str]]:
+    """(mutant, status) of every mutant in scope, as mutmut recorded them."""
+    listing = subprocess.run([_mutmut(), "results", "--all", "true"], cwd=where, env=_env(), capture_output=True,
+                             text=True, check=False).stdout
+    out = []
+    for line in listing.splitlines():
+        found = re.match(r"\s*(\S+): (.+)$", line)
+        if found and (not scope or _function_of(found.group(1)) in scope):
+            out.append((found.group(1), found.group(2).strip()))
+    return out
+
+
 def run_module(module: str, tests: list[str], children: int) -> ModuleResult:
     import time
 
     start = time.perf_counter()
+    scope = SCOPE.get(module, [])
     where = scratch_copy(module)
     configure(where, module, tests)
-    mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
-    env.pop("COURSE_FAST", None)
-    print(f"mutating {module} with {', '.join(tests)} ({children} children) in {where.relative_to(REPO)} ...", flush=True)
-    subprocess.run([mutmut, "run", "--max-children", str(children)], cwd=where, env=env,
-                   stdout=subprocess.DEVNULL, check=False)
-    listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=where, env=env, capture_output=True,
-                             text=True, check=False).stdout
-    result = ModuleResult(module, tests)
+    env = _env()
+    print(f"mutating {module}{' (' + ', '.join(scope) + ')' if scope else ''} with {', '.join(tests)} "
+          f"({children} children) in {where.relative_to(REPO)}; mutmut's output: "
+          f"{(where / 'mutmut.log').relative_to(REPO)} ...", flush=True)
+    with open(where / "mutmut.log", "w", encoding="utf-8") as log:
+        subprocess.run([_mutmut(), "run", "--max-children", str(children), *scope_globs(module, scope)],
+                       cwd=where, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    result = ModuleResult(module, tests, scope=scope)
     equivalents = [e for e in load_equivalents() if e.get("module") == module]
-    for line in listing.splitlines():
-        found = re.match(r"\s*(\S+): (.+)$", line)
-        if not found:
-            continue
-        name, status = found.group(1), found.group(2).strip()
-        status = {"no tests": "not covered", "timeout": "timeout", "suspicious": "suspicious"}.get(status, status)
-        if status == "killed":
+    statuses = _statuses(where, scope)
+    for name, status in statuses:
+        status = {"no tests": "not covered"}.get(status, status)
+        if status in ("killed", "timeout"):
             result.counts["killed"] = result.counts.get("killed", 0) + 1
+            if status == "timeout":
+                result.counts["timeout"] = result.counts.get("timeout", 0) + 1
             continue
-        diff = subprocess.run([mutmut, "show", name], cwd=where, env=env, capture_output=True, text=True,
+        diff = subprocess.run([_mutmut(), "show", name], cwd=where, env=env, capture_output=True, text=True,
                               check=False).stdout
         minus, plus = _changed_lines(diff)
         match = next((e for e in equivalents if e.get("function") == _function_of(name)
                       and e.get("before", "").strip() == minus and e.get("after", "").strip() == plus), None)
-        if match is not None:
+        if match is not None and status == "survived":
             result.equivalents.append((name, diff, match["reason"]))
         else:
             result.survivors.append((f"{name} ({status})", diff))
-    result.counts["total"] = len([line for line in listing.splitlines() if re.match(r"\s*\S+: ", line)])
+    result.counts["total"] = len(statuses)
     result.seconds = time.perf_counter() - start
     return result
 
 
+def recheck(module: str, tests: list[str]) -> int:
+    """Re-test the last run's survivors of ``module`` against the current tests; print what still survives."""
+    where = scratch_dir(module)
+    mutated = where / "mutants" / module
+    if not mutated.is_file():
+        raise SystemExit(f"no earlier run of {module} in {where.relative_to(REPO)}: run it without --recheck first")
+    if (where / module).read_bytes() != (REPO / module).read_bytes():
+        raise SystemExit(f"{module} changed since its last run: run it again without --recheck")
+    shutil.copytree(REPO / "tests", where / "mutants" / "tests", dirs_exist_ok=True)
+    env = _env()
+    survivors = [name for name, status in _statuses(where, SCOPE.get(module, [])) if status not in ("killed", "timeout")]
+    equivalents = [e for e in load_equivalents() if e.get("module") == module]
+    left = []
+    for name in survivors:
+        diff = subprocess.run([_mutmut(), "show", name], cwd=where, env=env, capture_output=True, text=True,
+                              check=False).stdout
+        minus, plus = _changed_lines(diff)
+        if any(e.get("function") == _function_of(name) and e.get("before", "").strip() == minus
+               and e.get("after", "").strip() == plus for e in equivalents):
+            continue
+        rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                             *tests], cwd=where / "mutants", env={**env, "MUTANT_UNDER_TEST": name},
+                            capture_output=True, check=False).returncode
+        print(f"{'killed  ' if rc else 'SURVIVES'} {name}: {minus!r} -> {plus!r}", flush=True)
+        if not rc:
+            left.append(name)
+    print(f"{module}: {len(survivors) - len(left)} of {len(survivors)} earlier survivors killed now "
+          f"(equivalents listed are skipped); {len(left)} left")
+    return 0
+
+
 def section(r: ModuleResult) -> str:
     killed = r.counts.get("killed", 0)
+    timeouts = r.counts.get("timeout", 0)
+    scope = (f"Scope: {', '.join(f'`{f}`' for f in r.scope)} (the functions that teach; the rest of the module "
+             "is not mutated). " if r.scope else "")
     lines = [
         START.format(module=r.module),
         f"## `{r.module}`",
@@ -189,6 +292,9 @@ def section(r: ModuleResult) -> str:
         f"Run on {dt.date.today().isoformat()} in {r.seconds / 60:.1f} min.",
         "",
     ]
+    if scope or timeouts:
+        lines += [scope + (f"{timeouts} of the killed mutants made the tests run out of time (counted as killed)."
+                           if timeouts else ""), ""]
     if r.survivors:
         lines += ["Surviving mutants:", ""]
         for name, diff in r.survivors:
@@ -214,11 +320,12 @@ def write_report(results: list[ModuleResult]) -> None:
             text = head + section(r) + rest.split(end, 1)[1]
         else:
             text = text.rstrip("\n") + "\n\n" + section(r) + "\n"
-    rows = ["| module | mutants | killed | equivalent | surviving | kill rate |", "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| module | mutants | killed | equivalent | surviving | kill rate | run time |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     for match in re.finditer(r"## `(\S+)`\n\nTests: .*? Mutants: (\d+); killed (\d+); equivalent (\d+); surviving (\d+)\. "
-                             r"\*\*Kill rate ([\d.]+%|nan%)\*\*", text):
+                             r"\*\*Kill rate ([\d.]+%|nan%)\*\*.*? in ([\d.]+ min)\.", text):
         rows.append(f"| `{match.group(1)}` | {match.group(2)} | {match.group(3)} | {match.group(4)} | "
-                    f"{match.group(5)} | {match.group(6)} |")
+                    f"{match.group(5)} | {match.group(6)} | {match.group(7)} |")
     head, rest = text.split("<!-- mutation:summary:start -->", 1)
     text = head + "<!-- mutation:summary:start -->\n" + "\n".join(rows) + "\n<!-- mutation:summary:end -->" + \
         rest.split("<!-- mutation:summary:end -->", 1)[1]
@@ -232,6 +339,8 @@ def main() -> int:
     parser.add_argument("--tests", nargs="+", help="the test files to run (default: the module's own)")
     parser.add_argument("--children", type=int, default=max(1, (os.cpu_count() or 2)),
                         help="mutants tested at once")
+    parser.add_argument("--recheck", action="store_true",
+                        help="re-test only the last run's survivors against the current tests (no report)")
     args = parser.parse_args()
     modules = list(TEACHING) if args.all else args.modules
     if not modules:
@@ -239,11 +348,16 @@ def main() -> int:
     for module in modules:
         if not (REPO / module).is_file():
             parser.error(f"no such file: {module}")
+    if args.recheck:
+        for module in modules:
+            recheck(module, args.tests or tests_for(module))
+        return 0
     results = []
     for module in modules:
         result = run_module(module, args.tests or tests_for(module), args.children)
         print(f"{module}: kill rate {result.kill_rate:.1%} ({result.counts.get('killed', 0)} killed, "
-              f"{len(result.survivors)} surviving, {len(result.equivalents)} equivalent)")
+              f"{len(result.survivors)} surviving, {len(result.equivalents)} equivalent) "
+              f"in {result.seconds / 60:.1f} min")
         results.append(result)
         write_report(results)
     return 0
