@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +34,7 @@ __all__ = [
     "check_bool",
     "check_broadcast_to",
     "check_broadcasts",
+    "check_device",
     "check_divisible",
     "check_finite",
     "check_float_tensor",
@@ -45,6 +48,7 @@ __all__ = [
     "check_non_negative_int",
     "check_one_of",
     "check_padding_mask",
+    "check_path",
     "check_positive_int",
     "check_probability",
     "check_qkv",
@@ -189,9 +193,54 @@ def check_one_of(name: str, x: Any, choices: Iterable[Any]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {x!r}")
 
 
+def check_device(name: str, device: Any) -> torch.device:
+    """A device this machine has: a ``torch.device`` or a string such as ``"cpu"``, ``"cuda"``,
+    ``"cuda:0"``, ``"mps"``; returns it as a ``torch.device``.
+
+    >>> check_device("device", "cpu")
+    device(type='cpu')
+    >>> check_device("device", "gpu")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: device must be a device such as 'cpu', 'cuda' or 'cuda:0', got 'gpu'
+    """
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(f"{name} must be a device such as 'cpu' or 'cuda', got {describe(device)}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a device such as 'cpu', 'cuda' or 'cuda:0', got "
+                         f"{device!r}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index or 0) >= torch.cuda.device_count()):
+        have = f"{torch.cuda.device_count()} CUDA GPU(s)" if torch.cuda.is_available() else "none"
+        raise ValueError(f"{name}={device!r} asks for a CUDA GPU this machine does not have "
+                         f"({have}): use 'cpu', or course_utils.get_device()")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                  and torch.backends.mps.is_available()):
+        raise ValueError(f"{name}={device!r} asks for Apple's MPS, which this machine does not "
+                         "have: use 'cpu', or course_utils.get_device()")
+    return dev
+
+
 # ---------------------------------------------------------------------------------------------
-# Text
+# Text and files
 # ---------------------------------------------------------------------------------------------
+
+
+def check_path(name: str, path: Any) -> Path:
+    """A file or folder path: a non-empty ``str`` or ``os.PathLike``; returns it as a ``Path``.
+
+    >>> check_path("path", 123)
+    Traceback (most recent call last):
+    ...
+    TypeError: path must be a file path (a str or pathlib.Path), got int 123
+    """
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise TypeError(f"{name} must be a file path (a str or pathlib.Path), got {describe(path)}")
+    if not str(os.fspath(path)).strip():
+        raise ValueError(f"{name} must be a non-empty path, got {path!r}")
+    return Path(path)
 
 
 def check_str(name: str, x: Any, allow_empty: bool = True) -> None:
@@ -273,8 +322,10 @@ def check_shape(name: str, t: torch.Tensor, expected: Sequence[int | None], what
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
-    """No NaN or infinity in ``t`` (they would spread silently through every later step)."""
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    """No NaN or infinity in ``t`` (they would spread silently through every later step).
+
+    A tensor on the ``meta`` device has no values: there is nothing to check."""
+    if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
 
 
