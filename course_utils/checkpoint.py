@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checks import check_bool, check_path, check_str, describe
 from .files import atomic_open
 
 __all__ = [
@@ -110,10 +111,10 @@ def save_checkpoint(
 
     The file is written next to ``path`` under a temporary name and renamed into place.
     """
+    check_path("path", path)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+    _check_optimizer(optimizer)
     cls = type(model)
     return save_state(
         path,
@@ -151,12 +152,17 @@ def save_state(
     >>> ckpt["step"], ckpt["config"], torch.equal(ckpt["model"]["weight"], m.weight)
     (7, {'lr': 0.1}, True)
     """
+    path = check_path("path", path)
+    check_str("model_class", model_class, allow_empty=False)
     if not isinstance(model_state, Mapping):
         raise TypeError(f"model_state must be a state dict (a mapping), got {type(model_state).__name__}")
     if optimizer_state is not None and not isinstance(optimizer_state, Mapping):
         raise TypeError(f"optimizer_state must be a state dict or None, got {type(optimizer_state).__name__}")
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise ValueError(f"step must be a non-negative int or None, got {step!r}")
+    for name, mapping in (("config", config), ("extra", extra)):
+        if mapping is not None and not isinstance(mapping, Mapping):
+            raise TypeError(f"{name} must be a dict or None, got {describe(mapping)}")
     config = dict(config or {})
     extra = dict(extra or {})
     _check_plain(config, "config")
@@ -172,7 +178,6 @@ def save_state(
         "versions": versions(),
         "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    path = Path(path)
     with atomic_open(path, "wb") as f:  # a crash or a full disk never leaves half a checkpoint
         torch.save(payload, f)
     return path
@@ -186,6 +191,9 @@ def compare_state_dicts(expected: Mapping[str, Any], received: Mapping[str, Any]
     >>> compare_state_dicts(a, b)
     {'missing': ['b'], 'unexpected': ['extra'], 'shapes': [('w', (2, 3), (3, 3))]}
     """
+    for name, state in (("expected", expected), ("received", received)):
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{name} must be a state dict (a mapping), got {describe(state)}")
     missing = [k for k in expected if k not in received]
     unexpected = [k for k in received if k not in expected]
     shapes = []
@@ -220,6 +228,11 @@ def _mismatch_message(path: Path, model: nn.Module, diff: dict[str, list], ckpt:
         "with that config, or load with strict=False to skip missing/unexpected keys (shapes "
         "must still match)."
     )
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {describe(optimizer)}")
 
 
 def _check_map_location(map_location: Any) -> None:
@@ -279,9 +292,11 @@ def load_checkpoint(
     * an optimizer state saved for a differently shaped model: ``ValueError`` naming the
       parameter and both shapes.
     """
-    path = Path(path)
+    path = check_path("path", path)
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+    _check_optimizer(optimizer)
+    check_bool("strict", strict)
     if not path.is_file():
         raise FileNotFoundError(
             f"no checkpoint at {path}: check the path, or train the model and save it with "

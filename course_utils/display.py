@@ -28,6 +28,10 @@ def figure_title(fig: Any) -> str:
     'Two heatmaps'
     >>> plt.close(fig)
     """
+    from matplotlib.figure import Figure, SubFigure
+
+    if not isinstance(fig, (Figure, SubFigure)):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__} {fig!r:.60}")
     suptitle = getattr(fig, "_suptitle", None)
     if suptitle is not None and suptitle.get_text().strip():
         return " ".join(suptitle.get_text().split())

@@ -22,12 +22,15 @@ A file that is already at ``dest`` (and matches ``sha256``, when given) is not d
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from .checks import check_bool, check_path
 
 __all__ = ["ChecksumError", "DownloadError", "fetch", "sha256_file", "verify_file"]
 
@@ -60,6 +63,7 @@ def sha256_file(path: str | Path) -> str:
     >>> sha256_file(f)[:16]
     '2cf24dba5fb0a30e'
     """
+    path = check_path("path", path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -84,7 +88,7 @@ def verify_file(path: str | Path, sha256: str) -> str:
     course_utils.download.ChecksumError: checksum mismatch for .../hello.txt: expected sha256 000..., got 2cf24dba...
     """
     expected = _check_sha256(sha256)
-    path = Path(path)
+    path = check_path("path", path)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist (or is not a file): download it again, or copy it there by hand "
@@ -136,9 +140,12 @@ def fetch(
     if not isinstance(url, str) or not url:
         raise TypeError(f"url must be a non-empty string, got {url!r}")
     expected = _check_sha256(sha256) if sha256 is not None else None
-    if not timeout or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        # (NaN or inf would never time out)
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    dest = Path(dest)
+    check_bool("overwrite", overwrite)
+    check_bool("progress", progress)
+    dest = check_path("dest", dest)
     if dest.is_dir():
         raise IsADirectoryError(f"dest must be a file path, got the folder {dest} (add a file name)")
 

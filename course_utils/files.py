@@ -17,13 +17,16 @@ Ctrl-C), the temporary file is removed and the old file is left byte for byte as
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+from .checks import check_path, check_str, describe
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_many",
            "atomic_write_text"]
@@ -53,9 +56,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | 
 
     On an exception the temporary file is deleted and ``path`` is untouched.
     """
+    path = check_path("path", path)
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
+    if encoding is not None:
+        _check_encoding(encoding)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -72,23 +77,43 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | 
         raise
 
 
+def _check_encoding(encoding: Any) -> None:
+    check_str("encoding", encoding, allow_empty=False)
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"encoding must be a text encoding such as 'utf-8', got {encoding!r}") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
+    check_path("path", path)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {describe(data)} (write text with "
+                        "atomic_write_text)")
     with atomic_open(path, "wb") as f:
         f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
     """Write ``text`` to ``path`` atomically (newlines written as given, on every platform)."""
+    check_path("path", path)
+    check_str("text", text)
+    _check_encoding(encoding)
     with atomic_open(path, "w", encoding=encoding) as f:
         f.write(text)
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any, **dumps_kwargs: Any) -> None:
     """Write ``data`` as indented JSON (UTF-8, a final newline) to ``path`` atomically."""
+    check_path("path", path)
     dumps_kwargs.setdefault("indent", 2)
     dumps_kwargs.setdefault("ensure_ascii", False)
-    atomic_write_text(path, json.dumps(data, **dumps_kwargs) + "\n")
+    try:
+        text = json.dumps(data, **dumps_kwargs)
+    except (TypeError, ValueError) as exc:  # an object JSON cannot hold, NaN with allow_nan=False
+        raise type(exc)(f"data cannot be written as JSON ({exc}); got {describe(data)}") from exc
+    atomic_write_text(path, text + "\n")
 
 
 def atomic_write_many(contents: dict[str | os.PathLike[str], str | bytes]) -> None:
@@ -104,6 +129,12 @@ def atomic_write_many(contents: dict[str | os.PathLike[str], str | bytes]) -> No
     >>> sorted(p.name for p in folder.iterdir()), (folder / "a.txt").read_text()
     (['a.txt', 'b.bin'], 'A')
     """
+    if not isinstance(contents, Mapping):
+        raise TypeError(f"contents must be a dict {{path: str or bytes}}, got {describe(contents)}")
+    for target, data in contents.items():
+        check_path("contents key", target)
+        if not isinstance(data, (str, bytes, bytearray)):
+            raise TypeError(f"contents[{str(target)!r}] must be str or bytes, got {describe(data)}")
     staged: list[tuple[str, Path]] = []
     try:
         for target, data in contents.items():

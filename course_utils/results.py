@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from .checks import check_bool, check_str, describe
+from .checks import check_bool, check_path, check_str, describe
 from .files import atomic_write_json
 from .runtime import current_run, fast_mode
 
@@ -75,6 +75,7 @@ def check_target(name: str, value: float, target: float, higher_is_better: bool 
     for what, x in (("value", value), ("target", target)):
         if isinstance(x, bool) or not isinstance(x, numbers.Real):
             raise TypeError(f"{name}: {what} must be a real number, got {describe(x)}")
+    _check_target_finite(name, target)
     if not math.isfinite(value):
         raise TargetMissed(f"{name} = {value} is not a finite number (target {target})")
     ok = value >= target if higher_is_better else value <= target
@@ -94,7 +95,7 @@ def _locked(path: Path):
 
 def load_metrics(path: Path | None = None) -> list[dict[str, Any]]:
     """The entries of ``reports/metrics.json`` (an empty list when there is none)."""
-    path = path or metrics_path()
+    path = metrics_path() if path is None else check_path("path", path)
     if not path.exists():
         return []
     try:
@@ -115,6 +116,12 @@ def _check_names(name: Any, higher_is_better: Any, unit: Any = "") -> None:
     check_str("name", name, allow_empty=False)
     check_bool("higher_is_better", higher_is_better)
     check_str("unit", unit)
+
+
+def _check_target_finite(name: str, target: Any) -> None:
+    """A target is a finite number: a NaN target can never be met, an infinite one means nothing."""
+    if target is not None and not math.isfinite(target):
+        raise ValueError(f"{name}: target must be a finite number, got {target}")
 
 
 def check_real_number(what: str, x: Any) -> None:
@@ -140,6 +147,7 @@ def describe_result(name: str, value: float, target: float | None, higher_is_bet
     for what, x in (("value", value), ("target", target)):
         if x is not None or what == "value":
             check_real_number(f"{name}: {what}", x)
+    _check_target_finite(name, target)
     if target is None:
         return f"{_shown(name, value, unit)} (reported, no target)"
     return f"{_shown(name, value, unit)} (target {'≥' if higher_is_better else '≤'} {target:.4g})"
@@ -200,6 +208,7 @@ def record_result(
     check_real_number(f"{name}: value", value)
     if target is not None:
         check_real_number(f"{name}: target", target)
+        _check_target_finite(name, target)
     value = float(value)
     target = None if target is None else float(target)
     if full_mode_only and fast_mode() and target is not None:

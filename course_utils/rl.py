@@ -41,12 +41,16 @@ from tqdm.auto import tqdm
 
 from .checks import (
     check_bool,
+    check_device,
     check_finite,
     check_float_tensor,
     check_int,
+    check_like_module,
     check_positive_int,
     check_real,
+    check_same_device,
     check_shape,
+    check_str,
     check_tensor,
     describe,
 )
@@ -209,6 +213,8 @@ class HistoryBuffer:
     def __init__(self, num_envs: int, window: int, obs_dim: int, device: torch.device | str = "cpu") -> None:
         for name, n in (("num_envs", num_envs), ("window", window), ("obs_dim", obs_dim)):
             check_positive_int(name, n)
+        if device is not None:
+            device = check_device("device", device)
         self.num_envs, self.window, self.obs_dim = num_envs, window, obs_dim
         self.obs = torch.zeros(num_envs, window, obs_dim, device=device)  # (N, K, D)
         self.valid = torch.zeros(num_envs, window, dtype=torch.bool, device=device)  # (N, K)
@@ -223,6 +229,7 @@ class HistoryBuffer:
                             f"got {describe(obs)}")
         if not real:
             raise TypeError(f"obs must hold real numbers, got dtype {obs.dtype}")
+        _check_has_data("obs", obs)
         obs = torch.as_tensor(obs, dtype=torch.float32)  # checked on the CPU: no device sync
         if obs.shape != (self.num_envs, self.obs_dim):
             raise ValueError(
@@ -247,6 +254,7 @@ class HistoryBuffer:
         if not isinstance(new_episode, (torch.Tensor, np.ndarray)) or new_episode.dtype not in (torch.bool, np.bool_):
             raise TypeError(f"new_episode must be a bool tensor or array of shape ({self.num_envs},) "
                             f"(True = this environment starts a new episode), got {describe(new_episode)}")
+        _check_has_data("new_episode", new_episode)
         new = torch.as_tensor(new_episode, device=self.obs.device)
         if new.shape != (self.num_envs,):
             raise ValueError(f"new_episode must have shape ({self.num_envs},), got {tuple(new.shape)}")
@@ -266,17 +274,26 @@ class HistoryBuffer:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_policy_input(obs: torch.Tensor, valid: torch.Tensor, window: int, obs_dim: int) -> None:
+def _check_has_data(name: str, x: object) -> None:
+    """Observations are read on the CPU: a tensor on the ``meta`` device has no values to read."""
+    if isinstance(x, torch.Tensor) and x.device.type == "meta":
+        raise ValueError(f"{name} must hold values (a tensor on the CPU or a GPU), got {describe(x)}")
+
+
+def _check_policy_input(obs: torch.Tensor, valid: torch.Tensor, window: int, obs_dim: int,
+                        weight: torch.Tensor) -> None:
     check_float_tensor("obs", obs)
+    check_like_module("obs", obs, weight)
     check_tensor("valid", valid)
+    check_same_device(obs=obs, valid=valid)
     if obs.dim() != 3 or obs.size(-1) != obs_dim or obs.size(1) < window:
         raise ValueError(
             f"obs must have shape (B, K >= {window}, obs_dim={obs_dim}), got {tuple(obs.shape)}"
         )
     if valid.shape != obs.shape[:2] or valid.dtype != torch.bool:
         raise ValueError(
-            f"valid must be a bool tensor of shape (B, K) = {tuple(obs.shape[:2])}, got "
-            f"{tuple(valid.shape)} {valid.dtype}"
+            f"valid must be a bool tensor of shape (B, K) = {tuple(obs.shape[:2])}, the first two "
+            f"dims of obs {tuple(obs.shape)}, got {tuple(valid.shape)} {valid.dtype}"
         )
 
 
@@ -315,7 +332,7 @@ class MLPPolicy(nn.Module):
         self.register_buffer("obs_scale", _scale(obs_scale, obs_dim), persistent=False)
 
     def features(self, obs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        _check_policy_input(obs, valid, self.window, self.obs_dim)
+        _check_policy_input(obs, valid, self.window, self.obs_dim, self.actor[0].weight)
         obs, valid = obs[:, -self.window:] / self.obs_scale, valid[:, -self.window:]  # (B, F, D)
         x = obs.flatten(1)  # (B, F*D)
         return torch.cat([x, valid.float()], dim=1) if self.window > 1 else x
@@ -372,7 +389,9 @@ class AttentionPolicy(nn.Module):
                  nhead: int = 4, num_layers: int = 1, dim_feedforward: int = 64, hidden: int = 64,
                  obs_scale: tuple[float, ...] | None = CARTPOLE_SCALE) -> None:
         super().__init__()
-        _check_sizes(obs_dim=obs_dim, n_actions=n_actions, window=window, hidden=hidden)
+        _check_sizes(obs_dim=obs_dim, n_actions=n_actions, window=window, hidden=hidden,
+                     d_model=d_model, nhead=nhead, num_layers=num_layers,
+                     dim_feedforward=dim_feedforward)
         self.obs_dim, self.n_actions, self.window = obs_dim, n_actions, window
         self.embed = nn.Linear(obs_dim, d_model)
         self.pos = LearnedPositionalEmbedding(window, d_model)
@@ -394,7 +413,7 @@ class AttentionPolicy(nn.Module):
 
     def encode(self, obs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Per-position features ``(B, K, d_model)``; position ``i`` depends on frames ``<= i`` only."""
-        _check_policy_input(obs, valid, self.window, self.obs_dim)
+        _check_policy_input(obs, valid, self.window, self.obs_dim, self.embed.weight)
         obs, valid = obs[:, -self.window:], valid[:, -self.window:]
         x = self.pos(self.embed(obs / self.obs_scale))  # (B, K, d_model)
         return self.encoder(x, src_key_padding_mask=~valid, is_causal=True)  # (B, K, d_model)
@@ -408,7 +427,7 @@ class AttentionPolicy(nn.Module):
         feed-forward block on one position instead of ``K``: several times cheaper in training,
         and equal to the full causal computation (``tests/unit/test_rl.py`` checks it).
         """
-        _check_policy_input(obs, valid, self.window, self.obs_dim)
+        _check_policy_input(obs, valid, self.window, self.obs_dim, self.embed.weight)
         obs, valid = obs[:, -self.window:], valid[:, -self.window:]
         pad = ~valid  # (B, K), True = no observation there
         x = self.pos(self.embed(obs / self.obs_scale))  # (B, K, d_model)
@@ -499,6 +518,8 @@ def _check_gae_inputs(rewards, values, terminated, truncated, gamma, lam) -> Non
                         f"and values {values.dtype}")
     for name, flags in (("terminated", terminated), ("truncated", truncated)):
         check_tensor(name, flags)
+    check_same_device(rewards=rewards, values=values, terminated=terminated, truncated=truncated)
+    for name, flags in (("terminated", terminated), ("truncated", truncated)):
         if flags.dtype != torch.bool:
             raise TypeError(f"{name} must be a bool tensor (True where the episode ended), got {describe(flags)}")
         check_shape(name, flags, rewards.shape, what=f"(T, ...) = {tuple(rewards.shape)} like rewards")
@@ -586,6 +607,8 @@ def _check_ppo_inputs(logits, actions, old_log_probs, advantages, values, return
         if name != "actions":
             check_float_tensor(name, t)
         check_shape(name, t, (b,), what=f"(B,) = ({b},), one per row of logits")
+    check_same_device(logits=logits, actions=actions, old_log_probs=old_log_probs,
+                      advantages=advantages, values=values, returns=returns)
     if actions.device.type == "cpu" and b and (int(actions.min()) < 0 or int(actions.max()) >= n_actions):
         # (only on the CPU: reading the values back from a GPU would wait for it every step)
         raise ValueError(f"actions must be in [0, {n_actions}) for logits of {n_actions} actions, got "
@@ -719,6 +742,9 @@ def train_ppo(policy: nn.Module, config: PPOConfig | None = None, seed: int = 0,
         raise TypeError(f"config must be a PPOConfig, got {describe(cfg)}")
     _check_policy(policy, cfg.blank_prob)
     check_int("seed", seed, low=0)
+    check_str("desc", desc)
+    if progress is not None:
+        check_bool("progress", progress)
     torch.manual_seed(seed)
     np.random.seed(seed)
     old_threads = torch.get_num_threads()

@@ -35,6 +35,7 @@ from torch import nn
 from course_utils.checks import (
     check_finite,
     check_float_tensor,
+    check_like_module,
     check_non_negative_int,
     check_one_of,
     check_positive_int,
@@ -59,9 +60,11 @@ __all__ = [
 ]
 
 
-def _check_images(x: object, channels: int, size: int) -> None:
+def _check_images(x: object, channels: int, size: int, weight: torch.Tensor) -> None:
+    """The images ``x``: float ``(B, C, H, W)`` with the dtype and device of the first layer."""
     check_float_tensor("images", x)
     check_shape("images", x, (None, channels, size, size), what=f"(B, {channels}, {size}, {size})")
+    check_like_module("images", x, weight)
 
 
 def _check_sizes(**sizes: int) -> None:
@@ -86,7 +89,8 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     check_positive_int("patch_size", patch_size)
     h, w = images.shape[-2:]
     if h % patch_size or w % patch_size:
-        raise ValueError(f"image size {h}×{w} is not divisible by patch_size={patch_size}")
+        raise ValueError(f"images of size {h}×{w} are not divisible by patch_size={patch_size} (H and W "
+                         f"must be multiples of it), got {describe(images)}")
     cols = F.unfold(images, kernel_size=patch_size, stride=patch_size)  # (B, C·p·p, N)
     return cols.transpose(1, 2)  # (B, N, C·p·p)
 
@@ -120,7 +124,7 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, method: str = "conv") -> torch.Tensor:
         check_one_of("method", method, ("conv", "unfold"))
-        _check_images(x, self.in_channels, self.image_size)
+        _check_images(x, self.in_channels, self.image_size, self.proj.weight)
         if method == "conv":
             return self.proj(x).flatten(2).transpose(1, 2)  # (B, dim, g, g) -> (B, N, dim)
         weight = self.proj.weight.flatten(1)  # (dim, C·p·p)
@@ -180,6 +184,7 @@ class TokenMixingMLP(nn.Module):
 
     def forward(self, query: torch.Tensor, *args: object, **kwargs: object) -> tuple[torch.Tensor, None]:
         check_float_tensor("query", query)
+        check_like_module("query", query, self.fc1.weight)
         if query.dim() != 3 or query.size(1) != self.num_tokens:
             raise ValueError(
                 f"query must have shape (B, T={self.num_tokens}, E), got {tuple(query.shape)}"
@@ -271,7 +276,8 @@ class ViT(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` to the encoder's input tokens ``(B, 1 + N, dim)``."""
-        _check_images(x, self.in_channels, self.image_size)  # name the image shape, not the stem's
+        first = self.stem[0].weight if isinstance(self.stem, ConvStem) else self.patch_embed.proj.weight
+        _check_images(x, self.in_channels, self.image_size, first)  # the image shape, not the stem's
         x = self.stem(x)  # (B, C', H, W); the identity without a conv stem
         # (B, N, dim); under autocast the conv returns bf16/fp16: the residual stream stays in the
         # parameters' dtype (the encoder's layers cast their own matmuls)
@@ -401,12 +407,14 @@ def attention_rollout(attentions: torch.Tensor, residual: float = 0.5) -> torch.
 
 def _check_rollout_inputs(attentions: torch.Tensor, residual: float) -> None:
     check_float_tensor("attentions", attentions, dims=(4, 5))
+    if attentions.size(0) == 0:
+        raise ValueError(f"attentions must hold at least one layer (depth >= 1), got {describe(attentions)}")
     if attentions.size(-1) != attentions.size(-2):
         raise ValueError(f"attentions must be (depth, B, heads, T, T) or (depth, B, T, T) with square "
                          f"T × T weights, got {tuple(attentions.shape)}")
     check_real("residual", residual, 0.0, 1.0)
     check_finite("attentions", attentions)
-    if attentions.numel() and float(attentions.min()) < 0:
+    if attentions.numel() and attentions.device.type != "meta" and float(attentions.min()) < 0:
         raise ValueError(f"attentions must be attention weights (>= 0, rows summing to 1), got a minimum "
                          f"of {float(attentions.min()):.3g}")
 
