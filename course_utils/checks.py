@@ -313,6 +313,7 @@ def check_shape(name: str, t: torch.Tensor, expected: Sequence[int | None], what
     ...
     ValueError: x must have shape (B, T, d_model=64), got (2, 5, 32)
     """
+    check_tensor(name, t)
     shape = tuple(t.shape)
     ok = len(shape) == len(expected) and all(e is None or e == s
                                              for s, e in zip(shape, expected, strict=True))
@@ -325,12 +326,15 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     """No NaN or infinity in ``t`` (they would spread silently through every later step).
 
     A tensor on the ``meta`` device has no values: there is nothing to check."""
+    check_tensor(name, t)
     if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:
-    """All given tensors on one device; the message lists each tensor's device."""
+    """All given tensors on one device (``None``: an optional tensor left out); the message
+    lists each tensor's device."""
+    _check_tensors_or_none(tensors)
     present = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     if len(set(present.values())) > 1:
         got = ", ".join(f"{name} on {dev}" for name, dev in present.items())
@@ -345,10 +349,17 @@ def check_same_dtype(**tensors: torch.Tensor | None) -> None:
     ...
     TypeError: all inputs must have the same dtype, got k_new torch.float64, cache torch.float32
     """
+    _check_tensors_or_none(tensors)
     present = {name: t.dtype for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     if len(set(present.values())) > 1:
         got = ", ".join(f"{name} {dt}" for name, dt in present.items())
         raise TypeError(f"all inputs must have the same dtype, got {got}")
+
+
+def _check_tensors_or_none(tensors: dict[str, Any]) -> None:
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (or None), got {describe(t)}")
 
 
 def check_mask(name: str, mask: Any, shape: Sequence[int] | None = None,
@@ -384,7 +395,8 @@ def check_token_ids(name: str, ids: Any, vocab_size: int) -> None:
     check_tensor(name, ids)
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor of token ids, got {describe(ids)}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+    if ids.numel() and ids.device.type != "meta" and (int(ids.min()) < 0
+                                                      or int(ids.max()) >= vocab_size):
         raise ValueError(f"{name} must hold token ids in [0, {vocab_size}), got values from "
                          f"{int(ids.min())} to {int(ids.max())}")
 
@@ -395,6 +407,10 @@ def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
     >>> broadcasts_to((1, 5), (3, 4, 5)), broadcasts_to((4, 1), (3, 5))
     (True, False)
     """
+    for name, dims in (("shape", shape), ("target", target)):
+        if isinstance(dims, (str, bytes)) or not isinstance(dims, Iterable) or not all(
+                isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in dims):
+            raise TypeError(f"{name} must be a sequence of ints (a shape), got {describe(dims)}")
     try:
         return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
     except RuntimeError:
@@ -486,9 +502,10 @@ def check_padding_mask(name: str, mask: Any, batch: int | None = None,
     _check_device(name, mask, device)
 
 
-def _check_device(name: str, t: torch.Tensor, device: torch.device | None) -> None:
+def _check_device(name: str, t: torch.Tensor, device: torch.device | None,
+                  of: str = "the inputs") -> None:
     if device is not None and t.device != torch.device(device):
-        raise ValueError(f"{name} must be on {torch.device(device)} (the device of the inputs), "
+        raise ValueError(f"{name} must be on {torch.device(device)} (the device of {of}), "
                          f"got {name} on {t.device}")
 
 
@@ -567,6 +584,7 @@ def check_max_len(length: int, max_len: float, offset: int = 0, what: str = "") 
     ...
     ValueError: sequence too long: positions 0..10 need max_len >= 11, got max_len=10 (x ...
     """
+    check_sizes(0, length=length, offset=offset)
     if offset + length > max_len:
         raise ValueError(f"sequence too long: positions {offset}..{offset + length - 1} need "
                          f"max_len >= {offset + length}, got max_len={max_len}"
@@ -601,6 +619,8 @@ def check_same_size(dim: int, what: str = "", **tensors: torch.Tensor) -> None:
     ...
     ValueError: query and key must have the same size along dim 0 (the batch), got query ...
     """
+    for name, t in tensors.items():
+        check_tensor(name, t)
     if len({t.size(dim) for t in tensors.values()}) > 1:
         names = ", ".join(list(tensors)[:-1]) + " and " + list(tensors)[-1]
         got = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
@@ -674,6 +694,7 @@ def check_broadcast_to(target_name: str, target: torch.Tensor, **tensors: Any) -
     ...
     ValueError: sin must broadcast to x (2, 3, 4), got (5, 4)
     """
+    check_tensor(target_name, target)
     for name, t in tensors.items():
         check_broadcasts(name, t, target.shape, what=target_name)
-        _check_device(name, t, target.device)
+        _check_device(name, t, target.device, of=target_name)

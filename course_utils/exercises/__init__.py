@@ -33,10 +33,17 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from course_utils.checks import describe
+
+_HERE = Path(__file__).resolve().parent
+_ID = re.compile(r"\d\d\.\d+")
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,11 @@ class Mistake:
     args: tuple
     says: str
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.args, tuple):
+            raise TypeError(f"args must be a tuple of the checker's arguments, e.g. (wrong_fn,), "
+                            f"got {describe(self.args)}")
+
 
 @dataclass(frozen=True)
 class Exercise:
@@ -115,6 +127,17 @@ def exercise(
     itself (a *predict* exercise takes a number): a function returning the arguments that the
     solution gives, so the tests can pass them to the checker.
     """
+    if not isinstance(exercise_id, str) or not _ID.fullmatch(exercise_id):
+        raise ValueError(f"exercise_id must be a str 'NN.k' (notebook, number) such as '04.2', got "
+                         f"{describe(exercise_id)}")
+    if not callable(solution):
+        raise TypeError(f"solution must be the solution function, got {describe(solution)}")
+    if solution_args is not None and not callable(solution_args):
+        raise TypeError(f"solution_args must be a function returning the checker's arguments, or "
+                        f"None, got {describe(solution_args)}")
+    if not isinstance(mistakes, (list, tuple)) or not all(isinstance(m, Mistake) for m in mistakes):
+        raise TypeError(f"mistakes must be a list of Mistake(name, args, says), got "
+                        f"{describe(mistakes)}")
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if difficulty is not None and difficulty not in (1, 2, 3):
@@ -144,21 +167,59 @@ def exercises() -> dict[str, Exercise]:
     return dict(sorted(_REGISTRY.items()))
 
 
+class UnknownExercise(KeyError, ValueError):
+    """No exercise has this id (a ``KeyError`` for lookups, a ``ValueError`` for a bad argument)."""
+
+    def __str__(self) -> str:  # a KeyError would show its message in quotes
+        return str(self.args[0])
+
+
 def _get(exercise_id: str) -> Exercise:
+    if not isinstance(exercise_id, str):
+        raise TypeError(f"exercise_id must be a str such as '04.2', got {describe(exercise_id)}")
     known = exercises()
     if exercise_id not in known:
-        raise KeyError(f"no exercise {exercise_id!r}; known exercises: {', '.join(known) or 'none'}")
+        raise UnknownExercise(f"no exercise {exercise_id!r}; known exercises: "
+                              f"{', '.join(known) or 'none'} (exercise_id is e.g. '04.2')")
     return known[exercise_id]
+
+
+def _wants_function(checker: Callable[..., Any]) -> bool:
+    """Does the checker's first parameter take the learner's function (``fn``, a ``Callable``)?"""
+    params = list(inspect.signature(checker).parameters.values())
+    if not params:
+        return False
+    first = params[0]
+    return first.name in ("fn", "cache_class") or "Callable" in str(first.annotation)
+
+
+def _raised_by_checker(exc: BaseException) -> bool:
+    """True when the innermost frame of ``exc`` is in the exercises package: the checker itself
+    refused the answer (its message is about the answer), not code the learner wrote."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().parent == _HERE
 
 
 def check(exercise_id: str, *answer: Any, **kwargs: Any) -> CheckResult:
     """Check a learner's answer; the result prints as ✅ or ❌ with what is wrong and a hint."""
     ex = _get(exercise_id)
+    given = answer[0] if answer else None
+    if answer and _wants_function(ex.checker) and not callable(given):
+        result = CheckResult(False, f"pass your function itself (its name, without calling it), "
+                                    f"got {describe(given)}", kind="answer")
+        return CheckResult(False, result.message, kind=result.kind, hint=ex.hint)
     try:
         result = ex.checker(*answer, **kwargs)
     except NotImplementedError:
         result = CheckResult(False, "not attempted yet: fill in the function above and run this cell again",
                              kind="not attempted")
+    except (TypeError, ValueError) as exc:
+        if not _raised_by_checker(exc):  # the learner's code crashed: report it
+            result = CheckResult(False, f"your code raised {type(exc).__name__}: {exc}", kind="error")
+        else:  # the checker refused the answer itself (not a number, a wrong shape, ...)
+            result = CheckResult(False, f"{exc}", kind="answer")
     except Exception as exc:  # the learner's code crashed: report it, do not crash the notebook
         result = CheckResult(False, f"your code raised {type(exc).__name__}: {exc}", kind="error")
     if not result.passed and not result.hint:
@@ -169,6 +230,8 @@ def check(exercise_id: str, *answer: Any, **kwargs: Any) -> CheckResult:
 def solution(exercise_id: str, show: bool = True) -> str:
     """Print (and return) the worked solution of ``exercise_id``: only when asked."""
     ex = _get(exercise_id)
+    if not isinstance(show, bool):
+        raise TypeError(f"show must be True or False, got {describe(show)}")
     source = textwrap.dedent(inspect.getsource(ex.solution))
     if show:
         print(f"# Solution to exercise {ex.id}: {ex.title}\n{source}")

@@ -2475,54 +2475,94 @@ def _():
 # =============================================================================================
 from course_utils import checks as CH  # noqa: E402
 
-LABEL = {"name": "the label the message shows", "what": "the label the message shows",
-         "target_name": "the label the message shows", "by_name": "the label of the divisor"}
+SPEC = "written by the course's own code (the specification), not an input"
+CHECK_ACCEPT = {
+    "*:nan,*:inf": "the value is checked for what the helper checks (finiteness has its own)",
+}
 
 
-def _check(fn, *args, **kwargs):
-    return entry(f"course_utils.checks.{fn.__name__}", skip=LABEL,
-                 accept={"*:nan,*:inf": "a check of a value passes or names it"})(
-        lambda: Call(fn, *args, **kwargs))
+def _check(fn, *args, values=(), accept=None, **kwargs):
+    """A check helper: only its *values* are mutated (``values``); its label (``name``) and its
+    specification (dims, bounds, shapes, the module's weight) come from the course's code."""
+    import inspect
+
+    params = [p for p in inspect.signature(fn).parameters.values()
+              if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    skip = {p.name: SPEC for p in params if p.name not in values}
+    skip.update({k: SPEC for k in kwargs if k not in values})
+    return entry(f"course_utils.checks.{fn.__name__}", skip=skip,
+                 accept={**CHECK_ACCEPT, **(accept or {})})(lambda: Call(fn, *args, **kwargs))
 
 
-_check(CH.describe, torch.zeros(2, 3))
-_check(CH.check_int, "n", 3, low=0, high=5)
-_check(CH.check_positive_int, "n", 3)
-_check(CH.check_non_negative_int, "n", 3)
-_check(CH.check_real, "x", 0.5, 0.0, 1.0, low_open=False, high_open=True)
-_check(CH.check_probability, "p", 0.1)
-_check(CH.check_bool, "x", True)
-_check(CH.check_one_of, "x", "relu", ("relu", "gelu"))
-_check(CH.check_str, "x", "hello", allow_empty=False)
-_check(CH.check_sequence_of_str, "xs", ["a", "b"], allow_empty=False)
-_check(CH.check_tensor, "t", torch.zeros(2, 3), dims=2)
-_check(CH.check_float_tensor, "t", torch.zeros(2, 3), dims=2, min_dims=1)
-_check(CH.check_shape, "t", torch.zeros(2, 3), (None, 3), what="(B, 3)")
-_check(CH.check_finite, "t", torch.zeros(2, 3))
-_check(CH.check_same_device, a=torch.zeros(2), b=torch.zeros(3))
-_check(CH.check_same_dtype, a=torch.zeros(2), b=torch.zeros(3))
-_check(CH.check_mask, "mask", torch.ones(4, 5, dtype=torch.bool), shape=(2, 4, 5), device="cpu")
-_check(CH.check_token_ids, "ids", torch.tensor([[1, 2]]), vocab_size=5)
-_check(CH.broadcasts_to, (1, 5), (3, 4, 5))
+ANY_INT = "any int passes the check (it checks the kind, not the sign)"
+_check(CH.describe, torch.zeros(2, 3), values=("x",), accept={"x:*": "describes anything"})
+_check(CH.check_int, "n", 3, low=0, high=5, values=("n",), accept={"n:zero": "0 is in [0, 5]"})
+_check(CH.check_positive_int, "n", 3, values=("n",))
+_check(CH.check_non_negative_int, "n", 3, values=("n",), accept={"n:zero": "zero is >= 0"})
+_check(CH.check_real, "x", 0.5, 0.0, 1.0, low_open=False, high_open=True, values=("x",))
+_check(CH.check_probability, "p", 0.1, values=("p",))
+_check(CH.check_bool, "x", True, values=("x",))
+_check(CH.check_one_of, "x", "relu", ("relu", "gelu"), values=("x",))
+_check(CH.check_str, "x", "hello", allow_empty=False, values=("x",),
+       accept={"x:unknown": "any non-empty text"})
+_check(CH.check_sequence_of_str, "xs", ["a", "b"], allow_empty=False, values=("xs",))
+_check(CH.check_tensor, "t", torch.zeros(2, 3), dims=2, values=("t",),
+       accept={"t:int dtype,t:float64,t:empty,t:size,t:meta": "any tensor of 2 dims"})
+_check(CH.check_float_tensor, "t", torch.zeros(2, 3), dims=2, min_dims=1, values=("t",),
+       accept={"t:float64,t:empty,t:size,t:meta": "any float tensor of 2 dims"})
+_check(CH.check_shape, "t", torch.zeros(2, 3), (None, 3), what="(B, 3)", values=("t",),
+       accept={"t:int dtype,t:float64,t:empty,t:meta": "the shape is right; dtype and "
+               "device have their own checks"})
+_check(CH.check_finite, "t", torch.zeros(2, 3), values=("t",),
+       accept={"t:int dtype,t:float64,t:empty,t:rank*,t:size": "finite values, any shape",
+               "t:meta": "a meta tensor has no values to check"})
+_check(CH.check_same_device, a=torch.zeros(2), b=torch.zeros(3), values=("a", "b"),
+       accept={"*:None": "an optional tensor left out", "*:int dtype,*:float64,*:empty,*:rank*,*:size": "one device; the rest is not "
+               "its check"})
+_check(CH.check_same_dtype, a=torch.zeros(2), b=torch.zeros(3), values=("a", "b"),
+       accept={"*:None": "an optional tensor left out", "*:empty,*:rank*,*:size,*:meta": "one dtype; the rest is not its check"})
+_check(CH.check_mask, "mask", torch.ones(4, 5, dtype=torch.bool), shape=(2, 4, 5), device="cpu",
+       values=("mask",), accept={"mask:float dtype": "a float mask is added to the scores",
+                                 "mask:rank-": "a mask broadcasts", "mask:empty": "a mask of "
+                                 "(0, 5) broadcasts to (2, 4, 5) only if... see the message"})
+_check(CH.check_token_ids, "ids", torch.tensor([[1, 2]]), vocab_size=5, values=("ids",),
+       accept={"ids:empty,ids:rank*,ids:size": "ids of any shape",
+               "ids:meta": "a meta tensor has no values to check"})
+_check(CH.broadcasts_to, (1, 5), (3, 4, 5), values=("shape", "target"),
+       accept={"*:empty": "() broadcasts to any shape; a shape broadcasts to () only if empty",
+               "*:item": "answers False"})
 _check(CH.check_qkv, randn(2, 3, 4), randn(2, 5, 4), randn(2, 5, 6), dims=3, broadcast=True,
-       attn_mask=torch.ones(3, 5, dtype=torch.bool))
-_check(CH.check_like_module, "x", torch.zeros(2, 3), torch.zeros(4, 3))
-_check(CH.check_padding_mask, "mask", torch.zeros(2, 3, dtype=torch.bool), 2, 3, device="cpu")
-_check(CH.check_module_input, "x", torch.zeros(2, 3, 8), torch.zeros(4, 8), (None, None, 8),
-       what="(B, T, 8)")
-_check(CH.check_divisible, "n", 8, "by", 4)
-_check(CH.check_instance, "x", nn.Linear(2, 2), nn.Module)
-_check(CH.check_broadcasts, "t", torch.zeros(1, 4), (3, 4), what="scores")
-_check(CH.check_max_len, 4, 10, offset=2, what="x")
+       attn_mask=torch.ones(3, 5, dtype=torch.bool), values=("q", "k", "v", "attn_mask"),
+       accept={"q:empty,k:empty,v:empty,q:meta,k:meta,v:meta,attn_mask:meta":
+               "see check_qkv's contract", "attn_mask:float dtype": "a float mask is added",
+               "attn_mask:rank-": "a mask broadcasts", "v:size": "Dv may differ from D"})
+_check(CH.check_like_module, "x", torch.zeros(2, 3), torch.zeros(4, 3), values=("x",),
+       accept={"x:empty,x:rank*,x:size": "dtype and device only"})
+_check(CH.check_padding_mask, "mask", torch.zeros(2, 3, dtype=torch.bool), 2, 3, device="cpu",
+       values=("mask",))
+_check(CH.check_module_input, "t", torch.zeros(2, 3, 8), torch.zeros(4, 8), (None, None, 8),
+       what="(B, T, 8)", values=("t",), accept={"t:empty": "an empty batch of the right shape"})
+_check(CH.check_divisible, "n", 8, "by", 4, values=("n", "by"))
+_check(CH.check_instance, "x", nn.Linear(2, 2), nn.Module, values=("x",))
+_check(CH.check_broadcasts, "t", torch.zeros(1, 4), (3, 4), what="scores", values=("t",),
+       accept={"t:rank-,t:int dtype,t:float64,t:meta": "broadcasting only"})
+_check(CH.check_max_len, 4, 10, offset=2, what="x", values=("length", "offset"),
+       accept={"length:zero": "no position at all fits"})
 _check(CH.check_int_tensor, "t", torch.tensor([1, 2]), dims=1, last_dim=2, device="cpu",
-       what="(2,)")
-_check(CH.check_same_size, 0, "the batch", a=torch.zeros(2, 3), b=torch.zeros(2, 4))
+       what="(2,)", values=("t",), accept={"t:negative,t:huge": ANY_INT})
+_check(CH.check_same_size, 0, "the batch", a=torch.zeros(2, 3), b=torch.zeros(2, 4),
+       values=("a", "b"), accept={"*:float64,*:meta,*:rank*,*:size": "one size along dim 0"})
 _check(CH.check_sequences, torch.zeros(8, 8), batch_first=True, same_length=False,
-       query=(torch.zeros(2, 5, 8), 8), key=(torch.zeros(2, 4, 8), 8))
-_check(CH.check_sizes, 1, a=2, b=3)
+       query=(torch.zeros(2, 5, 8), 8), key=(torch.zeros(2, 4, 8), 8), values=())
+_check(CH.check_sizes, 1, a=2, b=3, values=("a", "b"))
 _check(CH.check_sequence_input, "x", torch.zeros(2, 5, 8), 8, device="cpu", offset=1, max_len=10,
-       width_name="d_model")
-_check(CH.check_broadcast_to, "x", torch.zeros(2, 3, 4), cos=torch.zeros(3, 4))
+       width_name="d_model", values=("x", "offset"), accept={"x:empty": "an empty batch"})
+_check(CH.check_broadcast_to, "target", torch.zeros(2, 3, 4), cos=torch.zeros(3, 4),
+       values=("target", "cos"), accept={"*:float64,*:int dtype": "shape and device only",
+                                         "target:empty": "(0, 3, 4): (3, 4) broadcasts to it"})
+_check(CH.check_device, "device", "cpu", values=("device",))
+_check(CH.check_path, "path", "reports/metrics.json", values=("path",),
+       accept={"path:unknown": "any path"})
 
 
 # =============================================================================================
@@ -2546,7 +2586,8 @@ def _():
     return Call(EX.fail, "values", "off by one")
 
 
-@entry("course_utils.exercises.Mistake", accept={"name:*,says:*": FREE_TEXT})
+@entry("course_utils.exercises.Mistake", accept={"name:*,says:*": FREE_TEXT,
+                                                 "args:empty": "a checker without arguments"})
 def _():
     return Call(EX.Mistake, "forgot to scale", (lambda x: x,), "scale")
 
@@ -2560,7 +2601,8 @@ def _():
                 kind="predict", minutes=5, difficulty=1, mistakes=[], solution_args=None)
 
 
-@entry("course_utils.exercises.check")
+@entry("course_utils.exercises.check", checker=True,
+       accept={"answer[0]:None": "the stub's value: 'not attempted yet'"})
 def _():
     return Call(EX.check, "01.1", *EX.solution_answer("01.1"))
 
