@@ -577,6 +577,7 @@ def test_train_jobs_bad_input():
         train_jobs([TranslationJob("x", "lstm", steps=1, lr=1e-3, warmup=0)], _reverse_data())
 
 
+@pytest.mark.slow
 def test_the_tuning_script_runs_and_chooses_on_the_validation_split(capsys):
     import importlib.util
 
