@@ -21,8 +21,9 @@ import codecs
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -120,8 +121,11 @@ def atomic_write_many(contents: dict[str | os.PathLike[str], str | bytes]) -> No
     """Write several files as one change: all of them new, or (on any failure) none.
 
     Every new content is first written in full to a temporary file beside its target; only when
-    all of them are on disk are they renamed over their targets (a rename does not run out of
-    space). ``make execute`` saves a notebook, the metrics, the run times and the README this way.
+    all of them are on disk are they renamed over their targets. A rename does not run out of
+    space, but it can be refused (on Windows, while another program holds the file open): each
+    old file is kept (a hard link, or a copy) until every rename has succeeded, and a refused
+    rename puts the files already renamed back as they were. ``make execute`` saves a notebook,
+    the metrics, the run times and the README this way.
 
     >>> import tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -149,9 +153,53 @@ def atomic_write_many(contents: dict[str | os.PathLike[str], str | bytes]) -> No
                 os.fsync(f.fileno())
             _match_permissions(tmp, path)
     except BaseException:
-        for tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        _remove(tmp for tmp, _ in staged)
         raise
-    for tmp, path in staged:
-        os.replace(tmp, path)
+    _rename_all(staged)
+
+
+def _rename_all(staged: list[tuple[str, Path]]) -> None:
+    """Rename every staged file onto its target; on a failure, put the renamed ones back."""
+    kept: list[str | None] = []  # the old file of each target (None: there was none)
+    renamed = 0
+    try:
+        for tmp, path in staged:
+            kept.append(_keep_old(path))
+            os.replace(tmp, path)
+            renamed += 1
+    except BaseException:
+        for (_, path), old in reversed(list(zip(staged[:renamed], kept, strict=False))):
+            try:
+                if old is None:
+                    os.unlink(path)
+                else:
+                    os.replace(old, path)
+            except OSError:  # cannot put it back: leave the old copy beside it, never delete it
+                continue
+        _remove([tmp for tmp, _ in staged[renamed:]] + [k for k in kept[renamed:] if k])
+        raise
+    _remove(k for k in kept if k)
+
+
+def _keep_old(path: Path) -> str | None:
+    """A second name for ``path``'s current content (a hard link, else a copy); None if none."""
+    if not path.exists():
+        return None
+    fd, keep = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old.tmp")
+    os.close(fd)
+    try:
+        os.unlink(keep)
+        os.link(path, keep)
+    except OSError:  # no hard links here (some file systems): a copy
+        try:
+            shutil.copy2(path, keep)
+        except BaseException:
+            _remove([keep])
+            raise
+    return keep
+
+
+def _remove(paths: Iterable[str]) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(p)

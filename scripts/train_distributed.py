@@ -28,7 +28,6 @@ ranks hold identical parameters and, with ``--measure-comm``, the communication 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
@@ -58,6 +57,7 @@ from course_utils.distributed import (  # noqa: E402
     ranks_identical,
     unwrap,
 )
+from course_utils.files import atomic_open, atomic_write_json  # noqa: E402
 from course_utils.precision import MixedPrecision, enable_tf32  # noqa: E402
 from course_utils.vit import ViT  # noqa: E402
 
@@ -373,13 +373,13 @@ def main(argv: list[str] | None = None) -> int:
         identical = None if args.fsdp else ranks_identical(model)
         test_acc = accuracy(model, data.x_test.to(ctx.device), data.y_test.to(ctx.device), mp)
         if args.dump_params and not args.fsdp:
-            Path(args.dump_params).mkdir(parents=True, exist_ok=True)
-            torch.save(unwrap(model).state_dict(), Path(args.dump_params) / f"rank{ctx.rank}.pt")
+            with atomic_open(Path(args.dump_params) / f"rank{ctx.rank}.pt") as f:
+                torch.save(unwrap(model).state_dict(), f)
         elif args.dump_params:
             model_state, _ = model_and_optimizer_state(model, optimizer, True)
             if ctx.is_main:
-                Path(args.dump_params).mkdir(parents=True, exist_ok=True)
-                torch.save(model_state, Path(args.dump_params) / "rank0.pt")
+                with atomic_open(Path(args.dump_params) / "rank0.pt") as f:
+                    torch.save(model_state, f)
         total_numel = sum(p.numel() for p in model.parameters())
         local_numel = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
         comm = {}
@@ -418,8 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"({comm['comm_share']:.0%} of the step); all-reduce of "
                                 f"{comm['gradient_numel']:,} floats alone {comm['allreduce_alone_s'] * 1e3:.2f} ms")
             if args.log_json:
-                Path(args.log_json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.log_json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+                atomic_write_json(args.log_json, result, ensure_ascii=True)
         if identical is False:
             raise RuntimeError("the ranks' parameters differ after training: DDP should keep them bit-identical")
         return 0
