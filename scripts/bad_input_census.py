@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import json
 import os
 import sys
 import time
