@@ -19,7 +19,9 @@ Usage::
     python scripts/bad_input_census.py --only course_utils.rl course_utils.vit
     python scripts/bad_input_census.py --update-known   # drop fixed failures from the known list
 
-It prints the counts per module and writes ``reports/bad_input_census.md`` (atomically).
+It also runs the fault-injection census (``tests/e2e/fault_census.py``: every writer of a
+file the course keeps, failed at every step; ``--no-faults`` leaves it out) and prints both
+sets of counts. It writes ``reports/bad_input_census.md`` (atomically).
 Failures in modules whose owners are still at work are listed in
 ``tests/properties/census_known.json``; ``--record-known`` rewrites that list from this run.
 """
@@ -31,6 +33,7 @@ import collections
 import concurrent.futures
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +41,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "properties"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
 import census_engine as E  # noqa: E402
+import fault_census as FC  # noqa: E402
 from census_owners import OPEN, owner  # noqa: E402
 
 from course_utils.files import atomic_write_json, atomic_write_text  # noqa: E402
@@ -118,6 +124,31 @@ def report(outcomes: list[E.Outcome], names: list[str], broken: list[str], secon
     return "\n".join(lines) + "\n"
 
 
+def fault_report(results: list[FC.Result]) -> str:
+    c = FC.counts(results)
+    sites = FC.write_sites()
+    lines = [
+        "", "# Fault-injection census", "",
+        f"**Faults injected: {c['injected']} — survived {c['survived']}, data lost "
+        f"{c['data lost']}** (other outcomes: {c['other']}). A fault is injected when the write "
+        "reached the failing step; it is survived when the error reached the caller and every "
+        "file of the writer's folder is byte for byte as before (`tests/e2e/fault_census.py`).",
+        "",
+        f"Every call in `course_utils`, `scripts` and `benchmarks` that writes a file goes through "
+        f"`course_utils.files`, or is one of the {len(sites)} places listed with its reason "
+        "(the atomic writers themselves, scratch folders, build output, /proc).",
+        "", "| writer | " + " | ".join(FC.FAULTS) + " | file-size limit |",
+        "|---|" + "---|" * (len(FC.FAULTS) + 1),
+    ]
+    by_writer: dict[str, dict[str, str]] = collections.defaultdict(dict)
+    for r in results:
+        by_writer[r.writer]["limit" if r.fault.startswith("file-size") else r.fault] = r.outcome
+    for writer, outcomes in by_writer.items():
+        cells = [outcomes.get(f, "") for f in FC.FAULTS] + [outcomes.get("limit", "not run")]
+        lines.append(f"| {writer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", default=None, metavar="PREFIX",
@@ -127,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=REPO / "reports" / "bad_input_census.md",
                         help="where to write the report (default reports/bad_input_census.md)")
     parser.add_argument("--json", type=Path, default=None, help="also write every outcome here")
+    parser.add_argument("--no-faults", action="store_true",
+                        help="leave out the fault-injection census")
     parser.add_argument("--update-known", action="store_true",
                         help="drop the failures that are fixed from census_known.json")
     parser.add_argument("--record-known", action="store_true",
@@ -148,11 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/bad_input_census.py" + (" " + " ".join(argv or sys.argv[1:])
                                                        if (argv or sys.argv[1:]) else "")
     text = report(outcomes, names, broken, seconds, command.strip())
+    faults: list[FC.Result] = []
+    if not args.no_faults:
+        with tempfile.TemporaryDirectory(prefix="fault-census-") as tmp:
+            faults = FC.run_census(Path(tmp))
+        text += fault_report(faults)
     total = counts(outcomes)
     print("\n".join(table([("total", total)])))
     print(f"\nbad inputs tried {total['tried']} / clear {total['clear']} / obscure "
           f"{total['obscure']} / silent {total['silent']} / hangs {total['hang']} "
           f"(accepted as valid: {total['accepted']}; {seconds:.0f} s)")
+    if faults:
+        fc = FC.counts(faults)
+        print(f"faults injected {fc['injected']} / survived {fc['survived']} / data lost "
+              f"{fc['data lost']} (other: {fc['other']})")
     atomic_write_text(args.report, text)
     print(f"report: {args.report}")
     if args.json:
