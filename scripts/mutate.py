@@ -98,6 +98,7 @@ class ModuleResult:
     equivalents: list[tuple[str, str, str]] = field(default_factory=list)  # (name, diff, reason)
     seconds: float = 0.0
     scope: list[str] = field(default_factory=list)  # functions run and counted; empty: all
+    stale: list[dict[str, str]] = field(default_factory=list)  # listed equivalents that matched no mutant
 
     @property
     def kill_rate(self) -> float:
@@ -225,6 +226,7 @@ def run_module(module: str, tests: list[str], children: int) -> ModuleResult:
     result = ModuleResult(module, tests, scope=scope)
     equivalents = [e for e in load_equivalents() if e.get("module") == module]
     statuses = _statuses(where, scope)
+    used: list[dict[str, str]] = []
     for name, status in statuses:
         status = {"no tests": "not covered"}.get(status, status)
         if status in ("killed", "timeout"):
@@ -239,9 +241,12 @@ def run_module(module: str, tests: list[str], children: int) -> ModuleResult:
                       and e.get("before", "").strip() == minus and e.get("after", "").strip() == plus), None)
         if match is not None and status == "survived":
             result.equivalents.append((name, diff, match["reason"]))
+            used.append(match)
         else:
             result.survivors.append((f"{name} ({status})", diff))
     result.counts["total"] = len(statuses)
+    result.stale = [e for e in equivalents if not any(e is u for u in used)
+                    and (not scope or e.get("function") in scope)]
     result.seconds = time.perf_counter() - start
     return result
 
@@ -277,6 +282,10 @@ def recheck(module: str, tests: list[str]) -> int:
     return 0
 
 
+def _one_line(code: str) -> str:
+    return " ⏎ ".join(code.splitlines())
+
+
 def section(r: ModuleResult) -> str:
     killed = r.counts.get("killed", 0)
     timeouts = r.counts.get("timeout", 0)
@@ -303,8 +312,13 @@ def section(r: ModuleResult) -> str:
         lines += ["Equivalent mutants (cannot change behaviour):", ""]
         for name, diff, reason in r.equivalents:
             minus, plus = _changed_lines(diff)
-            lines.append(f"- `{name}`: `{minus}` → `{plus}` — {reason}")
+            lines.append(f"- `{name}`: `{_one_line(minus)}` → `{_one_line(plus)}` — {reason}")
         lines.append("")
+    if r.stale:
+        lines += ["Listed as equivalent in `tests/mutation_equivalents.toml` but matched by no surviving mutant "
+                  "(killed now, or the line changed): remove or update these entries.", ""]
+        lines += [f"- `{e['function']}`: `{_one_line(e['before'])}` → `{_one_line(e['after'])}`"
+                  for e in r.stale] + [""]
     lines.append(END.format(module=r.module))
     return "\n".join(lines)
 

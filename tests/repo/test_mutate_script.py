@@ -76,3 +76,14 @@ def test_the_scratch_copy_of_each_module_has_its_own_folder():
     dirs = {mutate.scratch_dir(m) for m in mutate.TEACHING}
     assert len(dirs) == len(mutate.TEACHING)
     assert mutate.scratch_dir("course_utils/inference/flex.py").name == "course_utils_inference_flex"
+
+
+def test_every_listed_equivalent_names_its_module_function_lines_and_reason():
+    entries = mutate.load_equivalents()
+    assert entries, "tests/mutation_equivalents.toml lists none"
+    for e in entries:
+        assert set(e) == {"module", "function", "before", "after", "reason"}, e
+        assert e["module"] in mutate.TEACHING, e
+        assert e["before"].strip() and e["before"] != e["after"] and len(e["reason"]) > 10, e
+    keys = [(e["module"], e["function"], e["before"], e["after"]) for e in entries]
+    assert len(keys) == len(set(keys)), "an equivalent is listed twice"
