@@ -107,12 +107,17 @@ class ModuleResult:
 
 
 def tests_for(module: str) -> list[str]:
+    """The module's test files, and the ``..._behaviour.py`` file beside the first one if it exists."""
     if module in TEACHING:
-        return TEACHING[module]
-    guess = f"tests/unit/test_{Path(module).stem}.py"
-    if not (REPO / guess).exists():
-        raise SystemExit(f"no tests known for {module}: pass --tests tests/unit/test_x.py")
-    return [guess]
+        tests = list(TEACHING[module])
+    else:
+        tests = [f"tests/unit/test_{Path(module).stem}.py"]
+        if not (REPO / tests[0]).exists():
+            raise SystemExit(f"no tests known for {module}: pass --tests tests/unit/test_x.py")
+    behaviour = tests[0].removesuffix(".py") + "_behaviour.py"
+    if (REPO / behaviour).exists() and behaviour not in tests:
+        tests.append(behaviour)
+    return tests
 
 
 def scratch_dir(module: str) -> Path:

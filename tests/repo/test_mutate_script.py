@@ -87,3 +87,8 @@ def test_every_listed_equivalent_names_its_module_function_lines_and_reason():
         assert e["before"].strip() and e["before"] != e["after"] and len(e["reason"]) > 10, e
     keys = [(e["module"], e["function"], e["before"], e["after"]) for e in entries]
     assert len(keys) == len(set(keys)), "an equivalent is listed twice"
+
+
+def test_a_modules_behaviour_test_file_is_run_with_its_own():
+    assert mutate.tests_for("course_utils/rl.py") == ["tests/unit/test_rl.py", "tests/unit/test_rl_behaviour.py"]
+    assert mutate.tests_for("scripts/train_distributed.py") == ["tests/unit/test_train_distributed.py"]
