@@ -55,22 +55,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_utils.checks import (
+    check_bools,
     check_divisible,
     check_float_tensor,
     check_instance,
     check_int,
     check_mask,
     check_module_input,
+    check_one_of,
+    check_optional_sizes,
     check_padding_mask,
     check_positive_int,
     check_probability,
     check_qkv,
-    check_real,
     check_same_size,
     check_sequences,
     check_sizes,
     check_tensor,
-    describe,
 )
 
 if TYPE_CHECKING:
@@ -164,7 +165,8 @@ def masked_softmax(
     dead = scores.amax(dim=dim, keepdim=True) == _NEG_INF  # (..., 1) along `dim`
     scores = scores.masked_fill(dead, 0.0)
     # exp() and the sum are much more accurate in float32 than in fp16/bf16: cast back after
-    weights = torch.softmax(scores, dim=dim, dtype=torch.promote_types(scores.dtype, torch.float))
+    work = torch.promote_types(scores.dtype, torch.float)
+    weights = torch.softmax(scores, dim=dim, dtype=work)
     return weights.to(scores.dtype).masked_fill(dead, 0.0)
 
 
@@ -224,11 +226,11 @@ def scaled_dot_product_attention(
     >>> torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6)
     True
     """
-    check_qkv(q, k, v, attn_mask=attn_mask)
+    check_qkv(q, k, v, None, True, attn_mask, scale, causal=causal, return_weights=return_weights)
     check_probability("dropout_p", dropout_p)
-    check_real("scale", 1.0 if scale is None else scale)
     dtype = q.dtype
-    q, k, v = (t.to(torch.promote_types(dtype, torch.float)) for t in (q, k, v))  # fp16 -> fp32
+    work = torch.promote_types(dtype, torch.float)  # fp16/bf16 are computed in float32
+    q, k, v = q.to(work), k.to(work), v.to(work)
     scale = q.size(-1) ** -0.5 if scale is None else scale
     # Why scale? For random unit-variance q, k the dot product has variance D; without 1/√D
     # large D pushes the softmax into a near one-hot regime with vanishing gradients.
@@ -291,6 +293,7 @@ class AdditiveAttention(nn.Module):
     ) -> None:
         super().__init__()
         check_sizes(query_dim=query_dim, key_dim=key_dim, hidden_dim=hidden_dim)
+        check_optional_sizes(value_dim=value_dim)
         check_probability("dropout", dropout)
         self.query_dim, self.key_dim, self.hidden_dim = query_dim, key_dim, hidden_dim
         self.value_dim = value_dim
@@ -399,8 +402,8 @@ def _rotate_and_cache(
             positions = torch.arange(start, start + q.size(-2), device=q.device)
         same = k.size(-2) == q.size(-2)  # self-attention; cross-attention keys sit at 0..Lk-1
         q, k = rope(q, positions), rope(k, positions if same else None)
-    elif positions is not None:
-        raise ValueError(f"positions are used by rope only, got {describe(positions)}, rope=None")
+    else:  # positions without rope would be silently ignored
+        check_one_of("positions (they need rope=)", positions, (None,))
     if cache is None:
         return q, k, v, 0
     k, v = cache.update(layer, k, v)  # (B, Hkv, L, D): every key so far
@@ -476,6 +479,7 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         check_divisible("embed_dim", embed_dim, "num_heads", num_heads)
+        check_optional_sizes(kdim=kdim, vdim=vdim)
         check_probability("dropout", dropout)
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
@@ -536,8 +540,9 @@ class MultiHeadAttention(nn.Module):
         positions: torch.Tensor | None = None,
         projected_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if cache is not None and (key is not None or projected_kv is not None):
-            raise ValueError(f"a KV cache is for self-attention, got key {describe(key)}")
+        check_bools(is_causal=is_causal, need_weights=need_weights)
+        check_one_of("key (a KV cache is for self-attention)", key if cache is not None else None,
+                     (None,))
         key = query if key is None and projected_kv is None else key
         value = key if value is None else value
         self._check_inputs(query, key, value, projected_kv)
@@ -640,8 +645,8 @@ class MultiHeadAttention(nn.Module):
         True
         """
         check_instance("module", module, nn.MultiheadAttention)
-        if module.bias_k is not None or module.add_zero_attn:
-            raise ValueError("add_bias_kv=True and add_zero_attn=True are not supported")
+        check_one_of("add_bias_kv and add_zero_attn (not supported)",
+                     (module.bias_k is not None, module.add_zero_attn), [(False, False)])
         ref = module.out_proj.weight
         new = cls(
             module.embed_dim,
@@ -747,8 +752,9 @@ def grouped_query_attention(
     >>> torch.allclose(grouped_query_attention(q, k, v), ref, atol=1e-6)
     True
     """
-    check_qkv(q, k, v, dims=4, broadcast=False, attn_mask=attn_mask)
-    (b, h, lq, d), (hkv, lk) = q.shape, k.shape[1:3]
+    check_qkv(q, k, v, 4, False, attn_mask, scale, causal=causal, return_weights=return_weights)
+    b, h, lq, d = q.shape  # (B, H, Lq, D)
+    hkv, lk = k.size(1), k.size(2)  # k: (B, Hkv, Lk, D)
     check_divisible("the query heads q.size(1)", h, "the key/value heads k.size(1)", hkv)
     check_same_size(0, "batch", q=q, k=k, v=v)
     check_same_size(1, "key/value heads", k=k, v=v)
@@ -843,7 +849,7 @@ class GroupedQueryAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        check_sequences(self.q_proj.weight, x=(x, self.embed_dim))
+        check_sequences(self.q_proj.weight, x=(x, self.embed_dim), flags={"is_causal": is_causal})
         q = split_heads(self.q_proj(x), self.num_heads)  # (B, H, T, D)
         k = split_heads(self.k_proj(x), self.num_kv_heads)  # (B, Hkv, T, D)
         v = split_heads(self.v_proj(x), self.num_kv_heads)  # (B, Hkv, T, D)

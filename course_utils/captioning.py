@@ -54,7 +54,7 @@ from .checks import (
 )
 from .datasets.scenes import COLOURS, SHAPES, SceneDataset, parse_caption, parse_relations
 from .datasets.vocab import Vocab
-from .positional import LearnedPositionalEmbedding
+from .positional import LearnedPositionalEmbedding, sinusoidal_table
 from .precision import MixedPrecision
 from .runtime import get_device
 from .seq2seq import corpus_bleu
@@ -81,6 +81,7 @@ __all__ = [
     "greedy_decode",
     "grounding_hits",
     "grounding_score",
+    "sincos_grid",
     "slot_accuracy",
     "train_captioner",
     "train_jobs",
@@ -103,6 +104,9 @@ class GridEncoder(nn.Module):
     that for "left of" / "above"); ``pos_std`` is its initial scale (the LayerNorm'd features
     have unit scale).
 
+    ``pos_init="sincos"`` starts the position embedding from a 2-D sinusoidal table
+    (:func:`sincos_grid`: the row on half of the dims, the column on the other half) instead of
+    ``N(0, pos_std²)``: "left of" and "above" are then simple functions of it from the start.
     ``stem`` is the first convolution's kernel and stride (2 by default; 4 halves the cost on
     64×64 images, still patch-local). ``context`` adds that many 3×3 convolutions over the grid
     of cells (residual, after the local CNN): each cell then also sees its neighbours, for
@@ -116,13 +120,14 @@ class GridEncoder(nn.Module):
     """
 
     def __init__(self, dim: int = 128, grid: int = 4, image_size: int = 32, channels: int = 32,
-                 pos_std: float = 0.02, stem: int = 2, context: int = 0) -> None:
+                 pos_std: float = 0.02, stem: int = 2, context: int = 0, pos_init: str = "normal") -> None:
         super().__init__()
         for name, n in (("dim", dim), ("grid", grid), ("image_size", image_size), ("channels", channels),
                         ("stem", stem)):
             check_positive_int(name, n)
         check_real("pos_std", pos_std, 0.0)
         check_int("context", context, low=0)
+        check_one_of("pos_init", pos_init, ("normal", "sincos"))
         if image_size % grid:
             raise ValueError(f"image_size must be a multiple of grid, got {image_size} and {grid}")
         patch = image_size // grid
@@ -141,7 +146,10 @@ class GridEncoder(nn.Module):
         self.cnn = nn.Sequential(*layers)
         self.context = nn.ModuleList(nn.Conv2d(dim, dim, kernel_size=3, padding=1) for _ in range(context))
         self.norm = nn.LayerNorm(dim)  # per cell, so still local; keeps the attention's tanh unsaturated
-        self.pos = nn.Parameter(torch.randn(grid * grid, dim) * pos_std)  # (N, D)
+        if pos_init == "sincos":  # rows on the first half of the dims, columns on the second
+            self.pos = nn.Parameter(sincos_grid(grid, dim))  # (N, D), learned from there
+        else:
+            self.pos = nn.Parameter(torch.randn(grid * grid, dim) * pos_std)  # (N, D)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         check_float_tensor("images", images)
@@ -155,6 +163,25 @@ class GridEncoder(nn.Module):
             feats = feats + torch.relu(conv(feats))
         feats = self.norm(feats.flatten(2).transpose(1, 2))  # (B, N, D), cells in reading order
         return feats + self.pos
+
+
+def sincos_grid(grid: int, dim: int) -> torch.Tensor:
+    """A 2-D sinusoidal position table ``(grid * grid, dim)``, cells in reading order: cell
+    ``(r, c)`` gets the 1-D table of Vaswani et al. at position ``r`` on its first ``dim // 2``
+    dims and at position ``c`` on the others (as DETR does for image features).
+
+    >>> t = sincos_grid(4, 8)
+    >>> t.shape, torch.equal(t[1, :4], t[0, :4]), torch.equal(t[4, 4:], t[0, 4:])   # same row / column
+    (torch.Size([16, 8]), True, True)
+    """
+    check_positive_int("grid", grid)
+    check_positive_int("dim", dim)
+    if dim % 2:
+        raise ValueError(f"dim must be even (half for the rows, half for the columns), got {dim}")
+    half = sinusoidal_table(grid, dim // 2)  # (grid, dim / 2)
+    rows = half[:, None, :].expand(grid, grid, dim // 2)
+    cols = half[None, :, :].expand(grid, grid, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, dim)
 
 
 def _check_sizes(**sizes: int) -> None:

@@ -32,13 +32,16 @@ import torch
 __all__ = [
     "broadcasts_to",
     "check_bool",
+    "check_bools",
     "check_broadcast_to",
     "check_broadcasts",
     "check_device",
     "check_divisible",
+    "check_dtype",
     "check_finite",
     "check_float_tensor",
     "check_instance",
+    "check_instances",
     "check_int",
     "check_int_tensor",
     "check_like_module",
@@ -47,6 +50,8 @@ __all__ = [
     "check_module_input",
     "check_non_negative_int",
     "check_one_of",
+    "check_optional_padding_mask",
+    "check_optional_sizes",
     "check_padding_mask",
     "check_path",
     "check_positive_int",
@@ -294,13 +299,17 @@ def check_tensor(name: str, t: Any, dims: int | Sequence[int] | None = None) -> 
 
 
 def check_float_tensor(name: str, t: Any, dims: int | Sequence[int] | None = None,
-                       min_dims: int = 0) -> None:
-    """A floating-point tensor (integer inputs would truncate silently in the maths)."""
+                       min_dims: int = 0, last_dim_multiple_of: int | None = None) -> None:
+    """A floating-point tensor (integer inputs would truncate silently in the maths), with a
+    last dim that is a multiple of ``last_dim_multiple_of`` if given (pairs, heads)."""
     check_tensor(name, t, dims)
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {describe(t)}")
     if t.dim() < min_dims:
         raise ValueError(f"{name} must have at least {min_dims} dims, got {describe(t)}")
+    m = last_dim_multiple_of
+    if m is not None and (t.dim() == 0 or t.size(-1) % m != 0):
+        raise ValueError(f"the last dim of {name} must be a multiple of {m}, got {describe(t)}")
 
 
 def check_shape(name: str, t: torch.Tensor, expected: Sequence[int | None], what: str = "") -> None:
@@ -328,7 +337,8 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     A tensor on the ``meta`` device has no values: there is nothing to check."""
     check_tensor(name, t)
     if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
+        raise ValueError(f"{name} contains NaN or infinite values: got {describe(t)} with "
+                         f"{int((~torch.isfinite(t)).sum())} of them")
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:
@@ -423,13 +433,14 @@ def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
 
 
 def check_qkv(q: Any, k: Any, v: Any, dims: int | None = None, broadcast: bool = True,
-              attn_mask: Any = None) -> None:
+              attn_mask: Any = None, scale: Any = None, **flags: Any) -> None:
     """Queries, keys and values that attention can use: ``q (..., Lq, D)``, ``k (..., Lk, D)``,
     ``v (..., Lk, Dv)``, floating point, one dtype, one device, ``D >= 1``, ``Lk >= 1`` if
     ``Lq >= 1``, leading (batch, head) dims that broadcast (unless ``broadcast=False``:
     grouped-query heads check their own); exactly ``dims`` dims each if given. An
     ``attn_mask``, if given, is a bool or float mask on their device that broadcasts to the
-    scores ``(..., Lq, Lk)``.
+    scores ``(..., Lq, Lk)``; ``scale`` a real number or ``None``; each of ``flags``
+    (``causal=...``, ``return_weights=...``) a bool.
 
     >>> check_qkv(torch.zeros(2, 5, 8), torch.zeros(2, 6, 4), torch.zeros(2, 6, 4))
     ... # doctest: +ELLIPSIS
@@ -460,6 +471,9 @@ def check_qkv(q: Any, k: Any, v: Any, dims: int | None = None, broadcast: bool =
                              f"{shapes}") from None
     if attn_mask is not None:
         check_mask("attn_mask", attn_mask, shape=(*lead, q.size(-2), k.size(-2)), device=q.device)
+    if scale is not None:
+        check_real("scale", scale)
+    check_bools(**flags)
 
 
 def check_like_module(name: str, t: torch.Tensor, weight: torch.Tensor) -> None:
@@ -486,19 +500,24 @@ def check_like_module(name: str, t: torch.Tensor, weight: torch.Tensor) -> None:
 
 
 def check_padding_mask(name: str, mask: Any, batch: int | None = None,
-                       length: int | None = None, device: torch.device | None = None) -> None:
-    """A key padding mask: bool ``(B, L)`` with ``True`` = padding (``None``: any size).
+                       length: int | None = None, device: torch.device | None = None,
+                       optional: bool = False, source: str = "") -> None:
+    """A key padding mask: bool ``(B, L)`` with ``True`` = padding (``None``: any size; ``source``
+    names the input the sizes come from); the mask may be ``None`` (no padding) if ``optional``.
 
     >>> check_padding_mask("key_padding_mask", torch.zeros(2, 3), 2, 3)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     TypeError: key_padding_mask must be a bool tensor (True = padding), got a tensor of shape ...
     """
+    if optional and mask is None:
+        return
     check_tensor(name, mask)
     if mask.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor (True = padding), got {describe(mask)}")
     known = batch is not None and length is not None
-    check_shape(name, mask, (batch, length), what="(B, Lk)" + (f" = {(batch, length)}" * known))
+    what = "(B, Lk)" + (f" = {(batch, length)}" * known) + (f" from {source}" * bool(source))
+    check_shape(name, mask, (batch, length), what=what)
     _check_device(name, mask, device)
 
 
@@ -629,11 +648,11 @@ def check_same_size(dim: int, what: str = "", **tensors: torch.Tensor) -> None:
 
 
 def check_sequences(weight: torch.Tensor, batch_first: bool = True, same_length: bool = False,
-                    **inputs: tuple[Any, int | None]) -> None:
+                    flags: dict[str, Any] | None = None, **inputs: tuple[Any, int | None]) -> None:
     """The inputs of a sequence layer: for each ``name=(t, E)`` a float tensor ``(B, T, E)``
     (``(T, B, E)`` unless ``batch_first``; ``E=None``: any width) with the dtype and device of
     the layer's ``weight``, all of one batch size ``B`` (and one length ``T`` if
-    ``same_length``, as keys and values).
+    ``same_length``, as keys and values); each of ``flags`` (``{"is_causal": ...}``) a bool.
 
     >>> w = torch.zeros(8, 8)
     >>> check_sequences(w, query=(torch.zeros(2, 5, 8), 8), key=(torch.zeros(3, 4, 8), 8))
@@ -648,6 +667,7 @@ def check_sequences(weight: torch.Tensor, batch_first: bool = True, same_length:
     check_same_size(bdim, "the batch", **{name: t for name, (t, _) in inputs.items()})
     if same_length:
         check_same_size(1 - bdim, "the length", **{name: t for name, (t, _) in inputs.items()})
+    check_bools(**(flags or {}))
 
 
 def check_sizes(low: int = 1, **values: Any) -> None:
@@ -669,9 +689,10 @@ def check_sizes(low: int = 1, **values: Any) -> None:
 
 def check_sequence_input(name: str, x: Any, width: int, device: torch.device | None = None,
                          offset: int = 0, max_len: float = math.inf,
-                         width_name: str = "d_model") -> None:
+                         width_name: str = "d_model", positions: Any = None) -> None:
     """A float tensor ``(..., T, width)`` on ``device`` for positions ``offset .. offset+T-1``,
-    all below ``max_len`` (a positional table's input).
+    all below ``max_len`` (a positional table's input); or at the given integer ``positions``,
+    ``(T,)`` or ``(B, T)`` on the device of ``x``.
 
     >>> check_sequence_input("x", torch.zeros(2, 5, 8), 6)
     Traceback (most recent call last):
@@ -683,6 +704,9 @@ def check_sequence_input(name: str, x: Any, width: int, device: torch.device | N
     _check_device(name, x, device)
     check_non_negative_int("offset", offset)
     check_max_len(x.size(-2), max_len, offset, what=f"{name} {tuple(x.shape)}")
+    if positions is not None:
+        t = x.size(-2)
+        check_int_tensor("positions", positions, (1, 2), t, x.device, f"(T,) or (B, T), T = {t}")
 
 
 def check_broadcast_to(target_name: str, target: torch.Tensor, **tensors: Any) -> None:
@@ -698,3 +722,68 @@ def check_broadcast_to(target_name: str, target: torch.Tensor, **tensors: Any) -
     for name, t in tensors.items():
         check_broadcasts(name, t, target.shape, what=target_name)
         _check_device(name, t, target.device, of=target_name)
+
+
+def check_bools(**flags: Any) -> None:
+    """Each named flag is ``True`` or ``False`` (``"no"`` or ``None`` would read as a choice).
+
+    >>> check_bools(causal=True, need_weights="yes")
+    Traceback (most recent call last):
+    ...
+    TypeError: need_weights must be True or False, got str 'yes'
+    """
+    for name, x in flags.items():
+        check_bool(name, x)
+
+
+def check_optional_sizes(**values: Any) -> None:
+    """Each named value ``None`` (take the default) or a positive int.
+
+    >>> check_optional_sizes(kdim=None, vdim=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: vdim must be a positive int, got 0
+    """
+    for name, n in values.items():
+        if n is not None:
+            check_positive_int(name, n)
+
+
+def check_dtype(name: str, dtype: Any, floating: bool = True) -> None:
+    """A ``torch.dtype``, a floating-point one if ``floating``.
+
+    >>> check_dtype("dtype", torch.int64)
+    Traceback (most recent call last):
+    ...
+    TypeError: dtype must be a floating-point torch.dtype (torch.float32, ...), got torch.int64
+    """
+    if not isinstance(dtype, torch.dtype) or (floating and not dtype.is_floating_point):
+        kind = "a floating-point torch.dtype (torch.float32, ...)" if floating else "a torch.dtype"
+        raise TypeError(f"{name} must be {kind}, got {dtype!r}")
+
+
+def check_instances(**named: tuple[Any, type | tuple[type, ...]]) -> None:
+    """Each ``name=(x, cls)``: ``x`` is an instance of ``cls`` (``type(None)`` allows ``None``).
+
+    >>> check_instances(cache=("x", torch.Tensor))
+    Traceback (most recent call last):
+    ...
+    TypeError: cache must be a torch.Tensor, got str
+    """
+    for name, (x, cls) in named.items():
+        check_instance(name, x, cls)
+
+
+def check_optional_padding_mask(name: str, mask: Any, like: torch.Tensor,
+                                source: str | None = None) -> None:
+    """``None`` (no padding) or a bool ``(B, T)`` padding mask for ``like (B, T, ...)``, the
+    input called ``source`` (by default the name before ``_key_padding_mask``), on its device.
+
+    >>> check_optional_padding_mask("src_key_padding_mask", torch.zeros(2, 4, dtype=torch.bool),
+    ...                             torch.zeros(2, 3, 8))
+    Traceback (most recent call last):
+    ...
+    ValueError: src_key_padding_mask must have shape (B, Lk) = (2, 3) from src, got (2, 4)
+    """
+    source = name.removesuffix("_key_padding_mask") if source is None else source
+    check_padding_mask(name, mask, *like.shape[:2], like.device, optional=True, source=source)

@@ -146,7 +146,11 @@ def sample_next(
     tensor([1, 0])
     """
     check_real("temperature", temperature, 0.0)
-    _check_scores("logits", logits)
+    _check_scores("logits", logits, dims=2)
+    if top_k is not None:
+        check_positive_int("top_k", top_k)
+    if top_p is not None:
+        check_real("top_p", top_p, 0.0, 1.0, low_open=True)
     if temperature == 0.0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -165,6 +169,9 @@ def gnmt_length_penalty(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
     tensor([1., 2.])
     """
     check_real("length_penalty", alpha, 0.0)
+    check_int_tensor("lengths", lengths)
+    if lengths.numel() and lengths.device.type != "meta" and int(lengths.min()) < 0:
+        raise ValueError(f"lengths must be >= 0, got values from {int(lengths.min())}")
     return ((5.0 + lengths.float()) / 6.0) ** alpha
 
 
@@ -178,7 +185,11 @@ def reorder_state(state: Any, index: torch.Tensor) -> Any:
             [2.],
             [1.]]), 'n': 3}
     """
+    check_int_tensor("index", index, dims=1)
     if isinstance(state, torch.Tensor):
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= state.size(0)):
+            raise ValueError(f"index must hold row numbers in [0, {state.size(0)}), got values "
+                             f"from {int(index.min())} to {int(index.max())}")
         return state.index_select(0, index.to(state.device))
     if isinstance(state, (tuple, list)):
         return type(state)(reorder_state(s, index) for s in state)
@@ -227,13 +238,17 @@ def sample(
     """Draw each next token with :func:`sample_next` (temperature, top-k, top-p); pass a
     seeded ``generator`` for a repeatable draw. ``temperature=0`` is greedy decoding."""
     check_real("temperature", temperature, 0.0)
+    if top_k is not None:
+        check_positive_int("top_k", top_k)
+    if top_p is not None:
+        check_real("top_p", top_p, 0.0, 1.0, low_open=True)
     return _decode(step, tokens, state, max_new_tokens, eos, pad, suppress,
                    lambda logits: sample_next(logits, temperature, top_k, top_p, generator))
 
 
 def _decode(step, tokens, state, max_new_tokens, eos, pad, suppress, choose) -> DecodeResult:
     """Greedy or sampled decoding: ``choose(logits (B, V)) -> (B,)`` picks each next token."""
-    fill = _check_start(tokens, max_new_tokens, eos, pad)
+    fill = _check_start(step, tokens, max_new_tokens, eos, pad, suppress)
     b = tokens.size(0)
     done = torch.zeros(b, dtype=torch.bool, device=tokens.device)
     scores = torch.zeros(b, device=tokens.device)
@@ -272,7 +287,7 @@ def beam_search(
     choice divides each log-probability by :func:`gnmt_length_penalty` (see the module
     docstring for why this convention). ``beam_width=1`` is greedy decoding.
     """
-    fill = _check_start(tokens, max_new_tokens, eos, pad)
+    fill = _check_start(step, tokens, max_new_tokens, eos, pad, suppress)
     check_positive_int("beam_width", beam_width)
     check_real("length_penalty", length_penalty, 0.0)
     b, k, dev = tokens.size(0), beam_width, tokens.device
@@ -309,9 +324,19 @@ def beam_search(
     return DecodeResult(tokens[rows], best, state, rows)
 
 
-def _check_start(tokens: object, max_new_tokens: int, eos: int | None, pad: int | None) -> int:
-    """Check the prompt and the special ids; return the id that follows an ended sequence."""
+def _check_start(step: object, tokens: object, max_new_tokens: int, eos: int | None,
+                 pad: int | None, suppress: object) -> int:
+    """Check the step, the prompt and the special ids; return the id after an ended sequence."""
+    if not callable(step):
+        raise TypeError(f"step must be a function step(tokens, state) -> (logits, state), got "
+                        f"{describe(step)}")
+    if isinstance(suppress, (str, bytes)) or not isinstance(suppress, (list, tuple, set)):
+        raise TypeError(f"suppress must be a list of token ids, got {describe(suppress)}")
+    for i, token in enumerate(suppress):
+        check_non_negative_int(f"suppress[{i}]", token)
     check_int_tensor("tokens", tokens)
+    if tokens.device.type == "meta":
+        raise ValueError("tokens must hold values, got a tensor on the meta device")
     check_shape("tokens", tokens, (None, None), what="(B, t): a batch of prompts")
     if tokens.size(1) == 0:
         raise ValueError(f"tokens must hold at least one token per row (a start token), got "
@@ -350,9 +375,11 @@ def _suppress(scores: torch.Tensor, suppress: Sequence[int]) -> torch.Tensor:
     return scores.index_fill(-1, ids, _NEG_INF)
 
 
-def _check_scores(name: str, logits: object) -> None:
+def _check_scores(name: str, logits: object, dims: int | tuple[int, ...] = (1, 2)) -> None:
     """Float ``(B, V)`` scores a softmax can use: no NaN, no +inf, some token allowed per row."""
-    check_float_tensor(name, logits, dims=(1, 2))
+    check_float_tensor(name, logits, dims=dims)
+    if logits.device.type == "meta":
+        raise ValueError(f"{name} must hold values, got a tensor on the meta device")
     bad = logits.isnan() | (logits == float("inf"))
     if bool(bad.any()) or bool((logits == _NEG_INF).all(-1).any()):
         rows = (bad.any(-1) | (logits == _NEG_INF).all(-1)).nonzero().flatten().tolist()

@@ -40,6 +40,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .checks import check_instance, check_path, check_real, describe
+
 __all__ = [
     "DistContext",
     "LaunchPlan",
@@ -477,6 +479,14 @@ def run_torchrun(plan: LaunchPlan, script: str | os.PathLike, args: Iterable[str
 
     if not isinstance(plan, LaunchPlan):
         raise TypeError(f"plan must be a LaunchPlan (from launch_plan()), got {type(plan).__name__}")
+    script = check_path("script", script)
+    if isinstance(args, str) or not isinstance(args, (list, tuple)):
+        raise TypeError(f"args must be a list of str (the script's arguments), got {describe(args)}")
+    for i, arg in enumerate(args):
+        check_instance(f"args[{i}]", arg, str)
+    check_real("timeout", timeout, 0.0, low_open=True)
+    if cwd is not None:
+        check_path("cwd", cwd)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={plan.nproc}",
            os.fspath(script), *plan.script_args(args)]
     env = plan.env()

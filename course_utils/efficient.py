@@ -45,8 +45,11 @@ from course_utils.attention import (
     scaled_dot_product_attention,
 )
 from course_utils.checks import (
+    check_finite,
     check_float_tensor,
+    check_instances,
     check_non_negative_int,
+    check_optional_sizes,
     check_padding_mask,
     check_positive_int,
     check_qkv,
@@ -54,6 +57,7 @@ from course_utils.checks import (
     check_same_size,
     check_sequences,
     check_shape,
+    check_sizes,
     check_token_ids,
 )
 from course_utils.decoding import greedy
@@ -79,16 +83,16 @@ __all__ = [
 _LOG2E = 1.4426950408889634  # exp(x) = 2^(x · log2 e); exp2 is the cheaper instruction
 
 
-def _check_inputs(q: object, k: object, v: object, key_padding_mask: object) -> None:
+def _check_inputs(q: object, k: object, v: object, key_padding_mask: object, causal: bool,
+                  scale: float | None) -> None:
     """q, k, v with the same leading dims; key_padding_mask ``(B, Lk)`` for ``q (B, ..., D)``."""
-    check_qkv(q, k, v)
+    check_qkv(q, k, v, scale=scale, causal=causal)
     check_shape("k", k, (*q.shape[:-2], None, q.size(-1)), what=f"q's (..., Lk, D) = "
                 f"{(*q.shape[:-2], 'Lk', q.size(-1))}")
     check_shape("v", v, (*q.shape[:-2], k.size(-2), None), what="(..., Lk, Dv) with k's Lk")
     if key_padding_mask is not None:
         check_float_tensor("q (with a key_padding_mask)", q, min_dims=3)
-        check_padding_mask("key_padding_mask", key_padding_mask, q.size(0), k.size(-2))
-        check_same_device(q=q, key_padding_mask=key_padding_mask)
+        check_padding_mask("key_padding_mask", key_padding_mask, q.size(0), k.size(-2), q.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +118,7 @@ def naive_attention(
     ...                F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6)
     True
     """
-    _check_inputs(q, k, v, key_padding_mask)
+    _check_inputs(q, k, v, key_padding_mask, causal, scale)
     mask = None
     if key_padding_mask is not None:
         keep = ~key_padding_mask  # (B, Lk), True = may attend
@@ -200,7 +204,7 @@ def tiled_attention(
     >>> torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-5)
     True
     """
-    _check_inputs(q, k, v, key_padding_mask)
+    _check_inputs(q, k, v, key_padding_mask, causal, scale)
     check_positive_int("block_q", block_q)
     check_positive_int("block_k", block_k)
     lead, lq, dv = q.shape[:-2], q.size(-2), v.size(-1)
@@ -324,6 +328,7 @@ def cached_self_attention(
     >>> torch.allclose(torch.cat(steps, 1), mha(x, is_causal=True)[0], atol=1e-6)
     True
     """
+    check_instances(mha=(mha, MultiHeadAttention), cache=(cache, KVCacheBase))
     return mha(x, is_causal=True, cache=cache, layer=layer)[0]
 
 
@@ -355,7 +360,8 @@ class DecoderLM(nn.Module):
         max_len: int = 2048,
     ) -> None:
         super().__init__()
-        check_positive_int("vocab", vocab)
+        check_sizes(vocab=vocab, d_model=d_model, max_len=max_len)
+        check_optional_sizes(dim_feedforward=dim_feedforward)
         self.embed = nn.Embedding(vocab, d_model)
         self.pos = LearnedPositionalEmbedding(max_len, d_model)
         nn.init.normal_(self.pos.weight, std=0.02)
@@ -390,12 +396,15 @@ class DecoderLM(nn.Module):
     ) -> torch.Tensor:
         """Greedy decoding of ``steps`` tokens after ``start (B, T0)``: ``(B, T0 + steps)``."""
         check_token_ids("start", start, self.vocab)
-        check_sequences(self.head.weight, memory=(memory, self.embed.embedding_dim))
+        check_sequences(self.head.weight, memory=(memory, self.embed.embedding_dim),
+                        flags={"use_cache": use_cache})
+        check_same_device(start=start, memory=memory)
         check_same_size(0, "the batch", start=start, memory=memory)
         check_non_negative_int("steps", steps)
         if start.dim() != 2 or start.size(1) + steps > self.max_len:
             raise ValueError(f"start must be (B, T0) with T0 + steps <= max_len={self.max_len}, "
                              f"got start {tuple(start.shape)} and steps={steps}")
+        check_finite("memory", memory)  # NaN in memory would decode to arbitrary tokens
         if not use_cache:
             def recompute(tokens: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
                 return self(tokens, memory)[:, -1], state  # (B, vocab) for the next position

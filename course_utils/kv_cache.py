@@ -35,13 +35,15 @@ import abc
 import torch
 
 from course_utils.checks import (
+    check_device,
+    check_dtype,
     check_float_tensor,
     check_int,
     check_int_tensor,
-    check_positive_int,
     check_same_device,
     check_same_dtype,
     check_shape,
+    check_sizes,
 )
 
 __all__ = ["KVCache", "KVCacheBase"]
@@ -124,9 +126,10 @@ class KVCache(KVCacheBase):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        for name, n in (("num_layers", num_layers), ("batch", batch), ("num_heads", num_heads),
-                        ("head_dim", head_dim), ("max_len", max_len)):
-            check_positive_int(name, n)
+        check_sizes(num_layers=num_layers, batch=batch, num_heads=num_heads, head_dim=head_dim,
+                    max_len=max_len)
+        check_dtype("dtype", dtype)
+        device = None if device is None else check_device("device", device)
         shape = (batch, num_heads, max_len, head_dim)
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import check_positive_int
+from .checks import check_device, check_path, check_positive_int, describe
 
 __all__ = [
     "LAYOUTS",
@@ -564,7 +564,11 @@ class LoadingStudy:
 
     def __init__(self, root: str | os.PathLike, samples: int, image_size: int = 64, samples_per_shard: int = 2048,
                  progress: Callable[[Iterable], Iterable] | None = None) -> None:
-        self.root, self.samples, self.image_size = Path(root), samples, image_size
+        self.root = check_path("root", root)
+        check_positive_int("samples", samples)
+        check_positive_int("image_size", image_size)
+        _check_progress(progress)
+        self.samples, self.image_size = samples, image_size
         self.images, self.labels = make_image_dataset(samples, size=image_size)
         self.stored = write_layouts(self.images, self.labels, self.root, samples_per_shard=samples_per_shard,
                                     progress=progress)
@@ -699,6 +703,12 @@ def run_study(root: str | os.PathLike, samples: int, image_size: int = 64, worke
               batch_size: int = 64, device: torch.device | str = "cpu",
               progress: Callable[[Iterable], Iterable] | None = None) -> LoadingStudy:
     """Write the four layouts under ``root`` and measure everything :class:`LoadingStudy` measures."""
+    check_path("root", root)
+    check_positive_int("samples", samples)
+    if isinstance(workers, str) or not isinstance(workers, Sequence) or not workers:
+        raise TypeError(f"workers must be a non-empty list of DataLoader worker counts, got "
+                        f"{describe(workers)}")
+    device = check_device("device", device)
     study = LoadingStudy(root, samples, image_size, samples_per_shard=max(1, samples // 4), progress=progress)
     study.measure_ingredients()
     study.measure_reads(progress)
@@ -707,6 +717,13 @@ def run_study(root: str | os.PathLike, samples: int, image_size: int = 64, worke
         study.measure_pinned(device, workers=max(workers), batch_size=batch_size)
     study.close()
     return study
+
+
+def _check_progress(progress: object) -> None:
+    """``None`` or a wrapper of iterables such as ``tqdm.auto.tqdm``."""
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None or a function such as tqdm.auto.tqdm, got "
+                        f"{describe(progress)}")
 
 
 def choose_storage_dir(preferred: str | os.PathLike | None = None) -> Path:

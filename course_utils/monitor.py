@@ -39,7 +39,17 @@ from typing import Any
 import psutil
 import torch
 
-from course_utils.checks import check_one_of, check_positive_int, check_real
+from course_utils.checks import (
+    check_bool,
+    check_device,
+    check_one_of,
+    check_optional_sizes,
+    check_positive_int,
+    check_real,
+    check_sequence_of_str,
+    check_sizes,
+    describe,
+)
 
 __all__ = ["Monitor", "PeakMemory", "peak_memory_mb", "peak_memory_table", "rss_mb"]
 
@@ -102,7 +112,7 @@ class PeakMemory:
     """
 
     def __init__(self, device: torch.device | str = "cpu", interval: float = 0.0005) -> None:
-        self.device = torch.device(device)
+        self.device = check_device("device", device)
         check_real("interval", interval, 0.0, low_open=True)
         self.interval, self.extra_mb, self.method = interval, float("nan"), ""
         self._stop = threading.Event()
@@ -181,10 +191,11 @@ def peak_memory_mb(
     without counting it).
     """
     check_one_of("method", method, _METHODS)
-    for name, x in (("n", n), ("b", b), ("h", h), ("d", d)):
-        check_positive_int(name, x)
-    if torch.device(device).type == "cuda":
-        return _peak_memory_cuda(method, n, b, h, d, torch.device(device))
+    check_sizes(n=n, b=b, h=h, d=d)
+    check_optional_sizes(threads=threads)
+    device = check_device("device", device)
+    if device.type == "cuda":
+        return _peak_memory_cuda(method, n, b, h, d, device)
     cfg = {"method": method, "n": n, "b": b, "h": h, "d": d,
            "threads": threads or torch.get_num_threads()}
     proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, json.dumps(cfg)],
@@ -220,11 +231,18 @@ def peak_memory_table(
     >>> sorted(table), len(table["naive"])
     (['naive', 'tiled'], 1)
     """
+    check_sequence_of_str("methods", methods)
     for method in methods:
-        check_one_of("method", method, _METHODS)
+        check_one_of("method in methods", method, _METHODS)
+    if isinstance(ns, str) or not isinstance(ns, (list, tuple)) or not ns:
+        raise TypeError(f"ns must be a non-empty list of sequence lengths, got {describe(ns)}")
+    for i, n in enumerate(ns):
+        check_positive_int(f"ns[{i}]", n)
+    check_bool("progress", progress)
     check_positive_int("parallel", parallel)
+    check_optional_sizes(threads=threads)
     jobs = [(m, n) for m in methods for n in ns]
-    cuda = torch.device(device).type == "cuda"  # one process, the allocator: no need for more
+    cuda = check_device("device", device).type == "cuda"  # one process: the allocator counts
     with ThreadPoolExecutor(1 if cuda else parallel) as pool:
         results = pool.map(lambda job: peak_memory_mb(*job, b, h, d, threads, device), jobs)
         if progress:

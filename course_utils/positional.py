@@ -33,8 +33,10 @@ from torch import nn
 from course_utils.checks import (
     check_broadcast_to,
     check_divisible,
+    check_dtype,
     check_float_tensor,
-    check_int_tensor,
+    check_probability,
+    check_real,
     check_sequence_input,
     check_sizes,
 )
@@ -109,6 +111,7 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     def __init__(self, d_model: int, max_len: int = 5000, dropout: float = 0.0) -> None:
         super().__init__()
+        check_probability("dropout", dropout)
         self.d_model, self.max_len = d_model, max_len
         self.register_buffer("pe", sinusoidal_table(max_len, d_model), persistent=False)
         self.dropout = nn.Dropout(dropout)
@@ -159,8 +162,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     >>> rotate_half(torch.tensor([1., 2., 3., 4.]))
     tensor([-3., -4.,  1.,  2.])
     """
-    check_float_tensor("x", x, min_dims=1)
-    check_divisible("x.size(-1)", x.size(-1), None, 2)
+    check_float_tensor("x", x, min_dims=1, last_dim_multiple_of=2)  # dims rotate in pairs
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
@@ -210,9 +212,11 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
         check_divisible("head_dim", head_dim, None, 2)  # dims are rotated in pairs
+        check_real("base", base, 0.0, low_open=True)
         self.head_dim, self.base = head_dim, base
         # θ_i = base^(-2i/D), i = 0..D/2-1 — computed exactly as HF's LLaMA does (float32)
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim  # 2i/D
+        inv_freq = 1.0 / (base**exponents)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
 
     def extra_repr(self) -> str:
@@ -230,12 +234,11 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor | None = None, offset: int = 0
     ) -> torch.Tensor:
-        device = self.inv_freq.device
-        check_sequence_input("x", x, self.head_dim, device, offset, width_name="head_dim")
+        device, d = self.inv_freq.device, self.head_dim
+        check_sequence_input("x", x, d, device, offset, width_name="head_dim", positions=positions)
         t = x.size(-2)
         if positions is None:  # offset, offset + 1, ...: the tokens after `offset` cached ones
             positions = torch.arange(offset, offset + t, device=x.device)
-        check_int_tensor("positions", positions, (1, 2), t, x.device, f"(T,) or (B, T), T = {t}")
         cos, sin = self.cos_sin(positions, dtype=x.dtype)  # (T, D) or (B, T, D)
         if positions.dim() == 2 and x.dim() == 4:  # (B, T, D) -> (B, 1, T, D) for the heads
             cos, sin = cos[:, None], sin[:, None]
@@ -299,6 +302,7 @@ def alibi_bias(
     """
     lk = lq if lk is None else lk
     check_sizes(0, lq=lq, lk=lk, offset=offset)
+    check_dtype("dtype", dtype)
     i = torch.arange(offset, offset + lq, device=device, dtype=torch.float64)[:, None]  # (Lq, 1)
     j = torch.arange(lk, device=device, dtype=torch.float64)  # (Lk,)
     slopes = alibi_slopes(num_heads).to(device=device, dtype=torch.float64)[:, None, None]

@@ -33,10 +33,14 @@ from torch import nn
 
 from course_utils.attention import MultiHeadAttention
 from course_utils.checks import (
+    check_bools,
     check_divisible,
     check_instance,
+    check_instances,
+    check_optional_padding_mask,
     check_positive_int,
     check_probability,
+    check_real,
     check_sequences,
     check_sizes,
 )
@@ -51,6 +55,7 @@ __all__ = [
 
 Activation = str | Callable[[torch.Tensor], torch.Tensor]
 Sublayer = Callable[[torch.Tensor], torch.Tensor]
+_NORM = (nn.Module, type(None))  # a final norm of a stack, or none
 
 
 def _get_activation(activation: Activation) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -63,10 +68,13 @@ def _get_activation(activation: Activation) -> Callable[[torch.Tensor], torch.Te
     raise ValueError(f'activation must be "relu", "gelu" or a callable, got {activation!r}')
 
 
-def _check_layer_args(d_model: int, nhead: int, dim_feedforward: int, dropout: float) -> None:
+def _check_layer_args(d_model: int, nhead: int, dim_feedforward: int, dropout: float,
+                      layer_norm_eps: float, **flags: bool) -> None:
     check_divisible("d_model", d_model, "nhead", nhead)
     check_sizes(dim_feedforward=dim_feedforward)
     check_probability("dropout", dropout)
+    check_real("layer_norm_eps", layer_norm_eps, 0.0, low_open=True)
+    check_bools(**flags)
 
 
 def _torch_activation(module: nn.Module) -> Activation:
@@ -118,7 +126,8 @@ class TransformerEncoderLayer(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        _check_layer_args(d_model, nhead, dim_feedforward, dropout)
+        _check_layer_args(d_model, nhead, dim_feedforward, dropout, layer_norm_eps,
+                          batch_first=batch_first, norm_first=norm_first, bias=bias)
         self.d_model, self.nhead = d_model, nhead
         self.batch_first, self.norm_first = batch_first, norm_first
         # inside the layer we always work batch-first; forward() transposes if needed
@@ -140,8 +149,10 @@ class TransformerEncoderLayer(nn.Module):
         src_key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        check_sequences(self.linear1.weight, self.batch_first, src=(src, self.d_model))
+        check_sequences(self.linear1.weight, self.batch_first, flags={"is_causal": is_causal},
+                        src=(src, self.d_model))
         x = src if self.batch_first else src.transpose(0, 1)  # (B, T, E)
+        check_optional_padding_mask("src_key_padding_mask", src_key_padding_mask, x)
         if self.norm_first:  # pre-LN: normalise inside the residual branch
             x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
             x = x + self._ff_block(self.norm2(x))
@@ -211,7 +222,8 @@ class TransformerDecoderLayer(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        _check_layer_args(d_model, nhead, dim_feedforward, dropout)
+        _check_layer_args(d_model, nhead, dim_feedforward, dropout, layer_norm_eps,
+                          batch_first=batch_first, norm_first=norm_first, bias=bias)
         self.d_model, self.nhead = d_model, nhead
         self.batch_first, self.norm_first = batch_first, norm_first
         self.self_attn = MultiHeadAttention(d_model, nhead, dropout=dropout, bias=bias)
@@ -238,10 +250,13 @@ class TransformerDecoderLayer(nn.Module):
         tgt_is_causal: bool = False,
         memory_is_causal: bool = False,
     ) -> torch.Tensor:
-        check_sequences(self.linear1.weight, self.batch_first, tgt=(tgt, self.d_model),
-                        memory=(memory, self.d_model))
+        flags = {"tgt_is_causal": tgt_is_causal, "memory_is_causal": memory_is_causal}
+        check_sequences(self.linear1.weight, self.batch_first, flags=flags,
+                        tgt=(tgt, self.d_model), memory=(memory, self.d_model))
         x = tgt if self.batch_first else tgt.transpose(0, 1)  # (B, T, E)
         mem = memory if self.batch_first else memory.transpose(0, 1)  # (B, S, E)
+        check_optional_padding_mask("tgt_key_padding_mask", tgt_key_padding_mask, x)
+        check_optional_padding_mask("memory_key_padding_mask", memory_key_padding_mask, mem)
 
         def self_attention(h: torch.Tensor) -> torch.Tensor:
             return self.self_attn(h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
@@ -273,6 +288,7 @@ class TransformerDecoderLayer(nn.Module):
         if self.training:
             raise RuntimeError("cached decoding is for inference: call model.eval() first")
         check_sequences(self.linear1.weight, self.batch_first, tgt=(tgt, self.d_model))
+        check_instances(cache=(cache, KVCacheBase), memory_kv=(memory_kv, (tuple, list)))
         x = tgt if self.batch_first else tgt.transpose(0, 1)  # (B, T_new, E)
 
         def self_attention(h: torch.Tensor) -> torch.Tensor:
@@ -361,6 +377,7 @@ class TransformerEncoder(nn.Module):
     ) -> None:
         super().__init__()
         check_positive_int("num_layers", num_layers)
+        check_instances(encoder_layer=(encoder_layer, TransformerEncoderLayer), norm=(norm, _NORM))
         self.layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(num_layers))
         self.num_layers = num_layers
         self.norm = norm
@@ -416,6 +433,7 @@ class TransformerDecoder(nn.Module):
     ) -> None:
         super().__init__()
         check_positive_int("num_layers", num_layers)
+        check_instances(decoder_layer=(decoder_layer, TransformerDecoderLayer), norm=(norm, _NORM))
         self.layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(num_layers))
         self.num_layers = num_layers
         self.norm = norm
@@ -466,6 +484,7 @@ class TransformerDecoder(nn.Module):
     ) -> torch.Tensor:
         """:meth:`TransformerDecoderLayer.step` through every layer (layer ``i`` uses slot ``i``
         of ``cache`` and ``memory_kv[i]``), then ``norm``: the outputs for the new tokens."""
+        check_instances(cache=(cache, KVCacheBase), memory_kv=(memory_kv, (list, tuple)))
         if len(memory_kv) != self.num_layers:
             raise ValueError(f"memory_kv must hold one (k, v) pair per layer ({self.num_layers}), "
                              f"got {len(memory_kv)}: use project_memory(memory)")

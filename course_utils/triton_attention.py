@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from course_utils.checks import check_one_of, check_qkv, check_shape, check_sizes
+from course_utils.checks import check_bool, check_one_of, check_qkv, check_shape, check_sizes
 
 __all__ = ["HAS_TRITON", "attention_flops", "flash_attention_triton", "kernel_source",
            "triton_available"]
@@ -177,6 +177,7 @@ def attention_flops(b: int, h: int, lq: int, lk: int, d: int, causal: bool = Fal
     34.359738368
     """
     check_sizes(b=b, h=h, lq=lq, lk=lk, d=d)
+    check_bool("causal", causal)
     f = 4.0 * b * h * lq * lk * d
     return f / 2 if causal else f
 

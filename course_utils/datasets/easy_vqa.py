@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checks import check_one_of, describe
+from ..checks import check_one_of, check_path, describe
 from .questions import VQADataset, encode_questions
 from .vocab import Vocab
 
@@ -150,11 +150,14 @@ def load_easy_vqa_splits(root: str | Path | None = None, vocab: Vocab | None = N
                          splits: tuple[str, ...] = SPLITS) -> dict[str, VQADataset]:
     """``{"train", "valid", "test"}`` (or the ``splits`` asked for), sharing one question
     vocabulary built from the training questions; each file is read once."""
+    if isinstance(splits, str) or not isinstance(splits, (tuple, list)) or not splits:
+        raise TypeError(f"splits must be a non-empty tuple of split names {SPLITS}, got "
+                        f"{describe(splits)}")
     for split in splits:
-        check_one_of("split", split, SPLITS)
-    root = data_dir() if root is None else Path(root)
+        check_one_of("each of splits", split, SPLITS)
+    root = data_dir() if root is None else check_path("root", root)
     if not root.is_dir():
-        raise FileNotFoundError(f"easy-VQA data folder {root} does not exist")
+        raise FileNotFoundError(f"root must be easy-VQA's data folder; {root} does not exist")
     answers_file = root / "answers.txt"
     if not answers_file.exists():
         raise FileNotFoundError(f"easy-VQA answers file {answers_file} is missing; reinstall the package")

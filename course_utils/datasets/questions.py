@@ -460,12 +460,14 @@ def make_questions(
     image_size: int = 32,
     n_objects: tuple[int, int] = (3, 4),
     noise: float = 0.03,
+    kinds: Sequence[str] | None = None,
 ) -> VQADataset:
     """``n`` questions, each about its own scene, from ``seed``.
 
     ``compositional=False``: the four kinds in equal numbers, each kind's answers in equal
     numbers, and no object of a held-out pair anywhere. ``compositional=True``: relational
-    questions only, each about a reference object of a held-out pair.
+    questions only, each about a reference object of a held-out pair. ``kinds`` keeps only
+    some kinds of question (default: all that the split allows).
 
     >>> data = make_questions(8, seed=1)
     >>> [data.kind_names[k] for k in data.kinds.tolist()].count("count")
@@ -478,7 +480,14 @@ def make_questions(
     seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELDOUT_COMBOS]
     every = [(c, s) for c in COLOURS for s in SHAPES]
     pairs, ref_pairs = (every, list(HELDOUT_COMBOS)) if compositional else (seen, seen)
-    kinds = RELATIONAL_KINDS if compositional else KINDS
+    allowed = RELATIONAL_KINDS if compositional else KINDS
+    if kinds is None:
+        kinds = allowed
+    else:
+        if isinstance(kinds, str) or not isinstance(kinds, Sequence) or not kinds:
+            raise ValueError(f"kinds must be a non-empty list of question kinds, got {describe(kinds)}")
+        for kind in kinds:
+            check_one_of("kinds[]", kind, allowed)
     vocab = question_vocab()
     images = np.empty((n, 3, image_size, image_size), dtype=np.uint8)
     specs, objects, answers, focus_cells = [], [], [], torch.zeros(n, grid * grid, dtype=torch.bool)

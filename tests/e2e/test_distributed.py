@@ -261,12 +261,14 @@ def test_a_torchrun_timeout_leaves_no_process_behind(tmp_path):
 
     plan = D.launch_plan(2, device="cpu")
     seen: dict[int, tuple[psutil.Process, str]] = {}
+    # processes this test process had already (another test's resource tracker) are not the job's
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     stop = threading.Event()
 
     def watch() -> None:  # every process below this one while the job runs, as `ps` would show them
         while not stop.is_set():
             for p in psutil.Process().children(recursive=True):
-                if p.pid not in seen:
+                if p.pid not in seen and p.pid not in before:
                     seen[p.pid] = (p, " ".join(_cmdline(p)))
             time.sleep(0.2)
 
@@ -281,6 +283,9 @@ def test_a_torchrun_timeout_leaves_no_process_behind(tmp_path):
         watcher.join()
     workers = [cmd for _, cmd in seen.values() if "train_distributed" in cmd]
     assert len(workers) >= 3, f"expected the launcher and 2 ranks among {[cmd for _, cmd in seen.values()]}"
+    # a helper that ends on its own once its parent is gone (multiprocessing's resource tracker
+    # reads its pipe until EOF) gets a few seconds on a loaded machine
+    psutil.wait_procs([p for p, _ in seen.values()], timeout=5)
     survivors = []
     for p, cmd in seen.values():
         try:

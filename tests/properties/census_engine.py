@@ -146,11 +146,17 @@ def record(name: str, reason: str) -> None:
     REGISTRY[name] = Entry(name, None, record=reason)
 
 
+def _match(key: str, pattern: str) -> bool:
+    """``fnmatch`` with ``*`` and ``?`` as wildcards and brackets taken literally (``args[0]``)."""
+    literal = pattern.strip().replace("[", "\0").replace("]", "[]]").replace("\0", "[[]")
+    return fnmatch.fnmatchcase(key, literal)
+
+
 def rule(rules: Mapping[str, str], arg: str, mutation: str) -> str | None:
     """The value of the first rule whose pattern matches ``arg:mutation``."""
     key = f"{arg}:{mutation}"
     for pattern, value in rules.items():
-        if any(fnmatch.fnmatchcase(key, p.strip()) for p in pattern.split(",")):
+        if any(_match(key, p) for p in pattern.split(",")):
             return value
     return None
 
@@ -545,7 +551,7 @@ def planned(entry: Entry) -> list[tuple[str, str, Callable[[Any], Any]]]:
     call = entry.factory()
     plan = []
     for slot in slots(call, entry.defaults):
-        if any(fnmatch.fnmatchcase(slot.name, p) for p in entry.skip):
+        if any(_match(slot.name, p) for p in entry.skip):
             continue
         for mutation, make in mutations(call, slot):
             if _is_default(slot, make):

@@ -2333,7 +2333,8 @@ def _():
 _SCRIPT = "import sys; print('ok', sys.argv[1:])\n"
 
 
-@entry("course_utils.distributed.run_torchrun", slow=True, timeout=120)
+@entry("course_utils.distributed.run_torchrun", slow=True, timeout=120,
+       accept={"args:empty": "a script without arguments"})
 def _():
     script = tmpdir() / "hello.py"
     script.write_text(_SCRIPT, encoding="utf-8")
@@ -2619,6 +2620,13 @@ _check(CH.check_broadcast_to, "target", torch.zeros(2, 3, 4), cos=torch.zeros(3,
 _check(CH.check_device, "device", "cpu", values=("device",))
 _check(CH.check_path, "path", "reports/metrics.json", values=("path",),
        accept={"path:unknown": "any path"})
+_check(CH.check_bools, values=(), causal=True, need_weights=False)
+_check(CH.check_optional_sizes, values=(), kdim=4, vdim=None)
+_check(CH.check_dtype, "dtype", torch.float32, floating=True, values=("dtype",))
+_check(CH.check_instances, values=(), cache=(torch.zeros(2), torch.Tensor))
+_check(CH.check_optional_padding_mask, "mask", torch.zeros(2, 3, dtype=torch.bool),
+       torch.zeros(2, 3, 8), values=("mask",),
+       accept={"mask:None": "no padding", "mask:meta": "the device is checked, not the values"})
 
 
 # =============================================================================================
@@ -2723,3 +2731,32 @@ if __import__("os").environ.get("CENSUS_SELFTEST") == "1":
         return i
 
     entry("selftest.spin", timeout=3)(lambda: Call(spin, 3))
+
+
+# =============================================================================================
+# Re-exports: one object under several public names is censused once, where it is defined
+# =============================================================================================
+def _censor_re_exports() -> None:
+    import importlib
+
+    from census_engine import REGISTRY, Entry, public_names
+
+    by_object: dict[int, list[str]] = {}
+    objects = {}
+    for module, names in public_names().items():
+        for n in names:
+            obj = getattr(importlib.import_module(module), n)
+            by_object.setdefault(id(obj), []).append(f"{module}.{n}")
+            objects[id(obj)] = obj
+    for key, names in by_object.items():
+        if len(names) < 2:
+            continue
+        home = getattr(objects[key], "__module__", "")
+        canonical = next((n for n in names if n.rsplit(".", 1)[0] == home), names[0])
+        for n in names:
+            if n != canonical:
+                REGISTRY[n] = Entry(n, None, record=f"the same object as {canonical} (re-exported "
+                                                    "here): censused there")
+
+
+_censor_re_exports()

@@ -45,7 +45,8 @@ def problems(outcomes: list[E.Outcome]) -> list[str]:
             out.append(f"{o.outcome}: {o.entry}({o.arg}={o.mutation}): {o.detail}")
         elif o.outcome not in E.FAILURES and listed is not None:
             out.append(f"fixed, now {o.outcome}: {o.entry}({o.arg}={o.mutation}) is listed in "
-                       "census_known.json: run python scripts/bad_input_census.py --update-known")
+                       "census_known.json: take it off with python scripts/bad_input_census.py "
+                       f"--no-faults --update-known --only {o.entry}")
     return out
 
 

@@ -534,7 +534,7 @@ def test_rope_inside_mha_is_rope_after_the_head_split():
     k = rope(split_heads(mha.k_proj(x), 2), pos)
     ref = mha.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
     torch.testing.assert_close(mha(x, is_causal=True, positions=pos)[0], ref, atol=1e-6, rtol=1e-5)
-    with pytest.raises(ValueError, match=r"positions are used by rope only"):
+    with pytest.raises(ValueError, match=r"positions \(they need rope=\) must be one of None"):
         MultiHeadAttention(16, 2)(x, positions=pos)
 
 

@@ -65,7 +65,7 @@ def test_01_1_tolerance_and_fallback():
 
 def test_01_1_bad_input_is_a_message():
     result = check("01.1", "sixteen")
-    assert result.kind == "error" and "must be a finite number" in result.message
+    assert result.kind == "answer" and "must be a finite number" in result.message
 
 
 # ---- 01.2 derive dO/dT ----------------------------------------------------------------------
