@@ -48,10 +48,21 @@ from torch import nn
 
 from course_utils.attention import causal_mask, scaled_dot_product_attention
 from course_utils.checks import (
+    check_bool,
+    check_device,
+    check_dtype,
     check_float_tensor,
+    check_instance,
     check_int,
+    check_module_input,
+    check_optional_sizes,
     check_positive_int,
+    check_real,
+    check_same_device,
+    check_same_dtype,
+    check_same_size,
     check_shape,
+    check_sizes,
 )
 from course_utils.kv_cache import KVCacheBase
 from course_utils.positional import RotaryEmbedding
@@ -77,6 +88,11 @@ class MLAConfig:
     q_rank: int | None
     num_layers: int
 
+    def __post_init__(self) -> None:
+        check_sizes(d_model=self.d_model, num_heads=self.num_heads, head_dim=self.head_dim,
+                    kv_rank=self.kv_rank, rope_dim=self.rope_dim, num_layers=self.num_layers)
+        check_optional_sizes(q_rank=self.q_rank)
+
 
 #: DeepSeek-V2 (DeepSeek-AI, 2024, arXiv:2405.04434, section 2.1 and appendix; the released
 #: ``config.json``): hidden size 5120, 128 heads of 128 dims, d_c = 512, d'_c = 1536, d_R = 64,
@@ -99,6 +115,7 @@ def kv_cache_bytes_per_token(
     >>> kv_cache_bytes_per_token("mla", DEEPSEEK_V2) // DEEPSEEK_V2.num_layers   # (512 + 64) x 2
     1152
     """
+    check_instance("config", config, MLAConfig)
     check_positive_int("bytes_per_number", bytes_per_number)
     c = config
     per_layer = {
@@ -132,14 +149,10 @@ class LatentKVCache(KVCacheBase):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        for name, n in (
-            ("num_layers", num_layers),
-            ("batch", batch),
-            ("kv_rank", kv_rank),
-            ("rope_dim", rope_dim),
-            ("max_len", max_len),
-        ):
-            check_positive_int(name, n)
+        check_sizes(num_layers=num_layers, batch=batch, kv_rank=kv_rank, rope_dim=rope_dim,
+                    max_len=max_len)
+        check_dtype("dtype", dtype)
+        device = None if device is None else check_device("device", device)
         self.latents = [
             torch.empty(batch, 1, max_len, kv_rank, dtype=dtype, device=device)
             for _ in range(num_layers)
@@ -175,10 +188,7 @@ class LatentKVCache(KVCacheBase):
     def update(
         self, layer: int, c_new: torch.Tensor, kr_new: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        check_int("layer", layer, low=0, high=self.num_layers - 1)
-        self.check_update(
-            layer, c_new, kr_new, self.latents[layer], head_dim_v=self.rope_keys[layer].size(-1)
-        )
+        self._check_update(layer, c_new, kr_new)
         start, t = self._len[layer], c_new.size(2)
         if start + t > self.max_len:
             raise ValueError(
@@ -188,6 +198,20 @@ class LatentKVCache(KVCacheBase):
         self.rope_keys[layer][:, :, start : start + t] = kr_new
         self._len[layer] = end = start + t
         return self.latents[layer][:, :, :end], self.rope_keys[layer][:, :, :end]
+
+    def _check_update(self, layer: int, c_new: torch.Tensor, kr_new: torch.Tensor) -> None:
+        """``layer`` in range; ``c_new (B, 1, T, d_c)`` and ``kr_new (B, 1, T, d_R)`` shaped,
+        typed and placed as the cache's buffers, with one number of new tokens ``T``."""
+        check_int("layer", layer, low=0, high=self.num_layers - 1)
+        for name, t, buf in (("c_new", c_new, self.latents[0]), ("kr_new", kr_new,
+                                                                 self.rope_keys[0])):
+            b, h, _, d = buf.shape
+            check_float_tensor(name, t, dims=4)
+            check_shape(name, t, (b, h, None, d), what=f"(B, 1, T, {d}) = {(b, h, 'T', d)} (the "
+                        f"cache holds B={b} sequences)")
+            check_same_dtype(**{name: t, "cache": buf})
+            check_same_device(**{name: t, "cache": buf})
+        check_same_size(2, "the new tokens", c_new=c_new, kr_new=kr_new)
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -217,17 +241,10 @@ class MultiHeadLatentAttention(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        for name, n in (
-            ("d_model", d_model),
-            ("num_heads", num_heads),
-            ("kv_rank", kv_rank),
-            ("nope_dim", nope_dim),
-            ("rope_dim", rope_dim),
-            ("v_dim", v_dim),
-        ):
-            check_positive_int(name, n)
-        if q_rank is not None:
-            check_positive_int("q_rank", q_rank)
+        check_sizes(d_model=d_model, num_heads=num_heads, kv_rank=kv_rank, nope_dim=nope_dim,
+                    rope_dim=rope_dim, v_dim=v_dim)
+        check_optional_sizes(q_rank=q_rank)
+        check_real("eps", eps, 0.0, low_open=True)
         self.d_model, self.num_heads, self.kv_rank, self.q_rank = (
             d_model,
             num_heads,
@@ -315,8 +332,7 @@ class MultiHeadLatentAttention(nn.Module):
         layer: int = 0,
         absorbed: bool = False,
     ) -> torch.Tensor:
-        check_float_tensor("x", x, dims=3)
-        check_shape("x", x, (None, None, self.d_model), what=f"(B, T, d_model={self.d_model})")
+        self._check_input(x, cache, absorbed)
         b, t, _ = x.shape
         h = self.num_heads
         start = 0 if cache is None else cache.length(layer)
@@ -336,6 +352,18 @@ class MultiHeadLatentAttention(nn.Module):
         else:
             out = self._naive(q_c, q_r, c, k_r, mask)
         return self.w_o(out.transpose(1, 2).reshape(b, t, h * self.v_dim))
+
+    def _check_input(self, x: torch.Tensor, cache: LatentKVCache | None, absorbed: bool) -> None:
+        """``x (B, T, d_model)`` with the layer's dtype and device (and the cache's ``B``)."""
+        check_bool("absorbed", absorbed)
+        if cache is None:
+            check_module_input("x", x, self.w_dkv.weight, (None, None, self.d_model),
+                               what=f"(B, T, d_model={self.d_model})")
+            return
+        check_instance("cache", cache, LatentKVCache)
+        b = cache.latents[0].size(0)
+        check_module_input("x", x, self.w_dkv.weight, (b, None, self.d_model),
+                           what=f"(B={b}, T, d_model={self.d_model}) (B from the cache)")
 
     def _naive(self, q_c, q_r, c, k_r, mask):
         """Up-project every cached latent into per-head keys and values, then attend."""

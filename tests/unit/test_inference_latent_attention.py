@@ -138,3 +138,10 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="layer must be"):
         m(torch.randn(1, 1, 64), cache=cache, layer=3)
     assert isinstance(DEEPSEEK_V2, MLAConfig)
+    with pytest.raises(ValueError, match=r"x must have shape \(B=1, T, d_model=64\) \(B from the"):
+        m(torch.randn(2, 1, 64), cache=m.new_cache(1, 4))
+    with pytest.raises(TypeError, match="c_new must be a floating-point tensor"):
+        m.new_cache(1, 4).update(0, torch.ones(1, 1, 1, 16, dtype=torch.long), torch.ones(1, 1, 1, 4))
+    with pytest.raises(ValueError, match="num_heads must be a positive int"):
+        MLAConfig(d_model=8, num_heads=0, head_dim=4, kv_rank=4, rope_dim=2, q_rank=None,
+                  num_layers=1)
