@@ -41,11 +41,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_utils.checks import (
-    check_bool,
+    check_broadcasts,
     check_divisible,
+    check_finite,
+    check_float_tensor,
+    check_module_input,
     check_positive_int,
     check_qkv,
     check_real,
+    check_same_device,
+    check_same_dtype,
+    check_same_size,
+    check_shape,
 )
 
 __all__ = [
@@ -66,6 +73,7 @@ def feature_map(x: torch.Tensor) -> torch.Tensor:
     >>> feature_map(torch.tensor([-2.0, 0.0, 1.5]))
     tensor([0.1353, 1.0000, 2.5000])
     """
+    check_float_tensor("x", x)
     return F.elu(x) + 1.0
 
 
@@ -77,8 +85,9 @@ def linear_attention(
     ``q (..., N, D)``, ``k (..., M, D)``, ``v (..., M, Dv)``; ``causal`` (``N == M``) keeps
     ``j <= i``. Quadratic in time and memory: the reference the other forms are tested against.
     """
-    check_qkv(q, k, v)
-    check_bool("causal", causal)
+    check_qkv(q, k, v, causal=causal)
+    if causal:
+        check_same_size(-2, "causal: one key per query", q=q, k=k)
     check_real("eps", eps, low=0.0)
     sim = feature_map(q) @ feature_map(k).transpose(-2, -1)  # (..., N, M): φ(q_i)·φ(k_j) > 0
     if causal:
@@ -94,6 +103,7 @@ class LinearAttentionState:
     """
 
     def __init__(self, s: torch.Tensor, z: torch.Tensor, eps: float = EPS) -> None:
+        _check_state(s, z, eps)
         self.s, self.z, self.eps = s, z, eps
 
     @classmethod
@@ -113,6 +123,7 @@ class LinearAttentionState:
         )
 
     def step(self, q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
+        self._check_token(q_t, k_t, v_t)
         phi_q, phi_k = feature_map(q_t), feature_map(k_t)  # (..., D)
         self.s = self.s + phi_k[..., :, None] * v_t[..., None, :]  # S += φ(k) vᵀ: (..., D, Dv)
         self.z = self.z + phi_k  # z += φ(k): (..., D)
@@ -123,13 +134,39 @@ class LinearAttentionState:
     def nbytes(self) -> int:
         return self.s.numel() * self.s.element_size() + self.z.numel() * self.z.element_size()
 
+    def _check_token(self, q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor) -> None:
+        """``q_t, k_t (..., D)`` and ``v_t (..., Dv)`` for the state's ``S (..., D, Dv)``, with
+        its dtype and device."""
+        lead, (d, dv) = tuple(self.s.shape[:-2]), self.s.shape[-2:]
+        for name, t, width in (("q_t", q_t, d), ("k_t", k_t, d), ("v_t", v_t, dv)):
+            check_float_tensor(name, t)
+            check_broadcasts(name, t, (*lead, width), what=f"(..., {'Dv' if name == 'v_t' else 'D'})"
+                             f" of the state S (..., D, Dv) = {tuple(self.s.shape)}:")
+            check_same_dtype(**{name: t, "state": self.s})
+            check_same_device(**{name: t, "state": self.s})
+
+
+def _check_state(s: torch.Tensor, z: torch.Tensor, eps: float) -> None:
+    """``S (..., D, Dv)`` and ``z (..., D)``: finite, one dtype, one device; ``eps >= 0``."""
+    check_float_tensor("s", s, min_dims=2)
+    check_float_tensor("z", z)
+    check_shape("z", z, s.shape[:-1], what=f"(..., D) = {tuple(s.shape[:-1])} (s is (..., D, Dv) "
+                f"= {tuple(s.shape)})")
+    check_same_dtype(s=s, z=z)
+    check_same_device(s=s, z=z)
+    check_finite("s", s)
+    check_finite("z", z)
+    check_real("eps", eps, low=0.0)
+
 
 def linear_attention_recurrent(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = EPS
 ) -> torch.Tensor:
     """Causal linear attention as an RNN, token by token: ``(..., N, D) -> (..., N, Dv)``."""
     check_qkv(q, k, v)
-    state = LinearAttentionState.zeros(q.shape[:-2], q.size(-1), v.size(-1), q.dtype, q.device, eps)
+    check_same_size(-2, "causal: one key per query", q=q, k=k)
+    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    state = LinearAttentionState.zeros(lead, q.size(-1), v.size(-1), q.dtype, q.device, eps)
     return torch.stack(
         [state.step(q[..., t, :], k[..., t, :], v[..., t, :]) for t in range(q.size(-2))], dim=-2
     )
@@ -144,7 +181,9 @@ def linear_attention_chunked(
     token (one matrix product per chunk). ``N`` need not be a multiple of ``chunk``.
     """
     check_qkv(q, k, v)
+    check_same_size(-2, "causal: one key per query", q=q, k=k)
     check_positive_int("chunk", chunk)
+    check_real("eps", eps, low=0.0)
     phi_q, phi_k = feature_map(q), feature_map(k)
     lead, d, dv = q.shape[:-2], q.size(-1), v.size(-1)
     s = q.new_zeros(*lead, d, dv)  # Σ φ(k) vᵀ over the earlier chunks
@@ -182,6 +221,8 @@ class LinearAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.q_proj.in_features
+        check_module_input("x", x, self.q_proj.weight, (None, None, e), what=f"(B, T, E={e})")
         b, t, e = x.shape
         h = self.num_heads
         q, k, v = (

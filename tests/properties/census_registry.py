@@ -1289,7 +1289,8 @@ def _():
                 randn(2, 5, 3, seed=2), chunk=2, eps=1e-6)
 
 
-@entry("course_utils.inference.linear_attention.LinearAttentionState")
+@entry("course_utils.inference.linear_attention.LinearAttentionState",
+       accept={"s:size": "a state for values of another width Dv: S is (..., D, Dv)"})
 def _():
     return Call(LIN.LinearAttentionState, torch.zeros(2, 4, 3), torch.zeros(2, 4), eps=1e-6)
 

@@ -80,3 +80,32 @@ def test_bad_inputs():
         linear_attention(torch.randn(1, 4, 2), torch.randn(1, 4, 3), torch.randn(1, 4, 2))
     with pytest.raises(ValueError, match="embed_dim must be divisible by num_heads"):
         LinearAttention(10, 3)
+
+
+def test_causal_forms_need_one_key_per_query():
+    """The causal forms pair query i with key i: the recurrent and chunked forms dropped keys past
+    the last query silently (too few failed with an index error), the parallel one aligned the
+    mask top-left; now all three name q and k."""
+    q, k, v = torch.randn(1, 4, 2), torch.randn(1, 6, 2), torch.randn(1, 6, 3)
+    for form in (linear_attention, linear_attention_recurrent, linear_attention_chunked):
+        with pytest.raises(ValueError, match=r"q and k must have the same size along dim -2"):
+            form(q, k, v)
+
+
+def test_state_steps_are_checked_against_the_state():
+    state = LinearAttentionState.zeros((2,), 4, 3)
+    with pytest.raises(ValueError, match=r"v_t must broadcast to \(\.\.\., Dv\)"):
+        state.step(torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 4))
+    with pytest.raises(TypeError, match="same dtype, got q_t torch.float64"):
+        state.step(torch.randn(2, 4).double(), torch.randn(2, 4), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="z must have shape"):
+        LinearAttentionState(torch.zeros(2, 4, 3), torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="s contains NaN"):
+        LinearAttentionState(torch.full((2, 4, 3), float("nan")), torch.zeros(2, 4))
+
+
+def test_recurrent_broadcasts_leading_dims_as_the_parallel_form():
+    q, k, v = torch.randn(1, 5, 4), torch.randn(3, 5, 4), torch.randn(3, 5, 2)
+    par = linear_attention(q, k, v)
+    assert par.shape == (3, 5, 2)
+    assert torch.allclose(linear_attention_recurrent(q, k, v), par, atol=1e-5)
