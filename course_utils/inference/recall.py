@@ -31,7 +31,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_utils.attention import MultiHeadAttention
-from course_utils.checks import check_one_of, check_positive_int, check_real
+from course_utils.checks import (
+    check_bool,
+    check_divisible,
+    check_instance,
+    check_int_tensor,
+    check_non_negative_int,
+    check_one_of,
+    check_positive_int,
+    check_real,
+    check_shape,
+    check_sizes,
+    check_token_ids,
+    describe,
+)
 from course_utils.inference.linear_attention import LinearAttention
 
 __all__ = ["RecallConfig", "RecallModel", "recall_batch", "train_recall", "tune_recall"]
@@ -50,6 +63,12 @@ class RecallConfig:
     num_layers: int = 1
     batch_size: int = 64
     steps: int = 300
+
+    def __post_init__(self) -> None:
+        check_sizes(num_keys=self.num_keys, num_values=self.num_values, num_pairs=self.num_pairs,
+                    num_queries=self.num_queries, num_layers=self.num_layers,
+                    batch_size=self.batch_size, steps=self.steps)
+        check_divisible("d_model", self.d_model, "num_heads", self.num_heads)
 
     @property
     def length(self) -> int:
@@ -70,6 +89,7 @@ def recall_batch(
     >>> keys.shape, values[0, 3:].tolist(), (targets >= 0).sum().item()
     (torch.Size([1, 5]), [64, 64], 2)
     """
+    check_instance("cfg", cfg, RecallConfig)
     check_positive_int("batch", batch)
     if cfg.num_pairs > cfg.num_keys or cfg.num_queries > cfg.num_pairs:
         raise ValueError(f"need num_queries <= num_pairs <= num_keys, got {cfg}")
@@ -115,6 +135,7 @@ class RecallModel(nn.Module):
 
     def __init__(self, cfg: RecallConfig, attention: str) -> None:
         super().__init__()
+        check_instance("cfg", cfg, RecallConfig)
         check_one_of("attention", attention, ("softmax", "linear"))
         self.key_emb = nn.Embedding(cfg.num_keys, cfg.d_model)
         self.value_emb = nn.Embedding(cfg.num_values + 1, cfg.d_model)  # + the "?" of a query
@@ -125,10 +146,21 @@ class RecallModel(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.num_values)
 
     def forward(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        self._check_input(keys, values)
         x = self.key_emb(keys) + self.value_emb(values)  # (B, T, d)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))  # (B, T, num_values)
+
+    def _check_input(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """``keys`` and ``values (B, T)``: token ids of the embeddings, on the model's device."""
+        device = self.key_emb.weight.device
+        check_int_tensor("keys", keys, dims=2, device=device)
+        check_positive_int("the batch size B of keys", keys.size(0))
+        check_int_tensor("values", values, device=device)
+        check_shape("values", values, tuple(keys.shape), what=f"{tuple(keys.shape)} as keys")
+        check_token_ids("keys", keys, self.key_emb.num_embeddings)
+        check_token_ids("values", values, self.value_emb.num_embeddings)
 
 
 @torch.no_grad()
@@ -156,7 +188,8 @@ def train_recall(
     ``(keys, values, targets)``).
     The seed fixes the initial weights and the training batches.
     """
-    check_real("lr", lr, 0.0, low_open=True)
+    _check_training(cfg, lr, seed, progress)
+    _check_eval_sets(eval_sets)
     torch.manual_seed(seed)
     model = RecallModel(cfg, attention)
     gen = torch.Generator().manual_seed(10_000 + seed)
@@ -199,11 +232,42 @@ def tune_recall(
 ) -> dict[str, dict[float, float]]:
     """Validation accuracy of each attention at each learning rate (one seed): the grid search
     whose best learning rate per attention notebook 09 uses."""
+    _check_lrs(lrs)
+    _check_training(cfg, lrs[0], seed, progress)
     valid = held_out(cfg, 512, VALID_SEED)
     return {
         att: {lr: train_recall(cfg, att, lr, seed, [valid], progress)[1][0] for lr in lrs}
         for att in ("softmax", "linear")
     }
+
+
+def _check_training(cfg: RecallConfig, lr: float, seed: int, progress: bool) -> None:
+    check_instance("cfg", cfg, RecallConfig)
+    check_real("lr", lr, 0.0, low_open=True)
+    check_non_negative_int("seed", seed)
+    check_bool("progress", progress)
+
+
+def _check_eval_sets(eval_sets: Sequence[tuple[torch.Tensor, ...]]) -> None:
+    """A list (or tuple) of ``(keys, values, targets)`` triples of tensors."""
+    if not isinstance(eval_sets, (list, tuple)):
+        raise TypeError(f"eval_sets must be a list of (keys, values, targets) tensors, got "
+                        f"{describe(eval_sets)}")
+    for i, s in enumerate(eval_sets):
+        if not (isinstance(s, (list, tuple)) and len(s) == 3
+                and all(isinstance(t, torch.Tensor) for t in s)):
+            raise TypeError(f"eval_sets[{i}] must be a (keys, values, targets) triple of tensors, "
+                            f"got {describe(s)}")
+
+
+def _check_lrs(lrs: Sequence[float]) -> None:
+    """A non-empty list (or tuple) of positive learning rates."""
+    if not isinstance(lrs, (list, tuple)):
+        raise TypeError(f"lrs must be a list of learning rates, got {describe(lrs)}")
+    if not lrs:
+        raise ValueError("lrs must hold at least one learning rate, got an empty list")
+    for i, lr in enumerate(lrs):
+        check_real(f"lrs[{i}]", lr, 0.0, low_open=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

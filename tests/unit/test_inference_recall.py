@@ -54,3 +54,12 @@ def test_bad_config():
         recall_batch(RecallConfig(num_pairs=3, num_queries=5), 1, torch.Generator())
     with pytest.raises(ValueError, match="attention must be one of"):
         RecallModel(RecallConfig(), "cosine")
+    with pytest.raises(ValueError, match="num_keys must be a positive int"):
+        RecallConfig(num_keys=0)
+    with pytest.raises(ValueError, match="d_model must be divisible by num_heads"):
+        RecallConfig(d_model=10, num_heads=4)
+    cfg = RecallConfig(num_pairs=3, num_queries=2, d_model=8, num_heads=2, steps=1, batch_size=2)
+    with pytest.raises(TypeError, match=r"eval_sets\[0\] must be a \(keys, values, targets\)"):
+        train_recall(cfg, "softmax", 1e-2, 0, eval_sets=["abc"])
+    with pytest.raises(ValueError, match="keys must hold token ids in"):
+        RecallModel(cfg, "softmax")(torch.full((1, 5), 256), torch.zeros(1, 5, dtype=torch.long))
