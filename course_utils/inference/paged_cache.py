@@ -45,7 +45,14 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from course_utils.checks import check_int, check_positive_int, describe
+from course_utils.checks import (
+    check_device,
+    check_dtype,
+    check_int,
+    check_positive_int,
+    check_sizes,
+    describe,
+)
 from course_utils.kv_cache import KVCacheBase
 
 __all__ = ["PagedKVCache", "contiguous_waste_fraction"]
@@ -56,7 +63,8 @@ class PagedKVCache(KVCacheBase):
 
     ``keys[layer]`` and ``values[layer]`` are pools of shape ``(num_blocks, block_size, Hkv, D)``;
     every layer uses the same block table (a sequence's token ``t`` sits at the same place in
-    every layer's pool). Sequences are named by any hashable id.
+    every layer's pool). Sequences are named by any hashable id; an id that was never added
+    (or was removed) raises ``KeyError``, as a dict does.
     """
 
     def __init__(
@@ -69,14 +77,10 @@ class PagedKVCache(KVCacheBase):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        for name, n in (
-            ("num_layers", num_layers),
-            ("num_heads", num_heads),
-            ("head_dim", head_dim),
-            ("num_blocks", num_blocks),
-            ("block_size", block_size),
-        ):
-            check_positive_int(name, n)
+        check_sizes(num_layers=num_layers, num_heads=num_heads, head_dim=head_dim,
+                    num_blocks=num_blocks, block_size=block_size)
+        check_dtype("dtype", dtype)
+        device = None if device is None else check_device("device", device)
         shape = (num_blocks, block_size, num_heads, head_dim)  # (blocks, slots, Hkv, D)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -240,7 +244,8 @@ class PagedKVCache(KVCacheBase):
 
     def _check_known(self, seq_id: Hashable) -> None:
         if seq_id not in self._tables:
-            raise KeyError(f"no sequence {seq_id!r} in the cache; known: {list(self._tables)[:10]}")
+            raise KeyError(f"seq_id {seq_id!r}: no such sequence in the cache (add it first); "
+                           f"known: {list(self._tables)[:10]}")
 
     def _reserve(self, seq_id: Hashable, n_tokens: int) -> None:
         table = self._tables[seq_id]

@@ -1327,7 +1327,8 @@ def _():
 
 
 @entry("course_utils.inference.paged_cache.PagedKVCache.crop",
-       accept={"length:zero": "crop to nothing"})
+       accept={"length:zero": "crop to nothing"},
+       documented=(KeyError,))  # an unknown seq_id, as a dict's KeyError (class docstring)
 def _():
     cache = PC.PagedKVCache(1, 2, 4, 8, block_size=4)
     cache.add("a")

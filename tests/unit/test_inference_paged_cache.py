@@ -147,7 +147,7 @@ def test_bad_inputs_are_named():
     cache.add(2)
     with pytest.raises(ValueError, match="already in the cache"):
         cache.add(1)
-    with pytest.raises(KeyError, match="no sequence 3"):
+    with pytest.raises(KeyError, match="seq_id 3: no such sequence"):
         cache.set_batch([3])
     with pytest.raises(ValueError, match="must not repeat"):
         cache.set_batch([1, 1])
@@ -162,3 +162,7 @@ def test_bad_inputs_are_named():
         cache.update(0, torch.zeros(2, 2, 1, 4, dtype=torch.float64), torch.zeros(2, 2, 1, 4))
     with pytest.raises(ValueError, match="lengths must be a non-empty list"):
         contiguous_waste_fraction([10, 200], max_len=100)
+    with pytest.raises(ValueError, match="device must be a device such as"):
+        PagedKVCache(1, 2, 4, num_blocks=4, device="gpu")
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
+        PagedKVCache(1, 2, 4, num_blocks=4, dtype=torch.int64)
