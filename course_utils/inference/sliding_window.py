@@ -32,9 +32,12 @@ from __future__ import annotations
 import torch
 
 from course_utils.checks import (
+    check_device,
+    check_dtype,
     check_int,
     check_non_negative_int,
     check_positive_int,
+    check_sizes,
     check_tensor,
     describe,
 )
@@ -57,6 +60,7 @@ def window_mask(
     check_non_negative_int("lq", lq)
     check_non_negative_int("lk", lk)
     check_positive_int("window", window)
+    device = None if device is None else check_device("device", device)
     if lq > lk:
         raise ValueError(
             f"the queries are the last lq of the lk positions, so lq <= lk; got lq={lq}, lk={lk}"
@@ -92,14 +96,10 @@ class RollingKVCache(KVCacheBase):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        for name, n in (
-            ("num_layers", num_layers),
-            ("batch", batch),
-            ("num_heads", num_heads),
-            ("head_dim", head_dim),
-            ("window", window),
-        ):
-            check_positive_int(name, n)
+        check_sizes(num_layers=num_layers, batch=batch, num_heads=num_heads, head_dim=head_dim,
+                    window=window)
+        check_dtype("dtype", dtype)
+        device = None if device is None else check_device("device", device)
         shape = (batch, num_heads, window, head_dim)  # (B, Hkv, W, D)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
