@@ -45,9 +45,13 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 from course_utils.attention import causal_mask
 from course_utils.checks import (
     check_bool,
+    check_device,
+    check_finite,
     check_float_tensor,
+    check_int,
     check_positive_int,
     check_qkv,
+    check_shape,
     check_tensor,
     describe,
 )
@@ -139,6 +143,8 @@ def alibi_score_mod(slopes: torch.Tensor) -> ScoreMod:
     causal ``block_mask`` it is Press et al.'s decoder bias ``m_h · (j - i)``.
     """
     check_float_tensor("slopes", slopes, dims=1)
+    _check_has_values("slopes", slopes)
+    check_finite("slopes", slopes)
 
     def alibi(score, b, h, q_idx, kv_idx):
         return score - slopes[h] * (q_idx - kv_idx).abs()
@@ -181,6 +187,7 @@ def prefix_lm_mask(
     """
     check_positive_int("n", n)
     prefix = _check_prefix(prefix_len)
+    device = None if device is None else check_device("device", device)
     if isinstance(prefix, torch.Tensor):
         cols = torch.arange(n, device=prefix.device)
         opened = cols[None, None, :] < prefix[:, None, None]  # (B, 1, n): prompt columns
@@ -218,6 +225,7 @@ def block_mask(
     for name, n in (("batch", batch), ("heads", heads)):
         if n is not None:
             check_positive_int(name, n)
+    device = check_device("device", device)
     return create_block_mask(mask_mod, batch, heads, lq, lk, device=device, BLOCK_SIZE=block_size)
 
 
@@ -256,6 +264,8 @@ def tile_map(mask: BlockMask, batch: int = 0, head: int = 0) -> torch.Tensor:
     """
     if not isinstance(mask, BlockMask):
         raise TypeError(f"mask must be a BlockMask (from block_mask), got {describe(mask)}")
+    check_int("batch", batch, low=0, high=mask.kv_num_blocks.size(0) - 1)
+    check_int("head", head, low=0, high=mask.kv_num_blocks.size(1) - 1)
     kv_tiles = -(-mask.seq_lengths[1] // mask.BLOCK_SIZE[1])
     rows = mask.kv_num_blocks.size(-1)
     out = torch.zeros(rows, kv_tiles + 1, dtype=torch.long)  # the last column catches padding
@@ -301,8 +311,8 @@ def flex(
     warns about it, and since here it is chosen on purpose that warning is silenced).
     A query row whose keys are all masked gets a zero output, as everywhere in the course.
     """
-    check_qkv(q, k, v, dims=4)
-    check_bool("compiled", compiled)
+    check_qkv(q, k, v, dims=4, broadcast=False, scale=scale, compiled=compiled)
+    _check_same_lead(q, k, v)
     if score_mod is not None and not callable(score_mod):
         raise TypeError(
             f"score_mod must be a function (score, b, h, q_idx, kv_idx) -> score, got "
@@ -337,6 +347,22 @@ def _check_doc_ids(doc_ids: object) -> None:
         raise TypeError(
             f"doc_ids must be an integer tensor (B, N) of document numbers, got {describe(doc_ids)}"
         )
+    _check_has_values("doc_ids", doc_ids)
+
+
+def _check_has_values(name: str, t: torch.Tensor) -> None:
+    """A tensor a mod keeps to index later: not empty, and not on the ``meta`` device (where a
+    tensor has a shape but no values to look up)."""
+    if t.numel() == 0 or t.device.type == "meta":
+        raise ValueError(f"{name} must hold values (at least one, not on the meta device), got "
+                         f"{describe(t)}")
+
+
+def _check_same_lead(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """``k`` and ``v`` have the batch and head sizes ``(B, H)`` of ``q``."""
+    b, h = q.shape[:2]
+    for name, t in (("k", k), ("v", v)):
+        check_shape(name, t, (b, h, None, None), what=f"(B, H, Lk, D) with (B, H) = {(b, h)} of q")
 
 
 def _check_prefix(prefix_len: object) -> int | torch.Tensor:
