@@ -28,7 +28,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: F401  (used by the doctests)
 
-from course_utils.checks import check_bool, check_positive_int, check_qkv
+from course_utils.checks import (
+    check_float_tensor,
+    check_positive_int,
+    check_qkv,
+    check_same_device,
+    check_same_dtype,
+    check_shape,
+    check_tensor,
+    describe,
+)
 
 __all__ = ["compile_seconds", "compiled_tiled_attention", "inductor_cache_hits", "tile_update"]
 
@@ -51,6 +60,12 @@ def tile_update(
     ``acc (BH, bq, Dv)``. ``future (bq, bk)`` bool marks keys a query may not see (causal tiles on
     the diagonal). Returns the new ``m, l, acc``.
     """
+    _check_tile(q_blk, k_blk_t, v_blk, m, l, acc, future)
+    return _online_softmax_step(q_blk, k_blk_t, v_blk, m, l, acc, future)
+
+
+def _online_softmax_step(q_blk, k_blk_t, v_blk, m, l, acc, future=None):  # noqa: E741
+    """:func:`tile_update` on checked inputs: what the loop calls, and what is compiled."""
     s = torch.bmm(q_blk, k_blk_t)  # (BH, bq, bk): scores in log2 units
     if future is not None:
         s = s.masked_fill(future, -math.inf)
@@ -63,14 +78,41 @@ def tile_update(
     return m_new, l, acc
 
 
+def _check_tile(q_blk, k_blk_t, v_blk, m, l, acc, future) -> None:  # noqa: E741
+    """The shapes of :func:`tile_update`, all of one dtype and device; ``future`` bool."""
+    tiles = {"q_blk": q_blk, "k_blk_t": k_blk_t, "v_blk": v_blk, "m": m, "l": l, "acc": acc}
+    for name, t in tiles.items():
+        check_float_tensor(name, t, dims=3)
+    (bh, bq, d), bk, dv = q_blk.shape, k_blk_t.size(-1), v_blk.size(-1)
+    expected = {
+        "k_blk_t": ((bh, d, None), f"(BH, D, bk) = {(bh, d, 'bk')} (BH, D from q_blk)"),
+        "v_blk": ((bh, bk, None), f"(BH, bk, Dv) = {(bh, bk, 'Dv')} (BH from q_blk, bk from "
+                                  "k_blk_t)"),
+        "m": ((bh, bq, 1), f"(BH, bq, 1) = {(bh, bq, 1)} (from q_blk)"),
+        "l": ((bh, bq, 1), f"(BH, bq, 1) = {(bh, bq, 1)} (from q_blk)"),
+        "acc": ((bh, bq, dv), f"(BH, bq, Dv) = {(bh, bq, dv)} (from q_blk and v_blk)"),
+    }
+    for name, (shape, what) in expected.items():
+        check_shape(name, tiles[name], shape, what=what)
+    check_same_dtype(**tiles)
+    check_same_device(**tiles)
+    if future is not None:
+        check_tensor("future", future)
+        if future.dtype != torch.bool:
+            raise TypeError(f"future must be a bool tensor (True = masked), got {describe(future)}")
+        check_shape("future", future, (bq, bk), what=f"(bq, bk) = {(bq, bk)} (from q_blk and "
+                    "k_blk_t)")
+        check_same_device(future=future, q_blk=q_blk)
+
+
 _COMPILED: dict[str, Callable] = {}
 
 
 def _step(compiled: bool) -> Callable:
     if not compiled:
-        return tile_update
+        return _online_softmax_step
     if "tile" not in _COMPILED:
-        _COMPILED["tile"] = torch.compile(tile_update, dynamic=False)
+        _COMPILED["tile"] = torch.compile(_online_softmax_step, dynamic=False)
     return _COMPILED["tile"]
 
 
@@ -91,11 +133,8 @@ def compiled_tiled_attention(
     :func:`~course_utils.efficient.tiled_attention`. A tile at the ragged end of a sequence has
     another shape and compiles its own kernel once.
     """
-    check_qkv(q, k, v, broadcast=False)
-    check_bool("causal", causal)
-    check_bool("compiled", compiled)
-    check_positive_int("block_q", block_q)
-    check_positive_int("block_k", block_k)
+    check_qkv(q, k, v, broadcast=False, scale=scale, causal=causal, compiled=compiled)
+    _check_blocks(q, k, v, block_q, block_k)
     lead, lq, d = q.shape[:-2], q.size(-2), q.size(-1)
     lk, dv = k.size(-2), v.size(-1)
     scale = d**-0.5 if scale is None else scale
@@ -129,9 +168,22 @@ def compiled_tiled_attention(
     return out.reshape(*lead, lq, dv).to(out_dtype)
 
 
+def _check_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int,
+                  block_k: int) -> None:
+    """``k`` and ``v`` with the leading (batch, head) dims of ``q``; positive tile sizes."""
+    lead = tuple(q.shape[:-2])
+    for name, t in (("k", k), ("v", v)):
+        check_shape(name, t, (*lead, None, None), what=f"(..., Lk, D) with the leading dims "
+                    f"{lead} of q")
+    check_positive_int("block_q", block_q)
+    check_positive_int("block_k", block_k)
+
+
 def compile_seconds(fn: Callable, *args: Any, **kwargs: Any) -> float:
     """Wall-clock seconds of the first call of a compiled ``fn`` (tracing + code generation +
     C++ compilation, or a load from Inductor's on-disk cache), under ``torch.no_grad``."""
+    if not callable(fn):
+        raise TypeError(f"fn must be a function (the compiled one to time), got {describe(fn)}")
     start = time.perf_counter()
     with torch.no_grad():
         fn(*args, **kwargs)

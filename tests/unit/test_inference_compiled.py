@@ -76,3 +76,13 @@ def test_bad_inputs():
         compiled_tiled_attention(q, q, q, block_q=0, compiled=False)
     with pytest.raises(TypeError, match="causal must be True or False"):
         compiled_tiled_attention(q, q, q, causal="yes", compiled=False)
+    m, total, acc = torch.full((1, 3, 1), -torch.inf), torch.zeros(1, 3, 1), torch.zeros(1, 3, 4)
+    q_blk, k_t, v = torch.randn(1, 3, 2), torch.randn(1, 2, 5), torch.randn(1, 5, 4)
+    with pytest.raises(ValueError, match=r"l must have shape \(BH, bq, 1\) = \(1, 3, 1\)"):
+        tile_update(q_blk, k_t, v, m, torch.zeros(1, 3, 2), acc)  # broadcast silently before
+    with pytest.raises(ValueError, match=r"v_blk must have shape \(BH, bk, Dv\) = \(1, 5, 'Dv'\)"):
+        tile_update(q_blk, k_t, v[:, :4], m, total, acc)
+    with pytest.raises(TypeError, match="future must be a bool tensor"):
+        tile_update(q_blk, k_t, v, m, total, acc, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match=r"k must have shape \(\.\.\., Lk, D\) with the leading"):
+        compiled_tiled_attention(q, q[:, :1], q[:, :1], compiled=False)
