@@ -635,6 +635,45 @@ def test_the_tuning_script_uses_the_notebooks_full_mode_protocol():
     assert ls in script.LABEL_SMOOTHING
 
 
+def test_the_notebooks_learning_rates_are_the_ones_its_tuning_table_chooses():
+    """Notebook 10 prints the validation table of scripts/tune_translation.py and trains with
+    LR = dict(...) and LABEL_SMOOTHING = ...: the rates must be the ones the script's rule picks
+    from that table (and the table's bold cells must mark them), or the comparison is not the
+    protocol the prose describes."""
+    import importlib.util
+    import json
+    import re
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("tune_translation", REPO / "scripts" / "tune_translation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cells = json.loads((REPO / "notebooks" / "10_translation.ipynb").read_text(encoding="utf-8"))["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    header = re.search(r"^\| model \| label smoothing \|(.*)\|$", markdown, re.M)
+    assert header, "notebook 10 shows no validation table (| model | label smoothing | ... |)"
+    rates = [float(h.strip().split("·")[0]) * 1e-3 for h in header.group(1).split("|")]
+    assert sorted(rates) == sorted(script.LRS), "the table's columns are not the script's grid"
+    kinds = {"GRU, fixed context": "gru", "GRU + Bahdanau attention": "attn", "transformer": "transformer"}
+    scores, bold = {}, set()
+    for name, kind in kinds.items():
+        rows = re.findall(rf"^\| {re.escape(name)} \| ([0-9.]+) \|(.*)\|$", markdown, re.M)
+        assert rows, f"the validation table has no row for {name}"
+        for ls, cells_ in rows:
+            for lr, cell in zip(rates, cells_.split("|"), strict=True):
+                scores[kind, float(ls), lr] = float(cell.strip().strip("*"))
+                if cell.strip().startswith("**"):
+                    bold.add((kind, float(ls), lr))
+    assert {ls for _, ls, _ in scores} == set(script.LABEL_SMOOTHING)
+    best_ls, best_lrs = script.choose(scores)
+    lrs = eval(re.search(r"^LR = (dict\(.*?\))", code, re.M).group(1), {"dict": dict})
+    ls = float(re.search(r"^LABEL_SMOOTHING = ([0-9.]+)", code, re.M).group(1))
+    assert (ls, lrs) == (best_ls, best_lrs), "notebook 10 trains with other rates than its table chooses"
+    assert bold == {(kind, best_ls, lr) for kind, lr in best_lrs.items()}, "the table's bold cells"
+
+
 # ---- the transformer decodes with a KV cache: the same steps, the same tokens -------------------
 
 
