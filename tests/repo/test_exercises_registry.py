@@ -74,7 +74,11 @@ def test_instructor_guide_lists_the_registry():
 
 def test_the_list_shows_kind_and_minutes_of_every_exercise():
     listing = list_exercises.exercise_list()
+    shipped = {p.stem[:2] for p in NOTEBOOKS}
     for exercise_id, e in exercises().items():
+        if exercise_id.split(".")[0] not in shipped:  # a notebook the course does not ship yet
+            assert f"| {exercise_id} |" not in listing, f"{exercise_id} is listed without its notebook"
+            continue
         row = next((line for line in listing.splitlines() if line.startswith(f"| {exercise_id} |")), None)
         assert row is not None, f"{exercise_id} is missing from the generated list"
         assert f"| {e.kind} | {e.minutes} |" in row, row
