@@ -34,6 +34,7 @@ __all__ = [
     "check_bool",
     "check_bools",
     "check_broadcast_to",
+    "check_callable",
     "check_broadcasts",
     "check_device",
     "check_divisible",
@@ -772,6 +773,18 @@ def check_instances(**named: tuple[Any, type | tuple[type, ...]]) -> None:
     """
     for name, (x, cls) in named.items():
         check_instance(name, x, cls)
+
+
+def check_callable(name: str, fn: Any) -> None:
+    """``fn`` can be called (a function, a lambda, a module, a bound method).
+
+    >>> check_callable("step_fn", "train")
+    Traceback (most recent call last):
+    ...
+    TypeError: step_fn must be a callable (a function or a lambda), got str 'train'
+    """
+    if not callable(fn):
+        raise TypeError(f"{name} must be a callable (a function or a lambda), got {describe(fn)}")
 
 
 def check_optional_padding_mask(name: str, mask: Any, like: torch.Tensor,

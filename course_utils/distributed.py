@@ -40,7 +40,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checks import check_instance, check_path, check_real, describe
+from .checks import (
+    check_bool,
+    check_callable,
+    check_device,
+    check_instance,
+    check_one_of,
+    check_path,
+    check_real,
+    check_sizes,
+    check_str,
+    describe,
+)
 
 __all__ = [
     "DistContext",
@@ -77,12 +88,25 @@ def choose_backend(device: torch.device | str | None = None) -> str:
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = _parse_device("device", device)
     if device.type == "cuda" and dist.is_nccl_available():
         return "nccl"
     if not dist.is_gloo_available():
         raise RuntimeError("this PyTorch build has neither NCCL (for GPUs) nor gloo (for CPUs)")
     return "gloo"
+
+
+def _parse_device(name: str, device: object) -> torch.device:
+    """A device name such as ``"cpu"`` or ``"cuda:1"`` (or a ``torch.device``), whether or not this
+    machine has it: a plan may be made for another machine."""
+    if isinstance(device, torch.device):
+        return device
+    check_str(name, device, allow_empty=False)
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name} must be a device such as 'cpu', 'cuda' or 'cuda:0', got "
+                         f"{device!r}") from None
 
 
 @dataclass(frozen=True)
@@ -138,8 +162,11 @@ def init_distributed(
     >>> ctx.rank, ctx.world_size, ctx.distributed
     (0, 1, False)
     """
-    if timeout_s <= 0:
-        raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s}")
+    check_real("timeout_s", timeout_s, 0.0, low_open=True)
+    if backend is not None:
+        check_one_of("backend", backend, ("gloo", "nccl"))
+    if device is not None:
+        check_device("device", device)
     rank = _env_int("RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -177,8 +204,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     >>> 0 < free_port() < 65536
     True
     """
+    check_str("host", host, allow_empty=False)
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind((host, 0))
+        try:
+            s.bind((host, 0))
+        except (OSError, UnicodeError) as exc:
+            raise ValueError(f"host must be an IPv4 address or name of this machine, such as "
+                             f"'127.0.0.1', got {host!r} ({exc})") from None
         return s.getsockname()[1]
 
 
@@ -210,6 +242,8 @@ def progress(iterable: Iterable[Any] | None = None, **kwargs: Any):
     """
     from tqdm.auto import tqdm
 
+    if kwargs.get("disable") is not None:  # None: tqdm's own choice (off when not a terminal)
+        check_bool("disable", kwargs["disable"])
     if not _is_main():
         kwargs["disable"] = True
     return tqdm(iterable, **kwargs)
@@ -225,6 +259,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     >>> unwrap(m) is m
     True
     """
+    check_instance("model", model, nn.Module)
     while True:
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
@@ -238,6 +273,7 @@ def flat_parameters(model: nn.Module) -> torch.Tensor:
     >>> flat_parameters(nn.Linear(3, 2)).shape     # 3·2 weights + 2 biases
     torch.Size([8])
     """
+    check_instance("model", model, nn.Module)
     params = [p.detach().reshape(-1).to("cpu", torch.float32) for p in unwrap(model).parameters()]
     if not params:
         raise ValueError(f"{type(model).__name__} has no parameters")
@@ -253,6 +289,7 @@ def ranks_identical(model: nn.Module) -> bool:
     >>> ranks_identical(nn.Linear(2, 2))
     True
     """
+    check_instance("model", model, nn.Module)
     if not (dist.is_available() and dist.is_initialized()):
         return True
     mine = flat_parameters(model)
@@ -270,6 +307,9 @@ def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
     >>> all_reduce_mean(2.5)
     2.5
     """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # NaN and inf pass: a mean
+        raise TypeError(f"value must be a number, got {describe(value)}")
+    check_device("device", device)
     if not (dist.is_available() and dist.is_initialized()):
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
@@ -341,8 +381,17 @@ def torchrun_command(script: str, script_args: Iterable[str] = (), nproc_per_nod
     ...                                   rdzv_endpoint="node0.example.org:29500")))
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=node0.example.org:29500 --rdzv-id=course-job train.py
     """
-    if nproc_per_node < 1 or nnodes < 1:
-        raise ValueError(f"nproc_per_node and nnodes must be >= 1, got {nproc_per_node} and {nnodes}")
+    check_path("script", script)
+    if isinstance(script_args, str) or not isinstance(script_args, (list, tuple)):
+        raise TypeError(f"script_args must be a list of str (the script's arguments), got "
+                        f"{describe(script_args)}")
+    for i, arg in enumerate(script_args):
+        check_instance(f"script_args[{i}]", arg, str)
+    check_sizes(nproc_per_node=nproc_per_node, nnodes=nnodes)
+    if rdzv_endpoint is not None:
+        _check_endpoint(rdzv_endpoint)
+    check_str("rdzv_id", rdzv_id, allow_empty=False)
+    script = os.fspath(script)
     if nnodes == 1 and rdzv_endpoint is None:
         launcher = ["torchrun", "--standalone", f"--nproc_per_node={nproc_per_node}"]
     else:
@@ -351,6 +400,14 @@ def torchrun_command(script: str, script_args: Iterable[str] = (), nproc_per_nod
         launcher = ["torchrun", f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}", "--rdzv-backend=c10d",
                     f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id}"]
     return [*launcher, script, *script_args]
+
+
+def _check_endpoint(endpoint: object) -> None:
+    """``host:port``, with a port in 1..65535."""
+    check_str("rdzv_endpoint", endpoint, allow_empty=False)
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"rdzv_endpoint must be 'host:port' with a port in 1..65535, got {endpoint!r}")
 
 
 # -- launch plan -------------------------------------------------------------------------------
@@ -387,6 +444,13 @@ class LaunchPlan:
     device: str
     gpus: int
     reason: str
+
+    def __post_init__(self) -> None:
+        check_sizes(nproc=self.nproc)
+        check_sizes(0, gpus=self.gpus)
+        check_one_of("backend", self.backend, ("gloo", "nccl"))
+        check_one_of("device", self.device, ("cpu", "cuda"))
+        check_str("reason", self.reason)
 
     def devices(self) -> list[str]:
         """The device of each local rank (``cuda:LOCAL_RANK`` on GPUs, ``cpu`` otherwise)."""
@@ -439,6 +503,8 @@ def launch_plan(nproc: int | None = None, device: str | None = None) -> LaunchPl
     """
     if nproc is not None and (isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1):
         raise ValueError(f"nproc must be a positive int (the number of ranks on this machine) or None, got {nproc!r}")
+    if device is not None:
+        _parse_device("device", device)
     forced = device or os.environ.get("COURSE_DEVICE") or None
     if forced is not None and torch.device(forced).type not in ("cpu", "cuda"):
         if device is not None:
@@ -511,6 +577,7 @@ def saved_activation_bytes(fn: Callable[[], torch.Tensor]) -> int:
     >>> saved_activation_bytes(lambda: (torch.randn(8, 100) @ w).sum())   # the (8, 100) input
     3200
     """
+    check_callable("fn", fn)
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:

@@ -141,8 +141,13 @@ def _scaling_checks() -> list[Check]:
 
 
 def report_dtype(report):
-    import torch
+    """The ``torch.dtype`` a :class:`~course_utils.precision.PrecisionReport` names."""
+    import torch  # imported here: the doctor runs (and says what is missing) without torch
 
+    from .checks import check_instance
+    from .precision import PrecisionReport
+
+    check_instance("report", report, PrecisionReport)
     return getattr(torch, report.autocast_dtype)
 
 

@@ -55,7 +55,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import check_device, check_path, check_positive_int, describe
+from .checks import (
+    check_bool,
+    check_device,
+    check_instance,
+    check_path,
+    check_positive_int,
+    check_sizes,
+    check_tensor,
+    describe,
+)
 
 __all__ = [
     "LAYOUTS",
@@ -97,8 +106,8 @@ def make_image_dataset(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Ten
     >>> tuple(images.shape), images.dtype, labels.tolist()[:2] == labels.tolist()[:2]
     ((4, 32, 32), torch.uint8, True)
     """
-    check_positive_int("n", n)
-    check_positive_int("size", size)
+    check_sizes(n=n, size=size)
+    check_sizes(0, seed=seed)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -121,6 +130,7 @@ def encode_png(image: torch.Tensor) -> bytes:
     >>> png = encode_png(torch.zeros(8, 8, dtype=torch.uint8)); png[:4]
     b'\\x89PNG'
     """
+    _check_images("image", image, dims=2)
     from PIL import Image
 
     buf = io.BytesIO()
@@ -135,10 +145,43 @@ def decode_png(data: bytes) -> torch.Tensor:
     >>> torch.equal(decode_png(encode_png(img))[0], img)
     True
     """
-    from PIL import Image
+    check_instance("data", data, (bytes, bytearray, memoryview))
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data)) as image:
-        return torch.from_numpy(np.array(image, dtype=np.uint8))[None]
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return torch.from_numpy(np.array(image, dtype=np.uint8))[None]
+    except UnidentifiedImageError:
+        raise ValueError(f"data must be the bytes of a PNG file, got {len(data)} bytes starting "
+                         f"{bytes(data[:8])!r}") from None
+
+
+def _check_images(name: str, images: object, dims: int = 3, uint8: bool = True) -> None:
+    """A CPU tensor of images with ``dims`` dims (``(N, H, W)`` or ``(H, W)``), none of them empty,
+    in uint8 (0..255) if ``uint8``."""
+    check_tensor(name, images, dims=dims)
+    if uint8 and images.dtype != torch.uint8:
+        raise TypeError(f"{name} must be a uint8 tensor (pixel values 0..255), got {describe(images)}")
+    if images.numel() == 0:
+        raise ValueError(f"{name} must hold at least one pixel per image and one image, got "
+                         f"{describe(images)}")
+    if images.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU (it is written to files or read by a "
+                         f"DataLoader), got {describe(images)}")
+
+
+def _check_labels(labels: object, n: int, device: torch.device) -> None:
+    """``(n,)`` integer class ids >= 0, on ``device``."""
+    check_tensor("labels", labels, dims=1)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class ids, got {describe(labels)}")
+    if len(labels) != n:
+        raise ValueError(f"labels must hold one class id per image ({n}), got {describe(labels)}")
+    if labels.device != device:
+        raise ValueError(f"labels must be on the device of the images ({device}), got "
+                         f"{describe(labels)}")
+    if int(labels.min()) < 0:
+        raise ValueError(f"labels must be class ids >= 0, got values down to {int(labels.min())}")
 
 
 # -- writing the layouts ------------------------------------------------------------------------
@@ -180,13 +223,11 @@ def write_layouts(images: torch.Tensor, labels: torch.Tensor, root: str | os.Pat
     ...     [len(stored[k].files) for k in ("png_files", "tar_shards", "memmap")]
     [10, 3, 1]
     """
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 3:
-        raise ValueError(f"images must be a (N, H, W) uint8 tensor, got {getattr(images, 'dtype', type(images))} "
-                         f"of shape {tuple(getattr(images, 'shape', ()))}")
-    if not isinstance(labels, torch.Tensor) or labels.shape != (len(images),):
-        raise ValueError(f"labels must be a ({len(images)},) tensor, got {tuple(getattr(labels, 'shape', ()))}")
+    _check_images("images", images)
+    _check_labels(labels, len(images), images.device)
     check_positive_int("samples_per_shard", samples_per_shard)
-    root = Path(root)
+    root = check_path("root", root)
+    _check_progress(progress)
     each = progress or (lambda it: it)
     n = len(images)
     pngs = [encode_png(img) for img in each(images)]
@@ -247,7 +288,7 @@ class PngFilesDataset(torch.utils.data.Dataset):
     """One PNG file per sample: ``read(i)`` opens, reads and closes file ``i``; ``decode`` makes the image."""
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+        self.root = check_path("root", root)
         self.labels = torch.from_numpy(np.load(self.root / "labels.npy"))
 
     def __len__(self) -> int:
@@ -265,7 +306,7 @@ class TarShardsDataset(torch.utils.data.Dataset):
     """PNG bytes packed in tar shards, read at offsets indexed once (each process opens each shard once)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+        self.root = check_path("root", root)
         self.shards = sorted(self.root.glob("shard-*.tar"))
         if not self.shards:
             raise FileNotFoundError(f"no shard-*.tar files in {self.root}")
@@ -331,6 +372,10 @@ class ShardStreamSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, dataset: TarShardsDataset, seed: int = 0) -> None:
+        if not isinstance(getattr(dataset, "index", None), Sequence):
+            raise TypeError(f"dataset must be a TarShardsDataset (with its index of samples), got "
+                            f"{describe(dataset)}")
+        check_sizes(0, seed=seed)
         self.dataset, self.seed = dataset, seed
         self.epoch = 0
 
@@ -354,7 +399,7 @@ class MemmapDataset(torch.utils.data.Dataset):
     """Raw pixels in one ``.npy`` file, memory-mapped (opened lazily in each process)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+        self.root = check_path("root", root)
         self.labels = torch.from_numpy(np.load(self.root / "labels.npy"))
         self._array = None
         self._pid = None
@@ -387,6 +432,8 @@ class InMemoryDataset(torch.utils.data.Dataset):
     """The images as one tensor in RAM: the ceiling for the other layouts."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        _check_images("images", images, uint8=False)
+        _check_labels(labels, len(images), images.device)
         self.images, self.labels = images[:, None], labels  # (N, 1, H, W)
 
     def __len__(self) -> int:
@@ -407,6 +454,7 @@ def open_layout(layout: str, root: str | os.PathLike | None = None, images: torc
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if root is None:
         raise ValueError(f"the {layout} layout needs root= (its folder)")
+    check_path("root", root)
     return {"png_files": PngFilesDataset, "tar_shards": TarShardsDataset, "memmap": MemmapDataset}[layout](root)
 
 
@@ -450,7 +498,9 @@ def evict_from_page_cache(paths: Iterable[str | os.PathLike]) -> EvictionReport:
     >>> report.files == (1 if report.supported else 0)
     True
     """
-    paths = [Path(p) for p in paths]
+    if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Iterable):
+        raise TypeError(f"paths must be a list of file paths, got {describe(paths)}")
+    paths = [check_path(f"paths[{i}]", p) for i, p in enumerate(paths)]
     support = page_cache_eviction()
     if not support.supported:
         return support
@@ -469,7 +519,9 @@ def evict_from_page_cache(paths: Iterable[str | os.PathLike]) -> EvictionReport:
 
 def read_bandwidth(path: str | os.PathLike, chunk: int = 1 << 20) -> float:
     """Bytes per second for reading ``path`` start to end in ``chunk``-byte reads (as cached now)."""
-    size = Path(path).stat().st_size
+    path = check_path("path", path)
+    check_positive_int("chunk", chunk)
+    size = path.stat().st_size
     start = time.perf_counter()
     with open(path, "rb", buffering=0) as f:
         while f.read(chunk):
@@ -497,6 +549,7 @@ def predict_epoch_seconds(files: int, per_file_s: float, nbytes: int, bandwidth:
     >>> predict_epoch_seconds(files=10_000, per_file_s=1e-4, nbytes=100 * 2**20, bandwidth=500 * 2**20)
     1.2
     """
+    check_sizes(0, files=files, nbytes=nbytes, samples=samples)
     for name, value in (("per_file_s", per_file_s), ("bandwidth", bandwidth), ("decode_s", decode_s),
                         ("batch_s", batch_s)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -527,7 +580,12 @@ def loader_samples_per_s(dataset: torch.utils.data.Dataset, num_workers: int = 0
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
     check_positive_int("batch_size", batch_size)
-    device = torch.device(device)
+    check_instance("dataset", dataset, torch.utils.data.Dataset)
+    check_sizes(0, seed=seed)
+    device = check_device("device", device)
+    check_bool("pin_memory", pin_memory)
+    if sampler is not None and (isinstance(sampler, (str, bytes)) or not isinstance(sampler, Iterable)):
+        raise TypeError(f"sampler must be None or a torch.utils.data.Sampler, got {describe(sampler)}")
     if pin_memory and device.type != "cuda":
         raise ValueError(f"pin_memory=True only helps copies to a GPU; the device here is {device}")
     if sampler is None:

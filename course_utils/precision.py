@@ -29,6 +29,15 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import (
+    check_bool,
+    check_finite,
+    check_float_tensor,
+    check_instance,
+    check_real,
+    describe,
+)
+
 
 def _as_device(device: object, available: bool = True) -> torch.device:
     """``device`` as a torch.device that exists here, or a ValueError/TypeError saying why not."""
@@ -120,6 +129,7 @@ class MixedPrecision:
     """
 
     def __init__(self, device: torch.device | str, enabled: bool = True, dtype: torch.dtype | None = None):
+        check_bool("enabled", enabled)
         self.device = _as_device(device, available=False)
         self.enabled = enabled
         self.dtype = amp_dtype(self.device) if dtype is None else dtype
@@ -149,7 +159,18 @@ class MixedPrecision:
         clip_grad_norm: float | None = None,
         parameters: Iterable[torch.nn.Parameter] | None = None,
     ) -> None:
-        """Backward, (unscale and) clip, optimizer step, scaler update, zero the gradients."""
+        """Backward, (unscale and) clip, optimizer step, scaler update, zero the gradients.
+
+        ``loss`` is a one-element float tensor on this device type, and finite (a NaN or an
+        infinite loss would poison every weight in one step; checked on the CPU, where it costs
+        no wait); ``clip_grad_norm`` a finite norm > 0.
+        """
+        self._check_loss(loss)
+        check_instance("optimizer", optimizer, torch.optim.Optimizer)
+        if clip_grad_norm is not None:
+            check_real("clip_grad_norm", clip_grad_norm, 0.0, low_open=True)
+        if parameters is not None:
+            parameters = _parameter_list(parameters)
         self.scaler.scale(loss).backward()
         if clip_grad_norm is not None:
             if parameters is None:
@@ -159,6 +180,34 @@ class MixedPrecision:
         self.scaler.step(optimizer)
         self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
+
+
+    def _check_loss(self, loss: object) -> None:
+        check_float_tensor("loss", loss)
+        if loss.numel() != 1:
+            raise ValueError(f"loss must be a single number (a one-element tensor such as a mean), "
+                             f"got {describe(loss)}")
+        if loss.device.type != self.device.type:
+            raise ValueError(f"loss must be on this MixedPrecision's device type {self.device.type!r}, "
+                             f"got {describe(loss)} on {loss.device}")
+        if loss.device.type == "cpu":
+            # On a GPU, reading the loss here would make the CPU wait for the GPU at every step;
+            # the training loops read losses in blocks instead and stop at the first NaN there.
+            check_finite("loss", loss)
+
+
+def _parameter_list(parameters: object) -> list[torch.Tensor]:
+    """``parameters`` (a list, or ``model.parameters()``) as a non-empty list of tensors."""
+    if isinstance(parameters, (str, bytes, torch.Tensor)) or not isinstance(parameters, Iterable):
+        raise TypeError(f"parameters must be the model's parameters (model.parameters()), got "
+                        f"{describe(parameters)}")
+    params = list(parameters)
+    if not params:
+        raise ValueError("parameters must hold the model's parameters, got none (an empty list: "
+                         "nothing would be clipped)")
+    for i, p in enumerate(params):
+        check_instance(f"parameters[{i}]", p, torch.Tensor)
+    return params
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ This file needs only the standard library and ``psutil``: the watchdog runs it a
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import subprocess
 import sys
@@ -49,12 +50,38 @@ class ProcessTreeTimeout(subprocess.TimeoutExpired):
                 "it and every process it started were ended")
 
 
+# The watchdog runs this file without course_utils (and torch), so the argument checks it needs
+# are here, worded as course_utils.checks words them.
+
+
+def _describe(x: object) -> str:
+    return "None" if x is None else f"{type(x).__name__} {x!r}"[:80]
+
+
+def _check_pid(name: str, pid: object) -> None:
+    """A process id: an int >= 0."""
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"{name} must be a process id (an int), got {_describe(pid)}")
+    if pid < 0:
+        raise ValueError(f"{name} must be a process id (an int >= 0), got {pid}")
+
+
+def _check_seconds(name: str, x: object, low_open: bool) -> None:
+    """A finite number of seconds, > 0 (``low_open``) or >= 0."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {_describe(x)}")
+    if not math.isfinite(x) or (x <= 0 if low_open else x < 0):
+        raise ValueError(f"{name} must be a finite number of seconds {'>' if low_open else '>='} 0, "
+                         f"got {x}")
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     """Every living process below ``pid`` (children, grandchildren, ...); empty if it is gone.
 
     >>> descendants(os.getpid()) == [] or all(isinstance(p, psutil.Process) for p in descendants(os.getpid()))
     True
     """
+    _check_pid("pid", pid)
     try:
         return psutil.Process(pid).children(recursive=True)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -84,6 +111,14 @@ def end_process_tree(root: int | psutil.Process, known: Sequence[psutil.Process]
     >>> end_process_tree(2**22 + 12345)   # a pid that does not exist: nothing to do
     []
     """
+    if not isinstance(root, psutil.Process):
+        _check_pid("root", root)
+    if isinstance(known, (str, bytes)) or not isinstance(known, (Sequence, set, frozenset)):
+        raise TypeError(f"known must be a list of psutil.Process, got {_describe(known)}")
+    for i, p in enumerate(known):
+        if not isinstance(p, psutil.Process):
+            raise TypeError(f"known[{i}] must be a psutil.Process, got {_describe(p)}")
+    _check_seconds("grace_s", grace_s, low_open=False)
     try:
         root_proc = root if isinstance(root, psutil.Process) else psutil.Process(root)
         tree = [root_proc, *root_proc.children(recursive=True)]
@@ -158,8 +193,17 @@ def run_process_tree(cmd: Sequence[str], timeout: float, env: Mapping[str, str] 
     """
     if isinstance(cmd, (str, bytes)) or not cmd or not all(isinstance(c, (str, os.PathLike)) for c in cmd):
         raise TypeError(f"cmd must be a non-empty list of strings (program and arguments), got {cmd!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    _check_seconds("timeout", timeout, low_open=True)
+    if env is not None and (not isinstance(env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise TypeError(f"env must be a dict of str to str (the environment) or None, got "
+                        f"{_describe(env)}")
+    if cwd is not None and (isinstance(cwd, bytes) or not isinstance(cwd, (str, os.PathLike))):
+        raise TypeError(f"cwd must be a folder path (a str or pathlib.Path) or None, got {_describe(cwd)}")
+    if cwd is not None and not os.path.isdir(cwd):
+        raise ValueError(f"cwd must be an existing folder, got {os.fspath(cwd)!r}")
+    if not isinstance(watchdog, bool):
+        raise TypeError(f"watchdog must be True or False, got {_describe(watchdog)}")
     cmd = [os.fspath(c) for c in cmd]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, env=None if env is None else dict(env), cwd=cwd, stdin=subprocess.DEVNULL,

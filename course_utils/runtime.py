@@ -24,6 +24,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from .checks import check_bool
+
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -69,6 +71,9 @@ def get_device(prefer: str | None = None) -> torch.device:
             f"prefer must be a device name such as 'cpu', 'cuda' or 'mps', or a torch.device, "
             f"got {type(prefer).__name__} {prefer!r}"
         )
+    if isinstance(prefer, str) and not prefer.strip():
+        raise ValueError("prefer must be a device such as 'cpu', 'cuda', 'cuda:1' or 'mps' (or None "
+                         "for the best one here), got an empty str ''")
     prefer = prefer or os.environ.get("COURSE_DEVICE") or None
     if prefer is not None:
         try:
@@ -105,6 +110,7 @@ def seed_everything(seed: int = 0, deterministic: bool = False) -> None:
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if not -(2**63) <= seed < 2**64:  # the range torch.manual_seed accepts
         raise ValueError(f"seed must be in [-2**63, 2**64), got {seed}")
+    check_bool("deterministic", deterministic)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -158,6 +164,10 @@ def setup_notebook(name: str, seed: int = 0, device: str | None = None, quiet: b
     ('99_example', 0)
     """
     global _current_run
+    check_bool("quiet", quiet)
+    if isinstance(device, str) and not device.strip():
+        raise ValueError("device must be a device such as 'cpu', 'cuda' or 'mps' (or None for the "
+                         "best one here), got an empty str ''")
     seed_everything(seed)
     run = NotebookRun(name=name, device=get_device(device), seed=seed, fast=fast_mode())
     if run.device.type == "cuda":

@@ -25,6 +25,17 @@ from typing import Any
 
 import torch
 
+from .checks import (
+    check_callable,
+    check_device,
+    check_instance,
+    check_one_of,
+    check_optional_sizes,
+    check_real,
+    check_sizes,
+    describe,
+)
+
 # torch.utils.benchmark imports torch.utils.cpp_extension, which logs a warning on machines that
 # have a CUDA toolkit installed but no GPU. It says nothing about timing, so keep it out of the
 # notebooks' outputs; real errors still show.
@@ -63,6 +74,28 @@ class BenchmarkResult:
         )
 
 
+def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """``fn(*args, **kwargs)``; if that fails, a ``ValueError`` that shows what ``fn`` was given
+    (the original error stays attached as its cause)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        given = ", ".join([*(f"args[{i}]={describe(a)}" for i, a in enumerate(args)),
+                           *(f"{k}={describe(v)}" for k, v in kwargs.items())])
+        name = getattr(fn, "__name__", type(fn).__name__)
+        raise _first_call_error(exc, f"fn(*args, **kwargs) failed on its first call, before any "
+                                     f"timing: {name}({given}) raised {type(exc).__name__}: {exc}") from exc
+
+
+def _first_call_error(exc: Exception, message: str) -> ValueError:
+    """A ``ValueError`` that is also of ``exc``'s type when the two combine, so that code which
+    catches what ``fn`` raises (``except RuntimeError`` around an unavailable kernel) still does."""
+    try:
+        return type(f"FirstCall{type(exc).__name__}", (ValueError, type(exc)), {})(message)
+    except TypeError:  # exc is a ValueError already, or a type that cannot be combined
+        return ValueError(message)
+
+
 def benchmark(
     fn: Callable[..., Any],
     *args: Any,
@@ -77,22 +110,24 @@ def benchmark(
 
     ``num_threads`` defaults to ``torch.get_num_threads()`` (``Timer`` alone would use 1).
     CUDA work is synchronised by ``Timer`` itself. ``Timer`` times blocks of calls; the median
-    and IQR are over at least ``min_blocks`` blocks (``runs`` counts them).
+    and IQR are over at least ``min_blocks`` blocks (``runs`` counts them). When the first
+    warm-up call fails, a ``ValueError`` shows what ``fn`` was given (the error as its cause).
 
     >>> x = torch.randn(64, 64)
     >>> result = benchmark(torch.mm, x, x, label="matmul 64", min_run_time=0.01)
     >>> result.label, result.median > 0
     ('matmul 64', True)
     """
-    if not callable(fn):
-        raise TypeError(f"benchmark needs a callable as its first argument, got {type(fn).__name__}")
-    if isinstance(min_run_time, bool) or not isinstance(min_run_time, (int, float)):
-        raise TypeError(f"min_run_time must be a number of seconds, got {type(min_run_time).__name__} {min_run_time!r}")
-    if not min_run_time > 0:
-        raise ValueError(f"min_run_time must be > 0 seconds, got {min_run_time}")
+    check_callable("fn", fn)
+    check_real("min_run_time", min_run_time, 0.0, low_open=True)
+    check_sizes(0, warmup=warmup)
+    check_sizes(min_blocks=min_blocks)
+    check_optional_sizes(num_threads=num_threads)
     threads = num_threads if num_threads is not None else torch.get_num_threads()
     label = label or getattr(fn, "__name__", "fn")
-    for _ in range(warmup):
+    if warmup:
+        _call(fn, args, kwargs)  # the first call: if it fails, say what fn was given
+    for _ in range(warmup - 1):
         fn(*args, **kwargs)
     timer = torch_benchmark.Timer(
         stmt="fn(*args, **kwargs)",
@@ -129,13 +164,9 @@ def compare(results: Sequence[BenchmarkResult], baseline: str | None = None) -> 
     torch  1 ms      10 µs       10     1.00
     ours   2 ms      20 µs       10     2.00
     """
-    if not results:
-        raise ValueError("compare needs at least one BenchmarkResult, got an empty sequence")
-    for r in results:
-        if not isinstance(r, BenchmarkResult):
-            raise TypeError(f"compare needs BenchmarkResult items (from benchmark), got {type(r).__name__} {r!r}")
+    _check_results(results)
     by_label = {r.label: r for r in results}
-    base_label = baseline or results[0].label
+    base_label = results[0].label if baseline is None else baseline
     if base_label not in by_label:
         raise ValueError(f"baseline {base_label!r} is not among the labels {list(by_label)}")
     base = by_label[base_label].median
@@ -147,6 +178,17 @@ def compare(results: Sequence[BenchmarkResult], baseline: str | None = None) -> 
             f"{r.runs:>4}  {r.median / base:>7.2f}"
         )
     return "\n".join(lines)
+
+
+def _check_results(results: Any) -> None:
+    """A non-empty list of ``BenchmarkResult``."""
+    if isinstance(results, (str, bytes)) or not isinstance(results, Sequence):
+        raise TypeError(f"results must be a list of BenchmarkResult (from benchmark), got "
+                        f"{describe(results)}")
+    if not results:
+        raise ValueError("results must hold at least one BenchmarkResult, got an empty list")
+    for i, r in enumerate(results):
+        check_instance(f"results[{i}]", r, BenchmarkResult)
 
 
 @dataclass(frozen=True)
@@ -226,8 +268,8 @@ def compare_until_separated(
         raise ValueError(f"min_rounds must be an int >= 3, got {min_rounds!r}")
     if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < min_rounds:
         raise ValueError(f"max_rounds must be an int >= min_rounds ({min_rounds}), got {max_rounds!r}")
-    if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
-        raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
+    check_real("max_seconds", max_seconds, 0.0, low_open=True)
+    check_sizes(0, warmup=warmup)
     for _ in range(warmup):
         fn_a()
         fn_b()
@@ -292,12 +334,7 @@ def synchronize(device: torch.device | str | None = None) -> None:
     >>> synchronize("cpu")
     """
     if device is not None:
-        if not isinstance(device, (str, int, torch.device)) or isinstance(device, bool):
-            raise TypeError(f"device must be a device name or a torch.device, got {type(device).__name__} {device!r}")
-        try:
-            device = torch.device(device)
-        except RuntimeError as exc:
-            raise ValueError(f"device must be such as 'cpu', 'cuda' or 'mps', got {device!r}") from exc
+        device = check_device("device", device)
     if device is None or device.type == "cuda":
         if torch.cuda.is_available():
             torch.cuda.synchronize(device)
@@ -308,6 +345,13 @@ def synchronize(device: torch.device | str | None = None) -> None:
 # Lines that PyTorch's Kineto profiler backend prints straight to the process's stderr (not through
 # Python) on every run: stage markers, and a CUDA probe that fails on machines without a GPU.
 _KINETO_CHATTER = ("USDT:", "STAGE:", "gpuGetDeviceCount failed")
+
+
+PROFILE_SORT_KEYS = tuple(
+    f"{self_}{unit}_{what}" for what in ("time_total", "memory_usage") for self_ in ("", "self_")
+    for unit in ("cpu", "cuda", "xpu", "device")) + ("cpu_time", "cuda_time", "xpu_time",
+                                                    "device_time", "count")
+"""The columns ``profile_table`` can sort by (``torch.profiler``'s ``key_averages().table``)."""
 
 
 @contextmanager
@@ -347,9 +391,11 @@ def profile_table(
     """
     from torch.profiler import ProfilerActivity, profile
 
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    check_callable("fn", fn)
+    check_sizes(steps=steps, row_limit=row_limit)
+    if sort_by is not None:
+        check_one_of("sort_by", sort_by, PROFILE_SORT_KEYS)
+    device = check_device("device", device) if device is not None else torch.device("cpu")
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)

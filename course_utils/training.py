@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .checks import check_bool, check_callable
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the message names the step."""
@@ -119,6 +121,9 @@ def train_steps(
     ...
     course_utils.training.NonFiniteLossError: loss became nan at step 1; the last finite loss was 1 at step 0. Lower the learning rate, clip gradients, or check the inputs for NaN.
     """
+    check_callable("step_fn", step_fn)
+    if disable_progress is not None:
+        check_bool("disable_progress", disable_progress)
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
     for name, value in (("log_every", log_every), ("sync_every", sync_every)):

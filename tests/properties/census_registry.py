@@ -2158,13 +2158,15 @@ def _():
     return Call(RT.get_device, "cpu")
 
 
-@entry("course_utils.runtime.seed_everything", accept={"seed:zero": ANY_SEED})
+@entry("course_utils.runtime.seed_everything", accept={"seed:zero": ANY_SEED,
+                                                      "seed:negative": "torch.manual_seed takes any seed in [-2**63, 2**64)"})
 def _():
     return Call(RT.seed_everything, 3, deterministic=False)
 
 
 @entry("course_utils.runtime.setup_notebook", accept={"name:*": FREE_TEXT,
-                                                      "seed:zero": ANY_SEED})
+                                                      "seed:zero": ANY_SEED,
+                                                      "seed:negative": "torch.manual_seed takes any seed in [-2**63, 2**64)"})
 def _():
     return Call(RT.setup_notebook, "99_census", seed=1, device="cpu", quiet=True)
 
@@ -2193,7 +2195,9 @@ def _():
     return Call(PR.MixedPrecision, "cpu", enabled=True, dtype=torch.bfloat16)
 
 
-@entry("course_utils.precision.MixedPrecision.step")
+@entry("course_utils.precision.MixedPrecision.step",
+       accept={"loss:float64": "a float64 loss backpropagates as any float loss (step returns "
+                               "nothing to compare)"})
 def _():
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
@@ -2236,7 +2240,8 @@ def _():
     return Call(TI.synchronize, "cpu")
 
 
-@entry("course_utils.timing.profile_table")
+@entry("course_utils.timing.profile_table",
+       accept={"sort_by:None": "torch.profiler's own choice: the rows in the order they ran"})
 def _():
     return Call(TI.profile_table, lambda: torch.ones(8) @ torch.ones(8), steps=2,
                 sort_by="self_cpu_time_total", row_limit=3, device="cpu")
@@ -2246,7 +2251,9 @@ record("course_utils.training.NonFiniteLossError", "an exception class the cours
 record("course_utils.training.TrainHistory", "a result record that train_steps builds")
 
 
-@entry("course_utils.training.train_steps", accept={"desc:*": FREE_TEXT},
+@entry("course_utils.training.train_steps",
+       accept={"desc:*": FREE_TEXT,
+               "num_steps:zero": "no step to take: an empty history (a run already finished)"},
        documented=(TRN.NonFiniteLossError,))
 def _():
     return Call(TRN.train_steps, lambda i: 1.0 / (i + 1), 4, desc="training", log_every=2,
@@ -2285,7 +2292,9 @@ def _():
     return Call(DI.rank_zero_print, "hello", 3)
 
 
-@entry("course_utils.distributed.progress", accept={"iterable:str": "any iterable"})
+@entry("course_utils.distributed.progress", accept={
+    "iterable:str": "any iterable",
+    "disable:None": "tqdm's own choice: no bar when the output is not a terminal"})
 def _():
     return Call(DI.progress, range(3), disable=True)
 
@@ -2305,7 +2314,8 @@ def _():
     return Call(DI.ranks_identical, nn.Linear(2, 2))
 
 
-@entry("course_utils.distributed.all_reduce_mean")
+@entry("course_utils.distributed.all_reduce_mean",
+       accept={"value:negative": "any number has a mean"})
 def _():
     return Call(DI.all_reduce_mean, 2.5, device="cpu")
 
@@ -2316,7 +2326,9 @@ def _():
 
 
 @entry("course_utils.distributed.torchrun_command",
-       accept={"script_args:empty": "a script without arguments"})
+       accept={"script_args:empty": "a script without arguments",
+               "script:unknown": "only a command line: the script may live on another node",
+               "rdzv_id:unknown": "any job name"})
 def _():
     return Call(DI.torchrun_command, "train.py", ["--steps", "3"], nproc_per_node=2, nnodes=1,
                 rdzv_endpoint="localhost:29500", rdzv_id="job")
@@ -2388,7 +2400,9 @@ def _():
     return Call(LO.make_image_dataset, 4, size=8, seed=1)
 
 
-@entry("course_utils.loading.encode_png")
+@entry("course_utils.loading.encode_png", accept={
+    "image:negative": "a uint8 tensor cannot hold -1: the pixel wraps to 255, a valid value",
+    "image:size": "an image of any width"})
 def _():
     return Call(LO.encode_png, torch.randint(0, 255, (8, 8), dtype=torch.uint8))
 
@@ -2398,7 +2412,10 @@ def _():
     return Call(LO.decode_png, LO.encode_png(torch.zeros(8, 8, dtype=torch.uint8)))
 
 
-@entry("course_utils.loading.write_layouts")
+@entry("course_utils.loading.write_layouts", accept={
+    "images:negative": "a uint8 tensor cannot hold -1: the pixel wraps to 255, a valid value",
+    "images:size": "images of any width",
+    "labels:huge": "any class id >= 0 is stored as it is"})
 def _():
     images, labels = LO.make_image_dataset(6, size=8)
     return Call(LO.write_layouts, images, labels, tmpdir(), samples_per_shard=4, progress=None)
@@ -2424,7 +2441,10 @@ def _():
     return Call(LO.MemmapDataset, _layouts_root() / "memmap")
 
 
-@entry("course_utils.loading.InMemoryDataset")
+@entry("course_utils.loading.InMemoryDataset", accept={
+    "images:negative": "a uint8 tensor cannot hold -1: the pixel wraps to 255, a valid value",
+    "images:size": "images of any width",
+    "labels:huge": "any class id >= 0 is kept as it is"})
 def _():
     images, labels = LO.make_image_dataset(4, size=8)
     return Call(LO.InMemoryDataset, images, labels)
@@ -2626,6 +2646,7 @@ _check(CH.check_bools, values=(), causal=True, need_weights=False)
 _check(CH.check_optional_sizes, values=(), kdim=4, vdim=None)
 _check(CH.check_dtype, "dtype", torch.float32, floating=True, values=("dtype",))
 _check(CH.check_instances, values=(), cache=(torch.zeros(2), torch.Tensor))
+_check(CH.check_callable, "fn", len, values=("fn",))
 _check(CH.check_optional_padding_mask, "mask", torch.zeros(2, 3, dtype=torch.bool),
        torch.zeros(2, 3, 8), values=("mask",),
        accept={"mask:None": "no padding", "mask:meta": "the device is checked, not the values"})

@@ -137,3 +137,25 @@ def test_plan_prints_the_torchrun_line():
     assert plan.torchrun("train.py") == ["torchrun", "--standalone", "--nproc_per_node=8", "train.py", "--device", "cuda"]
     assert plan.devices()[-1] == "cuda:7"
     assert "OMP_NUM_THREADS" not in plan.env({})
+
+
+def test_plans_and_command_lines_name_bad_arguments():
+    with pytest.raises(ValueError, match="backend must be one of 'gloo', 'nccl'"):
+        LaunchPlan(nproc=2, backend="mpi", device="cpu", gpus=0, reason="x")
+    with pytest.raises(ValueError, match="nproc must be a positive int"):
+        LaunchPlan(nproc=0, backend="gloo", device="cpu", gpus=0, reason="x")
+    with pytest.raises(ValueError, match="device must be a device such as"):
+        launch_plan(2, device="gpu0")
+    with pytest.raises(TypeError, match="script_args must be a list of str"):
+        D.torchrun_command("train.py", "--steps 3")
+    with pytest.raises(ValueError, match="rdzv_endpoint must be 'host:port'"):
+        D.torchrun_command("train.py", nnodes=2, rdzv_endpoint="node0")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        D.unwrap("model")
+    with pytest.raises(TypeError, match="value must be a number"):
+        D.all_reduce_mean("2.5")
+    with pytest.raises(ValueError, match=r"timeout_s must be a real number in \(0.0, inf\)"):
+        D.init_distributed(device="cpu", timeout_s=float("inf"))
+    with pytest.raises(ValueError, match="host must be an IPv4 address or name of this machine"):
+        D.free_port("no such host.invalid")
+    assert D.torchrun_command("./t.py", ["--x"])[-2:] == ["./t.py", "--x"]  # the path as given

@@ -56,3 +56,13 @@ def test_doctor_warns_without_posix_fadvise(monkeypatch, capsys):
     assert doctor.main() == 0  # a warning, not a failure: notebook 15 still runs
     out = capsys.readouterr().out
     assert "[warn] page cache eviction" in out and "warm reads only" in out
+
+
+def test_report_dtype_names_a_wrong_report():
+    import pytest
+
+    from course_utils.precision import precision_report
+
+    assert str(doctor.report_dtype(precision_report("cpu"))) == "torch.bfloat16"
+    with pytest.raises(TypeError, match="report must be a course_utils.precision.PrecisionReport"):
+        doctor.report_dtype("bfloat16")

@@ -108,8 +108,35 @@ def test_bad_layouts_are_named(tmp_path):
         L.open_layout("in_memory")
     with pytest.raises(FileNotFoundError, match="no shard-"):
         L.TarShardsDataset(tmp_path)
-    with pytest.raises(ValueError, match=r"images must be a \(N, H, W\) uint8 tensor"):
+    with pytest.raises(TypeError, match=r"images must be a uint8 tensor \(pixel values 0..255\)"):
         L.write_layouts(torch.zeros(2, 4, 4), torch.zeros(2), tmp_path)
+    with pytest.raises(ValueError, match="images must have 3 dims"):
+        L.write_layouts(torch.zeros(2, 4, dtype=torch.uint8), torch.zeros(2), tmp_path)
+    images = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="labels must be an integer tensor of class ids"):
+        L.write_layouts(images, torch.zeros(2), tmp_path)
+    with pytest.raises(ValueError, match=r"labels must hold one class id per image \(2\)"):
+        L.InMemoryDataset(images, torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="labels must be class ids >= 0"):
+        L.InMemoryDataset(images, torch.tensor([0, -1]))
+    with pytest.raises(TypeError, match="root must be a file path"):
+        L.write_layouts(images, torch.zeros(2, dtype=torch.int64), None)
+    assert not any(tmp_path.iterdir())  # nothing written for a bad call
+
+
+def test_bad_bytes_and_samplers_are_named():
+    with pytest.raises(ValueError, match="data must be the bytes of a PNG file"):
+        L.decode_png(b"not a png")
+    with pytest.raises(TypeError, match="data must be a"):
+        L.decode_png("x")
+    with pytest.raises(ValueError, match="image must have 2 dims"):
+        L.encode_png(torch.zeros(2, 2, 2, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="dataset must be a TarShardsDataset"):
+        L.ShardStreamSampler("x")
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        L.make_image_dataset(2, size=8, seed=-1)
+    with pytest.raises(TypeError, match="paths must be a list of file paths"):
+        L.evict_from_page_cache("labels.npy")
 
 
 def test_prediction_is_the_sum_of_its_parts():

@@ -156,3 +156,26 @@ def test_step_trains_and_clips_without_future_warnings():
         with mp.autocast():
             loss = model(x).float().sum()
         mp.step(loss, opt, clip_grad_norm=1.0)
+
+
+def test_step_refuses_bad_input_before_touching_the_weights():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mp = MixedPrecision("cpu")
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model(torch.ones(2, 3)).sum()
+    with pytest.raises(ValueError, match="loss contains NaN or infinite values"):
+        mp.step(loss * float("nan"), opt)
+    with pytest.raises(ValueError, match="loss must be a single number"):
+        mp.step(model(torch.ones(2, 3)).squeeze(-1), opt)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.optimizer.Optimizer"):
+        mp.step(loss, "sgd")
+    with pytest.raises(ValueError, match=r"clip_grad_norm must be a real number in \(0.0, inf\)"):
+        mp.step(loss, opt, clip_grad_norm=-1.0, parameters=model.parameters())
+    with pytest.raises(ValueError, match="parameters must hold the model's parameters"):
+        mp.step(loss, opt, clip_grad_norm=1.0, parameters=[])
+    assert all(p.grad is None for p in model.parameters())  # no backward ran
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with pytest.raises(TypeError, match="enabled must be True or False"):
+        MixedPrecision("cpu", enabled="no")

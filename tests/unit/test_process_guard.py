@@ -19,7 +19,12 @@ import psutil
 import pytest
 from conftest import REPO  # noqa: E402
 
-from course_utils.process_guard import ProcessTreeTimeout, end_process_tree, run_process_tree
+from course_utils.process_guard import (
+    ProcessTreeTimeout,
+    descendants,
+    end_process_tree,
+    run_process_tree,
+)
 
 FAKE_LAUNCHER = textwrap.dedent("""
     import os, subprocess, sys, time
@@ -164,5 +169,21 @@ def test_a_killed_caller_leaves_no_orphans(launcher, tmp_path):
 def test_bad_arguments_are_named():
     with pytest.raises(TypeError, match="cmd must be a non-empty list of strings"):
         run_process_tree("python -c pass", timeout=1)
-    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0, got 0"):
+    with pytest.raises(ValueError, match="timeout must be a finite number of seconds > 0, got 0"):
         run_process_tree([sys.executable, "-c", "pass"], timeout=0)
+    with pytest.raises(ValueError, match="timeout must be a finite number of seconds > 0, got inf"):
+        run_process_tree([sys.executable, "-c", "pass"], timeout=float("inf"))
+    with pytest.raises(ValueError, match="cwd must be an existing folder"):
+        run_process_tree([sys.executable, "-c", "pass"], timeout=5, cwd="no/such/folder")
+    with pytest.raises(TypeError, match="watchdog must be True or False"):
+        run_process_tree([sys.executable, "-c", "pass"], timeout=5, watchdog="no")
+
+
+def test_end_process_tree_refuses_a_missing_root():
+    # psutil.Process(None) is the calling process: ending "None" would end the caller itself.
+    with pytest.raises(TypeError, match="root must be a process id"):
+        end_process_tree(None)
+    with pytest.raises(ValueError, match="grace_s must be a finite number of seconds >= 0"):
+        end_process_tree(2**22 + 12345, grace_s=float("nan"))
+    with pytest.raises(TypeError, match="pid must be a process id"):
+        descendants(None)

@@ -82,3 +82,14 @@ def test_setup_notebook_turns_tf32_on_for_cuda_only(monkeypatch, capsys):
         assert "on cuda (Fake GPU, TF32 matmuls on)" in capsys.readouterr().out
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def test_empty_device_names_and_non_bool_flags_are_refused(capsys):
+    with pytest.raises(ValueError, match="prefer must be a device such as"):
+        get_device("")
+    with pytest.raises(ValueError, match="device must be a device such as"):
+        setup_notebook("99_x", device="")
+    with pytest.raises(TypeError, match="quiet must be True or False"):
+        setup_notebook("99_x", quiet="yes")
+    with pytest.raises(TypeError, match="deterministic must be True or False"):
+        seed_everything(0, deterministic="no")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -31,8 +32,37 @@ def test_benchmark_warms_up_before_timing():
 def test_benchmark_rejects_bad_input():
     with pytest.raises(TypeError, match="callable"):
         benchmark(42)
-    with pytest.raises(ValueError, match="min_run_time must be > 0"):
+    with pytest.raises(ValueError, match=r"min_run_time must be a real number in \(0.0, inf\)"):
         benchmark(lambda: None, min_run_time=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"min_run_time": math.inf}, "min_run_time"),  # Timer would time blocks forever
+    ({"min_run_time": math.nan}, "min_run_time"),
+    ({"warmup": -1}, "warmup"),
+    ({"min_blocks": 0}, "min_blocks"),
+    ({"num_threads": 0}, "num_threads"),
+])
+def test_benchmark_refuses_bad_settings_at_once(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        benchmark(lambda: None, **kwargs)
+
+
+def test_benchmark_names_the_arguments_fn_failed_on():
+    with pytest.raises(ValueError, match=r"args\[1\]=str 'x'") as info:
+        benchmark(torch.add, torch.ones(2), "x", min_run_time=0.01)
+    assert isinstance(info.value.__cause__, TypeError)  # torch's own error stays attached
+
+
+def test_profile_table_checks_its_arguments():
+    from course_utils.timing import profile_table
+
+    with pytest.raises(ValueError, match="sort_by must be one of"):
+        profile_table(lambda: None, sort_by="fastest")
+    with pytest.raises(ValueError, match="row_limit"):
+        profile_table(lambda: None, row_limit=0)
+    with pytest.raises(TypeError, match="fn must be a callable"):
+        profile_table("x")
 
 
 def test_compare_ratios_and_baseline():
@@ -44,8 +74,12 @@ def test_compare_ratios_and_baseline():
     assert rows[1].split()[-1] == "0.33" and rows[2].split()[-1] == "1.00"
     with pytest.raises(ValueError, match="baseline 'c' is not among"):
         compare([a, b], baseline="c")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="results must hold at least one"):
         compare([])
+    with pytest.raises(TypeError, match="results must be a list"):
+        compare("ab")
+    with pytest.raises(ValueError, match="baseline '' is not among"):
+        compare([a, b], baseline="")
 
 
 def test_format_seconds():

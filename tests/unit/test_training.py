@@ -115,3 +115,11 @@ def test_interrupt_keeps_the_unread_gpu_steps(fake_gpu_losses, capsys):
 def test_sync_every_is_checked():
     with pytest.raises(ValueError, match="sync_every must be an int >= 1, got 0"):
         train_steps(lambda i: 0.0, 1, sync_every=0)
+
+
+def test_step_fn_and_the_progress_flag_are_checked():
+    with pytest.raises(TypeError, match="step_fn must be a callable"):
+        train_steps("step", 3)
+    with pytest.raises(TypeError, match="disable_progress must be True or False"):
+        train_steps(lambda i: 1.0, 3, disable_progress="yes")
+    assert train_steps(lambda i: 1.0, 0, disable_progress=True)["loss"] == []
