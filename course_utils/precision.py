@@ -31,7 +31,6 @@ import torch
 
 from .checks import (
     check_bool,
-    check_finite,
     check_float_tensor,
     check_instance,
     check_real,
@@ -161,9 +160,11 @@ class MixedPrecision:
     ) -> None:
         """Backward, (unscale and) clip, optimizer step, scaler update, zero the gradients.
 
-        ``loss`` is a one-element float tensor on this device type, and finite (a NaN or an
-        infinite loss would poison every weight in one step; checked on the CPU, where it costs
-        no wait); ``clip_grad_norm`` a finite norm > 0.
+        ``loss`` is a one-element float tensor on this device type; ``clip_grad_norm`` a finite
+        norm > 0. A NaN or infinite loss is not checked here, on any device: reading the loss
+        would make the CPU wait for a GPU at every step. The training loops read their losses in
+        blocks and stop at the first non-finite one with a ``NonFiniteLossError`` that names the
+        step (on a GPU, ``GradScaler`` also skips a step whose gradients are not finite).
         """
         self._check_loss(loss)
         check_instance("optimizer", optimizer, torch.optim.Optimizer)
@@ -190,10 +191,6 @@ class MixedPrecision:
         if loss.device.type != self.device.type:
             raise ValueError(f"loss must be on this MixedPrecision's device type {self.device.type!r}, "
                              f"got {describe(loss)} on {loss.device}")
-        if loss.device.type == "cpu":
-            # On a GPU, reading the loss here would make the CPU wait for the GPU at every step;
-            # the training loops read losses in blocks instead and stop at the first NaN there.
-            check_finite("loss", loss)
 
 
 def _parameter_list(parameters: object) -> list[torch.Tensor]:

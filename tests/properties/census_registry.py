@@ -2197,7 +2197,10 @@ def _():
 
 @entry("course_utils.precision.MixedPrecision.step",
        accept={"loss:float64": "a float64 loss backpropagates as any float loss (step returns "
-                               "nothing to compare)"})
+                               "nothing to compare)",
+               "loss:nan,loss:inf": "the training loops read their losses in blocks and stop at "
+                                    "the first non-finite one naming the step (NonFiniteLossError); "
+                                    "step() does not read the loss, which would stall a GPU"})
 def _():
     torch.manual_seed(0)
     model = nn.Linear(3, 1)

