@@ -220,12 +220,13 @@ def check_device(name: str, device: Any) -> torch.device:
     if dev.type == "cuda" and (not torch.cuda.is_available()
                                or (dev.index or 0) >= torch.cuda.device_count()):
         have = f"{torch.cuda.device_count()} CUDA GPU(s)" if torch.cuda.is_available() else "none"
-        raise ValueError(f"{name}={device!r} asks for a CUDA GPU this machine does not have "
-                         f"({have}): use 'cpu', or course_utils.get_device()")
+        raise ValueError(f"{name} must be a device this machine has, got {device!r}: a CUDA GPU "
+                         f"this machine does not have ({have}); use 'cpu', or "
+                         "course_utils.get_device()")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None)
                                   and torch.backends.mps.is_available()):
-        raise ValueError(f"{name}={device!r} asks for Apple's MPS, which this machine does not "
-                         "have: use 'cpu', or course_utils.get_device()")
+        raise ValueError(f"{name} must be a device this machine has, got {device!r}: Apple's MPS, "
+                         "which this machine does not have; use 'cpu', or course_utils.get_device()")
     return dev
 
 

@@ -268,8 +268,15 @@ def test_a_torchrun_timeout_leaves_no_process_behind(tmp_path):
     def watch() -> None:  # every process below this one while the job runs, as `ps` would show them
         while not stop.is_set():
             for p in psutil.Process().children(recursive=True):
-                if p.pid not in seen and p.pid not in before:
-                    seen[p.pid] = (p, " ".join(_cmdline(p)))
+                if p.pid in before:
+                    continue
+                # read the command line again each time: a launcher may exec() into torchrun
+                # after it was first seen
+                cmd = " ".join(_cmdline(p))
+                if p.pid not in seen:
+                    seen[p.pid] = (p, cmd)
+                elif cmd:
+                    seen[p.pid] = (seen[p.pid][0], cmd)
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)
