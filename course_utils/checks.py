@@ -225,8 +225,9 @@ def check_device(name: str, device: Any) -> torch.device:
                          "course_utils.get_device()")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None)
                                   and torch.backends.mps.is_available()):
-        raise ValueError(f"{name} must be a device this machine has, got {device!r}: Apple's MPS, "
-                         "which this machine does not have; use 'cpu', or course_utils.get_device()")
+        raise ValueError(f"{name} must be a device this machine has, got {device!r}: Apple's "
+                         "MPS, which this machine does not have; use 'cpu', or "
+                         "course_utils.get_device()")
     return dev
 
 

@@ -45,6 +45,7 @@ import math
 import os
 import queue
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -719,14 +720,19 @@ class Census:
     def __init__(self, log_dir: str | None = None) -> None:
         self.proc: subprocess.Popen | None = None
         self.lines: queue.Queue[str | None] = queue.Queue()
+        self.owned = log_dir is None  # a folder of its own: removed when the census ends
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="census-"))
         self.work_dir = self.log_dir / "cwd"
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        # the calls' own temporary folders go under the census's folder, not the system's
+        self.tmp_dir = self.log_dir / "tmp"
+        self.tmp_dir.mkdir(exist_ok=True)
 
     def _start(self) -> None:
         env = dict(os.environ)
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", TQDM_DISABLE="1",
-                   COURSE_REPORTS_DIR=str(self.log_dir / "reports"), PYTHONWARNINGS="ignore")
+                   COURSE_REPORTS_DIR=str(self.log_dir / "reports"), PYTHONWARNINGS="ignore",
+                   TMPDIR=str(self.tmp_dir), TEMP=str(self.tmp_dir), TMP=str(self.tmp_dir))
         env.pop("COURSE_RECORD", None)
         env.pop("COURSE_FAST", None)
         self.log = open(self.log_dir / "worker.log", "ab")  # noqa: SIM115
@@ -811,6 +817,8 @@ class Census:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+        if self.owned and exc[0] is None:  # kept after a failure: its worker.log says why
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
 def load_registry() -> dict[str, Entry]:

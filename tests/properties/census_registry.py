@@ -234,9 +234,19 @@ from pathlib import Path  # noqa: E402
 
 from course_utils import checkpoint, display, download, files, results  # noqa: E402
 
+_TMP_ROOT: list[Path] = []  # one folder per process for every call's files, removed at exit
+
 
 def tmpdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="census-"))
+    """A fresh folder for one valid call's files, inside this process's census folder (removed
+    when the process ends, so a census run leaves nothing behind in the system's temp folder)."""
+    if not _TMP_ROOT:
+        import atexit
+        import shutil
+
+        _TMP_ROOT.append(Path(tempfile.mkdtemp(prefix="census-calls-")))
+        atexit.register(shutil.rmtree, _TMP_ROOT[0], ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix="call-", dir=_TMP_ROOT[0]))
 
 
 for _name in ("reports_dir", "metrics_path", "recording", "measuring"):
