@@ -382,11 +382,7 @@ def torchrun_command(script: str, script_args: Iterable[str] = (), nproc_per_nod
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=node0.example.org:29500 --rdzv-id=course-job train.py
     """
     check_path("script", script)
-    if isinstance(script_args, str) or not isinstance(script_args, (list, tuple)):
-        raise TypeError(f"script_args must be a list of str (the script's arguments), got "
-                        f"{describe(script_args)}")
-    for i, arg in enumerate(script_args):
-        check_instance(f"script_args[{i}]", arg, str)
+    _check_script_args("script_args", script_args)
     check_sizes(nproc_per_node=nproc_per_node, nnodes=nnodes)
     if rdzv_endpoint is not None:
         _check_endpoint(rdzv_endpoint)
@@ -400,6 +396,14 @@ def torchrun_command(script: str, script_args: Iterable[str] = (), nproc_per_nod
         launcher = ["torchrun", f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}", "--rdzv-backend=c10d",
                     f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id}"]
     return [*launcher, script, *script_args]
+
+
+def _check_script_args(name: str, args: object) -> None:
+    """A list (or tuple) of str: a bare string would be split into its characters."""
+    if isinstance(args, str) or not isinstance(args, (list, tuple)):
+        raise TypeError(f"{name} must be a list of str (the script's arguments), got {describe(args)}")
+    for i, arg in enumerate(args):
+        check_instance(f"{name}[{i}]", arg, str)
 
 
 def _check_endpoint(endpoint: object) -> None:
@@ -460,7 +464,8 @@ class LaunchPlan:
 
     def script_args(self, args: Iterable[str] = ()) -> list[str]:
         """``args`` plus ``--device`` for the training script, so every rank uses the planned device."""
-        return [*map(str, args), "--device", self.device]
+        _check_script_args("args", args)
+        return [*args, "--device", self.device]
 
     def torchrun(self, script: str, args: Iterable[str] = ()) -> list[str]:
         """The ``torchrun`` command line to type for this plan."""
@@ -545,16 +550,11 @@ def run_torchrun(plan: LaunchPlan, script: str | os.PathLike, args: Iterable[str
 
     if not isinstance(plan, LaunchPlan):
         raise TypeError(f"plan must be a LaunchPlan (from launch_plan()), got {type(plan).__name__}")
-    script = check_path("script", script)
-    if isinstance(args, str) or not isinstance(args, (list, tuple)):
-        raise TypeError(f"args must be a list of str (the script's arguments), got {describe(args)}")
-    for i, arg in enumerate(args):
-        check_instance(f"args[{i}]", arg, str)
     check_real("timeout", timeout, 0.0, low_open=True)
     if cwd is not None:
         check_path("cwd", cwd)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={plan.nproc}",
-           os.fspath(script), *plan.script_args(args)]
+    # the command a learner would type, with torchrun run by this Python (no PATH lookup)
+    cmd = [sys.executable, "-m", "torch.distributed.run", *plan.torchrun(script, args)[1:]]
     env = plan.env()
     env.setdefault("TQDM_DISABLE", "1")
     result = run_process_tree(cmd, timeout=timeout, env=env, cwd=cwd)
