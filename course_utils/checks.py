@@ -50,6 +50,7 @@ __all__ = [
     "check_max_len",
     "check_module_input",
     "check_non_negative_int",
+    "check_on_device",
     "check_one_of",
     "check_optional_padding_mask",
     "check_optional_sizes",
@@ -529,6 +530,18 @@ def _check_device(name: str, t: torch.Tensor, device: torch.device | None,
     if device is not None and t.device != torch.device(device):
         raise ValueError(f"{name} must be on {torch.device(device)} (the device of {of}), "
                          f"got {name} on {t.device}")
+
+
+def check_on_device(name: str, t: Any, device: torch.device, of: str = "the model") -> None:
+    """``t`` is a tensor on ``device``, the device of ``of`` (a module's weights, another input).
+
+    >>> check_on_device("x", torch.zeros(2, device="meta"), torch.device("cpu"))
+    Traceback (most recent call last):
+    ...
+    ValueError: x must be on cpu (the device of the model), got x on meta
+    """
+    check_tensor(name, t)
+    _check_device(name, t, device, of)
 
 
 def check_module_input(name: str, t: Any, weight: torch.Tensor, shape: Sequence[int | None],
