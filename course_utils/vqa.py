@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .attention import AdditiveAttention
 from .captioning import GridEncoder, SyncEvery
@@ -50,7 +51,7 @@ from .checks import (
     check_token_ids,
     describe,
 )
-from .datasets.questions import VQADataset
+from .datasets.questions import VQADataset, make_question_splits
 from .positional import LearnedPositionalEmbedding
 from .precision import MixedPrecision
 from .runtime import get_device
@@ -59,6 +60,7 @@ from .transformer import TransformerDecoderLayer
 
 __all__ = [
     "MODELS",
+    "SETTINGS",
     "BlindVQA",
     "PooledVQA",
     "QuestionEncoder",
@@ -70,7 +72,9 @@ __all__ = [
     "confusion_matrix",
     "evaluate",
     "grounding_score",
+    "load_datasets",
     "per_kind_accuracy",
+    "settings_job",
     "train_jobs",
     "train_vqa",
 ]
@@ -436,20 +440,24 @@ def _worker_init(data: VQADataset | dict[str, VQADataset]) -> None:
     _WORKER_DATA = data
 
 
-def _run_job(job: VQAJob, data: VQADataset | None = None, in_worker: bool = False):
+def _run_job(job: VQAJob, data: VQADataset | None = None, in_worker: bool = False, progress: bool = True):
     data = _data_for(job, data if data is not None else _WORKER_DATA)
     model = _model_for(job, data)
     device = torch.device("cpu") if in_worker else get_device()
     t0 = time.perf_counter()
     history = train_vqa(model.to(device), data, job.steps, job.batch_size, job.lr, job.seed,
                         job.warmup, job.weight_decay, desc=job.name,
-                        progress=False if in_worker else None)
+                        progress=False if in_worker or not progress else None)
     seconds = time.perf_counter() - t0
     if in_worker:  # send the weights back as bytes
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         return buf.getvalue(), dict(history), history.interrupted, seconds
     return TrainedJob(model, history, seconds)
+
+
+def _run_in_worker(job: VQAJob):
+    return _run_job(job, None, True)
 
 
 def _shareable(data: VQADataset) -> VQADataset:
@@ -459,15 +467,16 @@ def _shareable(data: VQADataset) -> VQADataset:
 
 
 def train_jobs(jobs: Sequence[VQAJob], data: VQADataset | Mapping[str, VQADataset],
-               workers: int = 1) -> dict[str, TrainedJob]:
+               workers: int = 1, progress: bool = True) -> dict[str, TrainedJob]:
     """Train every job; with ``workers > 1``, that many at a time, one process per CPU core.
 
     ``data`` is one training set, or several by name (``{"easy-VQA": ..., "relational": ...}``),
     each job then naming its own in ``job.dataset``. Each job is seeded by itself (weights and
     batches), so a model comes out the same whether it is trained here with one thread or in a
     worker; only the wall-clock time changes. With several workers the jobs go out longest
-    first and no progress bars are shown. On a GPU, or with ``workers=1``, they run one after
-    the other in this process.
+    first, and one progress bar counts the models finished (``progress=False``: none). On a
+    GPU, or with ``workers=1``, they run one after the other in this process, each with its
+    own progress bar.
     """
     if isinstance(jobs, (str, VQAJob)) or not isinstance(jobs, Sequence) or not jobs \
             or not all(isinstance(j, VQAJob) for j in jobs):
@@ -476,13 +485,14 @@ def train_jobs(jobs: Sequence[VQAJob], data: VQADataset | Mapping[str, VQADatase
     if len(set(names)) != len(names):
         raise ValueError(f"job names must be unique, got {names}")
     check_positive_int("workers", workers)
+    check_bool("progress", progress)
     if not isinstance(data, VQADataset) and not (
             isinstance(data, Mapping) and data and all(isinstance(d, VQADataset) for d in data.values())):
         raise TypeError(f"data must be a VQADataset or a dict of them by name, got {describe(data)}")
     for job in jobs:
         _data_for(job, data)  # every job's dataset is there, before anything runs
     if workers == 1 or len(jobs) == 1 or get_device().type != "cpu":
-        return {j.name: _run_job(j, _data_for(j, data)) for j in jobs}
+        return {j.name: _run_job(j, _data_for(j, data), progress=progress) for j in jobs}
     cost = {"blind": 0.3, "concat": 1.0, "product": 1.0, "attention": 1.2, "transformer": 2.0}
 
     def work(job: VQAJob) -> float:  # a rough cost: steps × batch × per-sample cost × pixels
@@ -493,7 +503,9 @@ def train_jobs(jobs: Sequence[VQAJob], data: VQADataset | Mapping[str, VQADatase
     shared = _shareable(data) if isinstance(data, VQADataset) else {k: _shareable(d) for k, d in data.items()}
     ctx = torch.multiprocessing.get_context("spawn")  # not fork: a forked OpenMP runtime can hang
     with ctx.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(shared,)) as pool:
-        outputs = pool.starmap(_run_job, [(j, None, True) for j in order], chunksize=1)
+        running = pool.imap(_run_in_worker, order, chunksize=1)  # results in the order sent
+        outputs = list(tqdm(running, total=len(order), desc=f"{len(order)} models, {workers} at a time",
+                            unit="model", disable=not progress))
     results = {}
     for job, (weights, hist, interrupted, seconds) in zip(order, outputs, strict=True):
         model = _model_for(job, _data_for(job, data))
@@ -502,6 +514,96 @@ def train_jobs(jobs: Sequence[VQAJob], data: VQADataset | Mapping[str, VQADatase
         history.interrupted = interrupted
         results[job.name] = TrainedJob(model.eval(), history, seconds)
     return {j.name: results[j.name] for j in jobs}
+
+
+# ---------------------------------------------------------------------------------------------
+# The notebook's settings (shared with scripts/tune_vqa_baselines.py)
+# ---------------------------------------------------------------------------------------------
+
+_REL_ENCODER = {"channels": 16, "pos_init": "sincos"}  # 32×32 scenes, 8×8 cells
+_EASY_ENCODER = {"channels": 16, "stem": 4, "context": 1}  # 64×64 images, shapes wider than a cell
+
+
+def _models(encoder: dict, grid: dict, transformer: bool, hops: tuple[int, ...]) -> dict[str, dict]:
+    small = {"dim": 64, "hidden": 128}
+    out = {
+        "blind": {"model": "blind", "kwargs": dict(small)},
+        "concat": {"model": "concat", "kwargs": {**small, **grid, "encoder": encoder}},
+        "product": {"model": "product", "kwargs": {**small, **grid, "encoder": encoder}},
+    }
+    for h in hops:
+        out[f"attention-{h}"] = {"model": "attention",
+                                 "kwargs": {**small, "attn_dim": 64, "hops": h, **grid, "encoder": encoder}}
+    if transformer:
+        out["transformer"] = {"model": "transformer",
+                              "kwargs": {"d_model": 64, "nhead": 4, "num_layers": 2, "dim_feedforward": 128,
+                                         **grid, "encoder": encoder}}
+    return out
+
+
+#: Notebook 13's budget and models, per dataset: every model gets the same ``steps`` of
+#: ``batch_size`` questions and the same warm-up; ``lr`` is each model's own learning rate,
+#: chosen on the validation split by ``scripts/tune_vqa_baselines.py`` (best mean over its seeds).
+SETTINGS: dict[str, dict] = {
+    "relational": {
+        "steps": 2000, "batch_size": 64, "warmup": 100,
+        "sizes": {"n_train": 12000, "n_valid": 1000, "n_test": 2000, "n_compositional": 1000},
+        "models": _models(_REL_ENCODER, {}, transformer=True, hops=(1, 2)),
+        "lr": {"blind": 3e-3, "concat": 3e-3, "product": 1e-3, "attention-1": 1e-3, "attention-2": 1e-3,
+               "transformer": 1e-3},
+    },
+    "easy-VQA": {
+        "steps": 1500, "batch_size": 64, "warmup": 100,
+        "sizes": {},
+        "models": _models(_EASY_ENCODER, {"grid": 4}, transformer=False, hops=(1,)),
+        "lr": {"blind": 1e-3, "concat": 1e-3, "product": 1e-3, "attention-1": 1e-3},
+    },
+}
+
+
+def settings_job(dataset: str, name: str, seed: int = 0, lr: float | None = None,
+                 steps: int | None = None) -> VQAJob:
+    """The job that trains model ``name`` of :data:`SETTINGS` on ``dataset``: its budget, its
+    size and (unless ``lr`` is given) its tuned learning rate; ``steps`` overrides the budget
+    (fast mode).
+
+    >>> job = settings_job("relational", "attention-2", seed=1)
+    >>> job.model, job.model_kwargs["hops"], job.steps == SETTINGS["relational"]["steps"], job.dataset
+    ('attention', 2, True, 'relational')
+    """
+    check_one_of("dataset", dataset, tuple(SETTINGS))
+    settings = SETTINGS[dataset]
+    check_one_of("name", name, tuple(settings["models"]))
+    check_int("seed", seed, low=0)
+    if lr is not None:
+        check_real("lr", lr, 0.0, low_open=True)
+    if steps is not None:
+        check_positive_int("steps", steps)
+    steps = settings["steps"] if steps is None else steps
+    base = settings["models"][name]
+    return VQAJob(f"{dataset}|{name}|seed {seed}", base["model"], steps,
+                  lr=settings["lr"][name] if lr is None else lr, seed=seed,
+                  batch_size=settings["batch_size"], warmup=min(settings["warmup"], steps - 1),
+                  model_kwargs=base["kwargs"], dataset=dataset)
+
+
+def load_datasets(dataset: str, **sizes: int) -> dict[str, VQADataset]:
+    """The splits of ``dataset`` as the notebook uses them: ``"easy-VQA"`` (train / valid / test,
+    read from the installed package) or ``"relational"`` (train / valid / test / compositional,
+    generated from seed 0 with :data:`SETTINGS`' sizes, which ``sizes`` may override).
+
+    >>> data = load_datasets("relational", n_train=8, n_valid=4, n_test=4, n_compositional=4)
+    >>> sorted(data), len(data["train"])
+    (['compositional', 'test', 'train', 'valid'], 8)
+    """
+    check_one_of("dataset", dataset, tuple(SETTINGS))
+    if dataset == "easy-VQA":
+        if sizes:
+            raise ValueError(f"easy-VQA has fixed sizes; got sizes {sorted(sizes)}")
+        from .datasets.easy_vqa import load_easy_vqa_splits
+
+        return load_easy_vqa_splits()
+    return make_question_splits(seed=0, **{**SETTINGS[dataset]["sizes"], **sizes})
 
 
 # ---------------------------------------------------------------------------------------------
