@@ -43,14 +43,19 @@ from course_utils import decoding
 from course_utils.attention import AdditiveAttention, MultiHeadAttention
 from course_utils.checks import (
     check_bool,
+    check_device,
+    check_instance,
     check_int,
+    check_int_tensor,
     check_non_negative_int,
     check_one_of,
+    check_optional_sizes,
+    check_padding_mask,
     check_positive_int,
     check_probability,
     check_real,
     check_sequence_of_str,
-    check_tensor,
+    check_str,
     check_token_ids,
     describe,
 )
@@ -135,11 +140,19 @@ def _check_id_lists(src_ids: object, tgt_ids: object) -> None:
         if isinstance(ids, (str, torch.Tensor)) or not isinstance(ids, Sequence) or not ids:
             raise TypeError(f"{name} must be a non-empty list of id lists (one per sentence), "
                             f"got {describe(ids)}")
-        bad = next((i for i, x in enumerate(ids) if isinstance(x, str) or not isinstance(x, Sequence)), None)
+        bad = next((i for i, x in enumerate(ids)
+                    if isinstance(x, str) or not isinstance(x, Sequence)), None)
         if bad is not None:
             raise TypeError(f"{name}[{bad}] must be a list of token ids, got {describe(ids[bad])}")
-    if len(src_ids) != len(tgt_ids):  # type: ignore[arg-type]
-        raise ValueError(f"need as many sources as targets, got {len(src_ids)} and {len(tgt_ids)}")  # type: ignore[arg-type]
+    n_src, n_tgt = len(src_ids), len(tgt_ids)  # type: ignore[arg-type]
+    if n_src != n_tgt:
+        raise ValueError(f"need as many sources as targets, got {n_src} src_ids and {n_tgt} "
+                         "tgt_ids")
+
+
+def _check_vocabs(**vocabs: object) -> None:
+    for name, v in vocabs.items():
+        check_instance(name, v, Vocab)
 
 
 class BatchIterator:
@@ -158,8 +171,10 @@ class BatchIterator:
                  src_vocab: Vocab, tgt_vocab: Vocab, batch_size: int = 64, seed: int = 0,
                  pool: int = 50) -> None:
         _check_id_lists(src_ids, tgt_ids)
+        _check_vocabs(src_vocab=src_vocab, tgt_vocab=tgt_vocab)
         check_positive_int("batch_size", batch_size)
         check_positive_int("pool", pool)
+        check_non_negative_int("seed", seed)
         self.src_ids, self.tgt_ids = list(src_ids), list(tgt_ids)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.batch_size, self.pool = batch_size, pool
@@ -192,16 +207,20 @@ def _check_sizes(**sizes: int) -> None:
         check_positive_int(name, n)
 
 
-def _check_source(src: torch.Tensor, src_pad: torch.Tensor, vocab_size: int) -> None:
-    """``src (B, S)`` token ids below ``vocab_size``, ``src_pad`` its bool padding mask, and no
-    sentence made only of padding (it has nothing to encode). Reading the ids' values costs a
-    device synchronisation, so on a GPU that part is left to :func:`translate` and the decoders."""
-    check_tensor("src", src, dims=2)
+def _check_pad_id(pad_id: int, src_vocab_size: int, tgt_vocab_size: int) -> None:
+    """The padding id is a token of both vocabularies (its embedding row stays zero)."""
+    check_int("pad_id", pad_id, low=0, high=min(src_vocab_size, tgt_vocab_size) - 1)
+
+
+def _check_source(src: torch.Tensor, src_pad: torch.Tensor, embedding: nn.Embedding) -> None:
+    """``src (B, S)`` token ids of ``embedding``'s vocabulary on its device, ``src_pad`` its bool
+    padding mask, and no sentence made only of padding (it has nothing to encode). Reading the
+    ids' values costs a device synchronisation, so on a GPU that part is left to
+    :func:`translate` and the decoders."""
+    check_int_tensor("src", src, dims=2, device=embedding.weight.device)
     if src.device.type == "cpu" or not torch.is_grad_enabled():
-        check_token_ids("src", src, vocab_size)
-    if not isinstance(src_pad, torch.Tensor) or src_pad.dtype != torch.bool or src_pad.shape != src.shape:
-        raise TypeError(f"src_pad must be a bool tensor of src's shape {tuple(src.shape)} (True = "
-                        f"padding), got {describe(src_pad)}")
+        check_token_ids("src", src, embedding.num_embeddings)
+    check_padding_mask("src_pad", src_pad, *src.shape, device=src.device, source="src")
     if src.device.type == "cpu" or not torch.is_grad_enabled():
         empty = src_pad.all(dim=1)
         if bool(empty.any()):
@@ -210,14 +229,15 @@ def _check_source(src: torch.Tensor, src_pad: torch.Tensor, vocab_size: int) -> 
                              "(a sentence ends with <eos>, so even an empty one has one)")
 
 
-def _check_target(tgt_in: torch.Tensor, src: torch.Tensor, vocab_size: int) -> None:
-    """``tgt_in (B, T)``: target ids below ``vocab_size``, one row per source sentence."""
-    check_tensor("tgt_in", tgt_in, dims=2)
+def _check_target(tgt_in: torch.Tensor, src: torch.Tensor, embedding: nn.Embedding) -> None:
+    """``tgt_in (B, T)``: target ids of ``embedding``'s vocabulary on its device, one row per
+    source sentence."""
+    check_int_tensor("tgt_in", tgt_in, dims=2, device=embedding.weight.device)
     if tgt_in.device.type == "cpu" or not torch.is_grad_enabled():
-        check_token_ids("tgt_in", tgt_in, vocab_size)
+        check_token_ids("tgt_in", tgt_in, embedding.num_embeddings)
     if isinstance(src, torch.Tensor) and src.dim() == 2 and tgt_in.size(0) != src.size(0):
-        raise ValueError(f"tgt_in must have one row per source sentence ({src.size(0)}), got "
-                         f"{describe(tgt_in)}")
+        raise ValueError(f"tgt_in must have one row per source sentence (src has {src.size(0)} "
+                         f"rows), got {describe(tgt_in)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,10 +268,12 @@ class GRUSeq2Seq(nn.Module):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, emb_dim: int = 128,
                  enc_hidden: int = 128, dec_hidden: int = 256, attention: bool = True,
                  attn_dim: int | None = None, dropout: float = 0.1, pad_id: int = 0) -> None:
-        _check_sizes(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, emb_dim=emb_dim,
-                     enc_hidden=enc_hidden, dec_hidden=dec_hidden, attn_dim=attn_dim or 1)
+        _check_sizes(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
+                     emb_dim=emb_dim, enc_hidden=enc_hidden, dec_hidden=dec_hidden)
+        check_optional_sizes(attn_dim=attn_dim)
         check_bool("attention", attention)
         check_probability("dropout", dropout)
+        _check_pad_id(pad_id, src_vocab_size, tgt_vocab_size)
         super().__init__()
         self.attention = attention
         self.pad_id = pad_id
@@ -269,7 +291,7 @@ class GRUSeq2Seq(nn.Module):
     # -- encoder --
     def encode(self, src: torch.Tensor, src_pad: torch.Tensor) -> dict[str, torch.Tensor]:
         """``src (B, S)`` → annotations ``(B, S, 2He)``, summary ``c (B, 2He)``, projected keys."""
-        _check_source(src, src_pad, self.src_emb.num_embeddings)
+        _check_source(src, src_pad, self.src_emb)
         lengths = (~src_pad).sum(1).cpu()
         x = self.drop(self.src_emb(src))  # (B, S, E)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -306,7 +328,8 @@ class GRUSeq2Seq(nn.Module):
 
     def forward(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor,
                 return_attention: bool = False):
-        _check_target(tgt_in, src, self.tgt_emb.num_embeddings)
+        check_bool("return_attention", return_attention)
+        _check_target(tgt_in, src, self.tgt_emb)
         memory = self.encode(src, src_pad)
         logits, _, weights = self._decode(tgt_in, self.init_state(memory), memory)
         return (logits, weights) if return_attention else logits
@@ -344,9 +367,11 @@ class TransformerSeq2Seq(nn.Module):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 128,
                  nhead: int = 4, num_layers: int = 3, dim_feedforward: int = 256,
                  dropout: float = 0.1, max_len: int = 256, pad_id: int = 0) -> None:
-        _check_sizes(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, d_model=d_model,
-                     nhead=nhead, num_layers=num_layers, dim_feedforward=dim_feedforward, max_len=max_len)
+        _check_sizes(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
+                     d_model=d_model, nhead=nhead, num_layers=num_layers,
+                     dim_feedforward=dim_feedforward, max_len=max_len)
         check_probability("dropout", dropout)
+        _check_pad_id(pad_id, src_vocab_size, tgt_vocab_size)
         super().__init__()
         self.d_model, self.pad_id = d_model, pad_id
         self.src_emb = nn.Embedding(src_vocab_size, d_model, padding_idx=pad_id)
@@ -373,7 +398,7 @@ class TransformerSeq2Seq(nn.Module):
 
     def encode(self, src: torch.Tensor, src_pad: torch.Tensor) -> dict[str, torch.Tensor]:
         """``src (B, S)`` → the encoder's output ``memory (B, S, D)`` and the padding mask."""
-        _check_source(src, src_pad, self.src_emb.num_embeddings)
+        _check_source(src, src_pad, self.src_emb)
         x = self.pos(self.src_emb(src) * math.sqrt(self.d_model))  # (B, S, D)
         return {"memory": self.encoder(x, src_key_padding_mask=src_pad), "src_pad": src_pad}
 
@@ -384,7 +409,7 @@ class TransformerSeq2Seq(nn.Module):
         return self.generator(h)  # (B, T, V)
 
     def forward(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        _check_target(tgt_in, src, self.tgt_emb.num_embeddings)
+        _check_target(tgt_in, src, self.tgt_emb)
         return self._decode(tgt_in, self.encode(src, src_pad))
 
     def init_state(self, memory: dict[str, torch.Tensor], max_len: int | None = None,
@@ -482,6 +507,16 @@ def _check_special_ids(**ids: int) -> None:
         check_non_negative_int(name, i)
 
 
+def _check_model(model: object) -> None:
+    """A model the decoders can drive: a module with ``encode``, ``init_state``, ``step`` and
+    ``reorder_state`` (:class:`GRUSeq2Seq`, :class:`TransformerSeq2Seq`)."""
+    methods = ("encode", "init_state", "step", "reorder_state")
+    if not isinstance(model, nn.Module) or not all(callable(getattr(model, m, None))
+                                                   for m in methods):
+        raise TypeError("model must be a translation model (GRUSeq2Seq, TransformerSeq2Seq, or a "
+                        f"module with {', '.join(methods)}), got {describe(model)}")
+
+
 @torch.no_grad()
 def greedy_decode(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor, max_len: int,
                   bos: int = 1, eos: int = 2, pad: int = 0, use_cache: bool = True
@@ -493,6 +528,7 @@ def greedy_decode(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor, ma
     never emitted. ``use_cache`` (the transformer): decode with a KV cache, or re-read the
     prefix at every step (the same tokens, more work).
     """
+    _check_model(model)
     check_positive_int("max_len", max_len)
     check_bool("use_cache", use_cache)
     _check_special_ids(bos=bos, eos=eos, pad=pad)
@@ -516,6 +552,7 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor, beam
     divides the log-probability by the GNMT length penalty ``((5 + |y|) / 6) ** length_penalty``
     (Wu et al. 2016). ``beam_width=1`` is greedy decoding.
     """
+    _check_model(model)
     check_positive_int("beam_width", beam_width)
     check_positive_int("max_len", max_len)
     check_real("length_penalty", length_penalty, 0.0)
@@ -540,10 +577,13 @@ def translate(model: nn.Module, sentences: Sequence[str], src_vocab: Vocab, tgt_
     ``batch_size`` sentences of similar length, and at most ``max_len_factor`` × its length + 5
     words long.
     """
+    _check_model(model)
     check_sequence_of_str("sentences", sentences, allow_empty=True)
+    _check_vocabs(src_vocab=src_vocab, tgt_vocab=tgt_vocab)
     check_positive_int("beam_width", beam_width)
     check_positive_int("batch_size", batch_size)
     check_real("max_len_factor", max_len_factor, 0.0, low_open=True)
+    device = check_device("device", device)
     model.eval()
     out: list[str | None] = [None] * len(sentences)
     order = sorted(range(len(sentences)), key=lambda i: len(tokenize(sentences[i])))
@@ -569,6 +609,18 @@ def translate(model: nn.Module, sentences: Sequence[str], src_vocab: Vocab, tgt_
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_training_inputs(model: object, batches: object, num_steps: object, pad_id: object,
+                           progress: object) -> None:
+    check_instance("model", model, nn.Module)
+    if not isinstance(batches, Iterator):
+        raise TypeError("batches must be an iterator of Batch (a BatchIterator, or iter(list)), "
+                        f"got {describe(batches)}")
+    check_positive_int("num_steps", num_steps)
+    check_non_negative_int("pad_id", pad_id)
+    if progress is not None:
+        check_bool("progress", progress)
+
+
 def train_seq2seq(model: nn.Module, batches: Iterator[Batch], num_steps: int, lr: float = 1e-3,
                   warmup: int = 100, clip: float = 1.0, label_smoothing: float = 0.0,
                   device: torch.device | str = "cpu", desc: str = "training",
@@ -582,11 +634,12 @@ def train_seq2seq(model: nn.Module, batches: Iterator[Batch], num_steps: int, lr
     Returns the :func:`course_utils.training.train_steps` history (``loss`` per step, the
     per-token cross-entropy without label smoothing, so the models compare).
     """
+    _check_training_inputs(model, batches, num_steps, pad_id, progress)
     check_real("lr", lr, 0.0, low_open=True)
     check_non_negative_int("warmup", warmup)
     check_real("clip", clip, 0.0, low_open=True)
     check_real("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
-    device = torch.device(device)
+    device = check_device("device", device)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     mp = MixedPrecision(device, enabled=device.type == "cuda")
@@ -649,10 +702,35 @@ class TranslationJob:
     batch_size: int = 64
     sizes: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_str("name", self.name, allow_empty=False)
+        check_one_of("kind", self.kind, MODEL_KINDS)
+        check_positive_int("steps", self.steps)
+        check_real("lr", self.lr, 0.0, low_open=True)
+        check_non_negative_int("warmup", self.warmup)
+        check_real("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        check_non_negative_int("seed", self.seed)
+        check_positive_int("batch_size", self.batch_size)
+        _check_job_sizes(self.sizes)
+
+
+SIZE_KEYS = ("emb", "enc", "dec", "d_model", "layers", "ff", "heads", "max_len")
+
+
+def _check_job_sizes(sizes: object) -> None:
+    """``sizes``: a dict of positive ints under the names :func:`build_model` reads (a typo
+    such as ``layer=4`` would otherwise build the default size without a word)."""
+    if not isinstance(sizes, dict):
+        raise TypeError(f"sizes must be a dict such as dict(d_model=128, layers=2), got "
+                        f"{describe(sizes)}")
+    for key, n in sizes.items():
+        check_one_of("a key of sizes", key, SIZE_KEYS)
+        check_positive_int(f"sizes[{key!r}]", n)
+
 
 def build_model(job: TranslationJob, src_vocab_size: int, tgt_vocab_size: int) -> nn.Module:
     """A fresh model for ``job``, its weights drawn with ``job.seed`` (no dropout)."""
-    check_one_of("job.kind", job.kind, MODEL_KINDS)
+    check_instance("job", job, TranslationJob)
     torch.manual_seed(job.seed)
     z = job.sizes
     if job.kind == "transformer":
@@ -673,6 +751,10 @@ class TranslationData:
     tgt_ids: list[list[int]]
     src_vocab: Vocab
     tgt_vocab: Vocab
+
+    def __post_init__(self) -> None:
+        _check_id_lists(self.src_ids, self.tgt_ids)
+        _check_vocabs(src_vocab=self.src_vocab, tgt_vocab=self.tgt_vocab)
 
 
 @dataclass
@@ -712,6 +794,17 @@ def _run_job(job: TranslationJob, data: TranslationData | None = None, device: s
     return TrainedModel(model, history, seconds)
 
 
+def _check_jobs(jobs: object) -> None:
+    """A non-empty list of :class:`TranslationJob` with distinct names."""
+    if isinstance(jobs, (str, TranslationJob)) or not isinstance(jobs, Sequence) or not jobs:
+        raise TypeError(f"jobs must be a non-empty list of TranslationJob, got {describe(jobs)}")
+    for i, job in enumerate(jobs):
+        check_instance(f"jobs[{i}]", job, TranslationJob)
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"job names must be unique, got {names}")
+
+
 def train_jobs(jobs: Sequence[TranslationJob], data: TranslationData, workers: int = 1,
                device: torch.device | str = "cpu") -> dict[str, TrainedModel]:
     """Train every job; on the CPU with ``workers > 1``, that many at a time, one process per core.
@@ -722,13 +815,10 @@ def train_jobs(jobs: Sequence[TranslationJob], data: TranslationData, workers: i
     bar counts finished jobs. On a GPU, or with ``workers=1``, they run one after the other in
     this process.
     """
-    if isinstance(jobs, TranslationJob) or not isinstance(jobs, Sequence) or not jobs:
-        raise TypeError(f"jobs must be a non-empty list of TranslationJob, got {describe(jobs)}")
-    names = [j.name for j in jobs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"job names must be unique, got {names}")
+    _check_jobs(jobs)
+    check_instance("data", data, TranslationData)
     check_positive_int("workers", workers)
-    device = torch.device(device)
+    device = check_device("device", device)
     if workers == 1 or len(jobs) == 1 or device.type != "cpu":
         return {j.name: _run_job(j, data, str(device)) for j in jobs}
     cost = {"gru": 1.0, "attn": 1.25, "transformer": 1.1}  # measured seconds per step, relative

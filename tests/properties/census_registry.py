@@ -1636,7 +1636,9 @@ def _job(**kw):
                               sizes=dict(d_model=8, layers=1, ff=16, heads=2), **kw)
 
 
-@entry("course_utils.seq2seq.TranslationJob", accept={"name:*": FREE_TEXT, "seed:zero": ANY_SEED})
+@entry("course_utils.seq2seq.TranslationJob", accept={
+    "name:*": FREE_TEXT, "seed:zero": ANY_SEED, "warmup:zero": "no warm-up",
+    "sizes:empty": "every size at the model's default"})
 def _():
     return Call(S2S.TranslationJob, "t", "transformer", steps=2, lr=1e-3, warmup=1,
                 label_smoothing=0.1, seed=1, batch_size=2,
@@ -2660,6 +2662,9 @@ _check(CH.check_optional_sizes, values=(), kdim=4, vdim=None)
 _check(CH.check_dtype, "dtype", torch.float32, floating=True, values=("dtype",))
 _check(CH.check_instances, values=(), cache=(torch.zeros(2), torch.Tensor))
 _check(CH.check_callable, "fn", len, values=("fn",))
+_check(CH.check_on_device, "t", torch.zeros(2, 3), torch.device("cpu"), of="the model",
+       values=("t",), accept={"t:int dtype,t:float64,t:empty,t:rank*,t:size":
+                              "any tensor on the device; the rest is not its check"})
 _check(CH.check_optional_padding_mask, "mask", torch.zeros(2, 3, dtype=torch.bool),
        torch.zeros(2, 3, 8), values=("mask",),
        accept={"mask:None": "no padding", "mask:meta": "the device is checked, not the values"})

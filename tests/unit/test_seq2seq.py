@@ -13,9 +13,11 @@ from course_utils.seq2seq import (
     TransformerSeq2Seq,
     beam_search,
     bleu_by_length,
+    build_model,
     corpus_bleu,
     greedy_decode,
     make_batch,
+    train_jobs,
     train_seq2seq,
     translate,
 )
@@ -192,6 +194,102 @@ def test_transformer_constructor_checks():
 def test_batches_bad_input(call, error, message):
     with pytest.raises(error, match=message):
         call(Vocab(["a", "b"]))
+
+
+def _job(**kw):
+    from course_utils.seq2seq import TranslationJob
+
+    return TranslationJob(**{"name": "t", "kind": "gru", "steps": 1, "lr": 1e-3, "warmup": 0,
+                             **kw})
+
+
+def _data(**kw):
+    from course_utils.seq2seq import TranslationData
+
+    v = Vocab(["a"])
+    return TranslationData(**{"src_ids": [[4]], "tgt_ids": [[4]], "src_vocab": v,
+                              "tgt_vocab": v, **kw})
+
+
+# One case per kind of mistake: the wrong kind of object where a model, a vocabulary, a job or
+# an iterator is expected; ids on another device than the model; a padding id that is no token;
+# a flag that is not a bool; a device that does not exist; a job or data set that is wrong when
+# it is made (not steps later, in a worker process).
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m, s, p: greedy_decode("model", s, p, max_len=4), TypeError,
+     "model must be a translation model .* got str 'model'"),
+    (lambda m, s, p: beam_search(None, s, p, 2, 4), TypeError, "model must be a translation model"),
+    (lambda m, s, p: translate(m, ["e1"], "vocab", _tiny_vocabs()[1]), TypeError,
+     "src_vocab must be a course_utils.datasets.vocab.Vocab, got str"),
+    (lambda m, s, p: BatchIterator([[4]], [[4]], Vocab(["a"]), None), TypeError,
+     "tgt_vocab must be a course_utils.datasets.vocab.Vocab, got NoneType"),
+    (lambda m, s, p: m(s.to("meta"), p, s), ValueError, "src must be on cpu .* got src on meta"),
+    (lambda m, s, p: m(s, p.to("meta"), s), ValueError, "src_pad must be on cpu"),
+    (lambda m, s, p: m(s, p, s.to("meta")), ValueError, "tgt_in must be on cpu"),
+    (lambda m, s, p: m(s[:0], p[:0], s), ValueError,
+     r"tgt_in must have one row per source sentence \(src has 0 rows\)"),
+    (lambda m, s, p: translate(m, ["e1"], *_tiny_vocabs(), device="gpu"), ValueError,
+     "device must be a device such as 'cpu'"),
+    (lambda m, s, p: translate(m, ["e1"], *_tiny_vocabs(), device=None), TypeError,
+     "device must be a device such as 'cpu' or 'cuda', got None"),
+])
+def test_wrong_objects_and_devices_get_a_clear_error(call, error, message):
+    model = models()["transformer"].eval()
+    src, pad, _ = batch()
+    with pytest.raises(error, match=message):
+        call(model, src, pad)
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: GRUSeq2Seq(SV, TV, pad_id=-1), ValueError, r"pad_id must be an int in \[0, 22\]"),
+    (lambda: TransformerSeq2Seq(SV, TV, pad_id=SV), ValueError, "pad_id must be an int in"),
+    (lambda: TransformerSeq2Seq(SV, TV, pad_id=None), TypeError, "pad_id must be an int"),
+    (lambda: GRUSeq2Seq(SV, TV, attn_dim=0), ValueError, "attn_dim must be a positive int"),
+    (lambda: models()["attn"](*batch()[:2], batch()[0], return_attention="no"), TypeError,
+     "return_attention must be True or False"),
+    (lambda: BatchIterator([[4]], [[4]], Vocab(["a"]), Vocab(["a"]), seed=None), ValueError,
+     "seed must be a non-negative int, got None"),
+    (lambda: _job(kind="lstm"), ValueError, "kind must be one of 'gru', 'attn', 'transformer'"),
+    (lambda: _job(steps=0), ValueError, "steps must be a positive int, got 0"),
+    (lambda: _job(lr="1e-3"), TypeError, "lr must be a real number, got str"),
+    (lambda: _job(warmup=-1), ValueError, "warmup must be a non-negative int"),
+    (lambda: _job(label_smoothing=None), TypeError, "label_smoothing must be a real number"),
+    (lambda: _job(seed=1.5), ValueError, "seed must be a non-negative int, got 1.5"),
+    (lambda: _job(batch_size=0), ValueError, "batch_size must be a positive int"),
+    (lambda: _job(sizes="small"), TypeError, "sizes must be a dict"),
+    (lambda: _job(sizes=dict(layer=2)), ValueError,
+     "a key of sizes must be one of 'emb', .* got 'layer'"),
+    (lambda: _job(sizes=dict(heads=0)), ValueError, r"sizes\['heads'\] must be a positive int"),
+    (lambda: _data(src_ids=[]), TypeError, "src_ids must be a non-empty list of id lists"),
+    (lambda: _data(tgt_ids="ab"), TypeError, "tgt_ids must be a non-empty list of id lists"),
+    (lambda: _data(src_vocab=None), TypeError, "src_vocab must be a .*Vocab, got NoneType"),
+])
+def test_models_jobs_and_data_check_their_settings_when_made(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m, it: train_seq2seq("model", it, 1), TypeError, "model must be a torch.nn.Module"),
+    (lambda m, it: train_seq2seq(m, [it], 1), TypeError, "batches must be an iterator of Batch"),
+    (lambda m, it: train_seq2seq(m, it, 0), ValueError, "num_steps must be a positive int, got 0"),
+    (lambda m, it: train_seq2seq(m, it, 1, pad_id=-1), ValueError,
+     "pad_id must be a non-negative int"),
+    (lambda m, it: train_seq2seq(m, it, 1, progress="no"), TypeError,
+     "progress must be True or False"),
+    (lambda m, it: train_seq2seq(m, it, 1, device=""), ValueError,
+     "device must be a device such as 'cpu'"),
+    (lambda m, it: build_model("gru", 5, 5), TypeError,
+     "job must be a course_utils.seq2seq.TranslationJob, got str"),
+    (lambda m, it: train_jobs(["t"], _data()),
+     TypeError, r"jobs\[0\] must be a course_utils.seq2seq.TranslationJob, got str"),
+    (lambda m, it: train_jobs([_job()], None),
+     TypeError, "data must be a course_utils.seq2seq.TranslationData, got NoneType"),
+])
+def test_training_wrong_objects(call, error, message):
+    v = Vocab(["a"])
+    with pytest.raises(error, match=message):
+        call(models()["gru"], BatchIterator([[4]], [[4]], v, v))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -573,8 +671,8 @@ def test_train_jobs_bad_input():
         train_jobs(job, _reverse_data())
     with pytest.raises(ValueError, match="workers must be a positive int"):
         train_jobs([job], _reverse_data(), workers=0)
-    with pytest.raises(ValueError, match="job.kind must be one of 'gru', 'attn', 'transformer'"):
-        train_jobs([TranslationJob("x", "lstm", steps=1, lr=1e-3, warmup=0)], _reverse_data())
+    with pytest.raises(ValueError, match="kind must be one of 'gru', 'attn', 'transformer'"):
+        TranslationJob("x", "lstm", steps=1, lr=1e-3, warmup=0)  # refused when it is made
 
 
 @pytest.mark.slow
