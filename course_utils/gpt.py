@@ -34,11 +34,17 @@ from course_utils.attention import MultiHeadAttention
 from course_utils.checks import (
     check_bool,
     check_float_tensor,
+    check_instance,
+    check_int_tensor,
+    check_like_module,
     check_non_negative_int,
+    check_on_device,
     check_one_of,
     check_positive_int,
     check_probability,
     check_real,
+    check_shape,
+    check_str,
     check_tensor,
     check_token_ids,
     describe,
@@ -99,6 +105,7 @@ class LayerNorm(nn.Module):
         super().__init__()
         check_positive_int("dim", dim)
         check_real("eps", eps, 0.0, low_open=True)
+        check_bool("bias", bias)
         self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim))  # γ
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None  # β
@@ -107,7 +114,7 @@ class LayerNorm(nn.Module):
         return f"{self.dim}, eps={self.eps}, bias={self.bias is not None}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_last_dim("x", x, self.dim)
+        _check_last_dim("x", x, self.weight)
         mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
         var = (x - mean).pow(2).mean(dim=-1, keepdim=True)  # (..., 1), biased
         y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
@@ -138,16 +145,18 @@ class RMSNorm(nn.Module):
         return f"{self.dim}, eps={self.eps}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_last_dim("x", x, self.dim)
+        _check_last_dim("x", x, self.weight)
         x32 = x.float()
         rms_inv = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
         return self.weight * (x32 * rms_inv).to(x.dtype)
 
 
-def _check_last_dim(name: str, x: object, dim: int) -> None:
+def _check_last_dim(name: str, x: object, weight: torch.Tensor) -> None:
+    """A float tensor ``(..., E)`` on the device of a layer whose ``weight`` is ``(E,)``."""
     check_float_tensor(name, x, min_dims=1)
-    if x.size(-1) != dim:
-        raise ValueError(f"{name} must have last dim {dim}, got {describe(x)}")
+    check_on_device(name, x, weight.device)
+    if x.size(-1) != weight.size(-1):
+        raise ValueError(f"{name} must have last dim {weight.size(-1)}, got {describe(x)}")
 
 
 def make_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = True) -> nn.Module:
@@ -158,6 +167,7 @@ def make_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = True) -> nn.M
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's GELU: the tanh approximation ``0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))``."""
+    check_float_tensor("x", x)
     return F.gelu(x, approximate="tanh")
 
 
@@ -267,6 +277,7 @@ class GPTConfig:
         check_bool("norm_first", self.norm_first)
         check_one_of("positions", self.positions, POSITIONS)
         check_one_of("norm", self.norm, NORMS)
+        check_real("layer_norm_eps", self.layer_norm_eps, 0.0, low_open=True)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd must be divisible by n_head, got n_embd={self.n_embd} and "
                              f"n_head={self.n_head}")
@@ -469,6 +480,7 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str 
     """
     check_float_tensor("logits", logits, dims=3)
     check_tensor("targets", targets, dims=2)
+    check_on_device("targets", targets, logits.device, of="logits")
     check_token_ids("targets", targets, logits.size(-1))
     if targets.shape != logits.shape[:2]:
         raise ValueError(f"targets must have shape (B, T) = {tuple(logits.shape[:2])} of the logits, "
@@ -569,6 +581,7 @@ def gpt_to_hf(model: GPT, attn_implementation: str = "sdpa") -> nn.Module:
 
     if not isinstance(model, GPT):
         raise TypeError(f"model must be a course_utils.gpt.GPT, got {describe(model)}")
+    check_str("attn_implementation", attn_implementation, allow_empty=False)
     c = model.config
     _check_gpt2_like(c)
     hc = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
@@ -585,7 +598,16 @@ def gpt_to_hf(model: GPT, attn_implementation: str = "sdpa") -> nn.Module:
 
 def _check_hf_class(hf: object, name: str) -> None:
     if type(hf).__name__ != name:
-        raise TypeError(f"expected a transformers {name}, got {describe(hf)}")
+        raise TypeError(f"hf must be a transformers {name}, got {describe(hf)}")
+
+
+def _check_prompt(prompt: object, model: nn.Module) -> None:
+    """At least one row of token ids of ``model``'s vocabulary, on its device."""
+    weight = next(model.parameters())
+    check_int_tensor("prompt", prompt, dims=2, device=weight.device, what="(B, T0)")
+    if prompt.size(0) == 0:
+        raise ValueError(f"prompt must hold at least one sequence, got {describe(prompt)}")
+    check_token_ids("prompt", prompt, model.config.vocab_size)
 
 
 @torch.no_grad()
@@ -621,7 +643,7 @@ def generate(
 
     if not isinstance(model, (GPT, LlamaGPT)):
         raise TypeError(f"model must be a course_utils.gpt.GPT or LlamaGPT, got {describe(model)}")
-    check_tensor("prompt", prompt, dims=2)
+    _check_prompt(prompt, model)
     check_non_negative_int("max_new_tokens", max_new_tokens)
     check_bool("use_cache", use_cache)
     if key_padding_mask is not None and not isinstance(model, LlamaGPT):
@@ -709,6 +731,8 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_last_dim("x", x, self.gate_proj.weight)
+        check_like_module("x", x, self.gate_proj.weight)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (..., dim)
 
 
@@ -724,6 +748,7 @@ class LlamaBlock(nn.Module):
         from course_utils.attention import GroupedQueryAttention
         from course_utils.positional import RotaryEmbedding
 
+        check_instance("c", c, LlamaStyleConfig)
         self.norm1 = RMSNorm(c.n_embd, c.rms_norm_eps)
         self.self_attn = GroupedQueryAttention(
             c.n_embd, c.n_head, c.n_kv_head, bias=False, head_dim=c.head_dim,
@@ -777,15 +802,18 @@ class LlamaGPT(nn.Module):
 
     def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, cache=None) -> torch.Tensor:
-        check_tensor("tokens", tokens, dims=2)
+        check_int_tensor("tokens", tokens, dims=2, device=self.embed.weight.device)
         check_token_ids("tokens", tokens, self.config.vocab_size)
         b, t = tokens.shape
         offset = 0 if cache is None else cache.length(0)
         if key_padding_mask is not None:
             check_tensor("key_padding_mask", key_padding_mask, dims=2)
             if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (b, offset + t):
-                raise ValueError(f"key_padding_mask must be a bool (B, cached + T) = {(b, offset + t)} "
-                                 f"tensor (True = padding), got {describe(key_padding_mask)}")
+                raise ValueError(f"key_padding_mask must be a bool (B, cached + T) = "
+                                 f"{(b, offset + t)} tensor (True = padding) for tokens "
+                                 f"{tuple(tokens.shape)} after {offset} cached, got "
+                                 f"{describe(key_padding_mask)}")
+            check_on_device("key_padding_mask", key_padding_mask, tokens.device, of="tokens")
             if positions is None:
                 positions = self.default_positions(key_padding_mask)[:, offset:]
         elif positions is None:
@@ -883,6 +911,7 @@ def cosine_lr(step: int, lr: float, warmup: int, total: int, min_lr: float = 0.0
     [0.0001, 0.001, 0.001, 0.00055, 0.0001, 0.0001]
     """
     check_non_negative_int("step", step)
+    _check_lrs(lr, min_lr)
     check_non_negative_int("warmup", warmup)
     check_positive_int("total", total)
     if step < warmup:
@@ -891,6 +920,37 @@ def cosine_lr(step: int, lr: float, warmup: int, total: int, min_lr: float = 0.0
         return min_lr
     progress = (step - warmup) / max(1, total - warmup)  # 0 -> 1
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def _check_lrs(lr: object, min_lr: object) -> None:
+    """A learning rate > 0 and the floor of its decay, in [0, lr]."""
+    check_real("lr", lr, 0.0, low_open=True)
+    check_real("min_lr", min_lr, 0.0, lr)
+
+
+def _check_betas(betas: object) -> None:
+    """Adam's two decay rates, each in [0, 1)."""
+    if isinstance(betas, str) or not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair of real numbers in [0, 1) such as (0.9, 0.99), "
+                        f"got {describe(betas)}")
+    for i, beta in enumerate(betas):
+        check_real(f"betas[{i}]", beta, 0.0, 1.0, high_open=True)
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    """The vocabulary of a course model or a transformers model (``config.vocab_size``)."""
+    return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+def _check_token_batch(name: str, t: object, vocab_size: int | None, device: torch.device,
+                       dims: int = 2) -> None:
+    """Token ids (of ``vocab_size`` if known) on the CPU or on the model's ``device``."""
+    check_int_tensor(name, t, dims=dims)
+    if t.device not in (torch.device("cpu"), device):
+        raise ValueError(f"{name} must be on the CPU or on the model's device {device}, got "
+                         f"{name} on {t.device}")
+    if vocab_size is not None:
+        check_token_ids(name, t, vocab_size)
 
 
 def _logits_of(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -936,6 +996,9 @@ class LMTrainer:
         check_positive_int("total_steps", total_steps)
         check_non_negative_int("warmup", warmup)
         check_real("weight_decay", weight_decay, 0.0)
+        if min_lr is not None:
+            check_real("min_lr", min_lr, 0.0, lr)
+        _check_betas(betas)
         if grad_clip is not None:
             check_real("grad_clip", grad_clip, 0.0, low_open=True)
         self.model, self.lr, self.total_steps, self.warmup = model, lr, total_steps, warmup
@@ -958,6 +1021,10 @@ class LMTrainer:
         """One update on inputs ``x (B, T)`` and next-token targets ``y (B, T)``; returns the loss."""
         start = time.perf_counter()
         device = next(self.model.parameters()).device
+        vocab = _vocab_size(self.model)
+        _check_token_batch("x", x, vocab, device)
+        _check_token_batch("y", y, vocab, device)
+        check_shape("y", y, tuple(x.shape), what=f"{tuple(x.shape)}, the shape of x")
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # CPU batches, any device
         self.model.train()
         for group in self.optimizer.param_groups:
@@ -984,7 +1051,7 @@ def evaluate_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_s
 
     The whole held-out text, once, in order: the same number on every run (no sampling).
     """
-    total, count = _sum_losses(model, data, block_size, batch_size)
+    total, count = _sum_losses(model, data, block_size, batch_size, "block_size")
     return (total.sum() / count).item()
 
 
@@ -995,17 +1062,21 @@ def loss_by_position(model: nn.Module, data: torch.Tensor, length: int, batch_si
     Position ``t`` predicts its token from ``t`` tokens of context (the loss falls with ``t``
     while the model uses more context, and rises where it meets positions it never trained on).
     """
-    total, count = _sum_losses(model, data, length, batch_size)
+    total, count = _sum_losses(model, data, length, batch_size, "length")
     return total / (count / length)
 
 
-def _sum_losses(model: nn.Module, data: torch.Tensor, length: int, batch_size: int) -> tuple[torch.Tensor, int]:
+def _sum_losses(model: nn.Module, data: torch.Tensor, length: int, batch_size: int,
+                length_name: str) -> tuple[torch.Tensor, int]:
+    check_instance("model", model, nn.Module)
+    check_positive_int(length_name, length)
     check_positive_int("batch_size", batch_size)
+    device = next(model.parameters()).device
+    _check_token_batch("data", data, _vocab_size(model), device, dims=1)
     was_training = model.training
     model.eval()
     total = torch.zeros(length, dtype=torch.float64)
     count = 0
-    device = next(model.parameters()).device
     try:
         for x, y in sequential_windows(data, length, batch_size):
             x, y = x.to(device), y.to(device)  # the text may stay on the CPU, the model anywhere
@@ -1077,7 +1148,7 @@ class AttentionOnlyTransformer(nn.Module):
         nn.init.normal_(self.pos.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        check_tensor("tokens", tokens, dims=2)
+        check_int_tensor("tokens", tokens, dims=2, device=self.embed.weight.device)
         check_token_ids("tokens", tokens, self.vocab_size)
         x = self.pos(self.embed(tokens))  # (B, T, E)
         for norm, attn in zip(self.norms, self.layers, strict=True):
@@ -1102,6 +1173,9 @@ def induction_scores(weights: torch.Tensor, length: int) -> torch.Tensor:
     """
     check_float_tensor("weights", weights, dims=4)
     check_positive_int("length", length)
+    if weights.size(0) == 0 or weights.size(1) == 0:
+        raise ValueError(f"weights must hold at least one sequence and one head, got "
+                         f"{describe(weights)}")
     if weights.shape[-2:] != (2 * length, 2 * length):
         raise ValueError(f"weights must have shape (B, H, 2·length, 2·length) = (B, H, "
                          f"{2 * length}, {2 * length}), got {describe(weights)}")

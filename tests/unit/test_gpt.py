@@ -260,6 +260,73 @@ def test_gpt_rejects_bad_input(call, error, fragment):
         call(_gpt())
 
 
+def _meta(x):
+    return x.to("meta")
+
+
+# One case per kind of mistake the names of which the message must carry: an argument on another
+# device than the model (the meta device: no values), a batch that does not name its own
+# argument (x, y, prompt, data), the wrong kind of object (a str for a model or a config), a
+# setting outside its range (negative learning rates, betas, eps), an empty batch.
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda m: LayerNorm(8)(_meta(torch.randn(2, 8))), ValueError, "x must be on cpu"),
+    (lambda m: RMSNorm(8)(_meta(torch.randn(2, 8))), ValueError, "x must be on cpu"),
+    (lambda m: next_token_loss(torch.zeros(1, 2, 37), _meta(torch.zeros(1, 2).long())),
+     ValueError, "targets must be on cpu .*device of logits"),
+    (lambda m: AttentionOnlyTransformer(37, 8)(_meta(torch.zeros(1, 3).long())), ValueError,
+     "tokens must be on cpu"),
+    (lambda m: generate(m, torch.full((1, 3), 40), 2), ValueError,
+     r"prompt must hold token ids in \[0, 37\)"),
+    (lambda m: generate(m, torch.zeros(1, 3), 2), TypeError, "prompt must be an integer tensor"),
+    (lambda m: generate(m, torch.zeros(0, 3).long(), 2), ValueError,
+     "prompt must hold at least one sequence"),
+    (lambda m: LMTrainer(m).step(torch.full((2, 3), -1), torch.zeros(2, 3).long()), ValueError,
+     r"x must hold token ids in \[0, 37\)"),
+    (lambda m: LMTrainer(m).step(torch.zeros(2, 3).long(), torch.zeros(2, 4).long()), ValueError,
+     r"y must have shape \(2, 3\), the shape of x"),
+    (lambda m: LMTrainer(m).step(torch.zeros(2, 3).long(), _meta(torch.zeros(2, 3).long())),
+     ValueError, "y must be on the CPU or on the model's device"),
+    (lambda m: LMTrainer(m, betas=(0.9,)), TypeError, "betas must be a pair"),
+    (lambda m: LMTrainer(m, betas=(math.nan, 0.9)), ValueError, r"betas\[0\] must be a real"),
+    (lambda m: LMTrainer(m, lr=1e-3, min_lr=-1e-4), ValueError, "min_lr must be a real number"),
+    (lambda m: cosine_lr(5, -1e-3, 2, 10), ValueError, "lr must be a real number in \\(0.0"),
+    (lambda m: cosine_lr(5, 1e-3, 2, 10, min_lr="0"), TypeError, "min_lr must be a real number"),
+    (lambda m: evaluate_loss("model", torch.arange(40) % 37, 8), TypeError,
+     "model must be a torch.nn.Module"),
+    (lambda m: evaluate_loss(m, torch.arange(40) - 1, 8), ValueError, "data must hold token ids"),
+    (lambda m: loss_by_position(m, torch.arange(40) % 37, 0), ValueError,
+     "length must be a positive int"),
+    (lambda m: gpt_from_hf("gpt2"), TypeError, "hf must be a transformers GPT2LMHeadModel"),
+    (lambda m: gpt_to_hf(m, attn_implementation=None), TypeError,
+     "attn_implementation must be a str"),
+    (lambda m: GPTConfig(vocab_size=10, layer_norm_eps=-1e-5), ValueError, "layer_norm_eps"),
+    (lambda m: LayerNorm(8, bias="no"), TypeError, "bias must be True or False"),
+    (lambda m: induction_scores(torch.zeros(0, 2, 8, 8), 4), ValueError,
+     "weights must hold at least one sequence"),
+])
+def test_bad_input_names_its_argument(call, error, fragment):
+    with pytest.raises(error, match=fragment):
+        call(_gpt())
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda m: m(_meta(torch.zeros(1, 3).long())), ValueError, "tokens must be on cpu"),
+    (lambda m: m(torch.zeros(1, 3).long(), key_padding_mask=_meta(torch.zeros(1, 3).bool())),
+     ValueError, "key_padding_mask must be on cpu .*device of tokens"),
+    (lambda m: m(torch.zeros(0, 3).long(), key_padding_mask=torch.zeros(1, 3).bool()),
+     ValueError, r"key_padding_mask must be a bool .* for tokens \(0, 3\)"),
+    (lambda m: m.layers[0].mlp(torch.randn(2, 3, 8, dtype=torch.float64)), TypeError,
+     "x must have the module's dtype"),
+    (lambda m: m.layers[0].mlp(torch.randn(2, 3, 7)), ValueError, "x must have last dim 8"),
+    (lambda m: type(m.layers[0])("config"), TypeError, "c must be a course_utils.gpt"),
+])
+def test_llama_bad_input_names_its_argument(call, error, fragment):
+    model = LlamaGPT(LlamaStyleConfig(vocab_size=10, n_layer=1, n_head=2, n_kv_head=1, n_embd=8,
+                                      head_dim=4, intermediate_size=12))
+    with pytest.raises(error, match=fragment):
+        call(model)
+
+
 @pytest.mark.parametrize("kw, error, fragment", [
     (dict(n_embd=30), ValueError, "divisible by n_head"),
     (dict(positions="relative"), ValueError, "positions must be one of"),
