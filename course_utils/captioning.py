@@ -42,8 +42,13 @@ from . import decoding
 from .attention import AdditiveAttention
 from .checks import (
     check_bool,
+    check_finite,
     check_float_tensor,
+    check_instance,
     check_int,
+    check_like_module,
+    check_non_negative_int,
+    check_on_device,
     check_one_of,
     check_positive_int,
     check_probability,
@@ -153,6 +158,7 @@ class GridEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         check_float_tensor("images", images)
+        check_like_module("images", images, self.cnn[0].weight)
         if images.dim() != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
             raise ValueError(
                 f"images must have shape (B, 3, {self.image_size}, {self.image_size}), "
@@ -189,21 +195,27 @@ def _check_sizes(**sizes: int) -> None:
         check_positive_int(name, n)
 
 
-def _check_feats(feats: torch.Tensor, dim: int, cells: int | None = None) -> None:
-    """``feats (B, N, dim)``: the grid features of a batch of images."""
+def _check_feats(feats: torch.Tensor, dim: int, weight: torch.Tensor,
+                 cells: int | None = None) -> None:
+    """``feats (B, N, dim)``: the grid features of a batch of images, with the dtype and device
+    of the layer ``weight`` that reads them."""
     check_float_tensor("feats", feats)
+    check_like_module("feats", feats, weight)
     if feats.dim() != 3 or feats.size(-1) != dim or (cells is not None and feats.size(1) != cells):
         n = "N" if cells is None else str(cells)
         raise ValueError(f"feats must have shape (B, {n}, {dim}), got {describe(feats)}")
 
 
-def _check_words(tokens: torch.Tensor, vocab_size: int, feats: torch.Tensor, dims: int = 2) -> None:
-    """``tokens`` (B, T) (``dims=2``) or (B,) (one step) word ids, one row per image of ``feats``."""
-    check_token_ids("tokens", tokens, vocab_size)
+def _check_words(tokens: torch.Tensor, embedding: nn.Embedding, feats: torch.Tensor,
+                 dims: int = 2) -> None:
+    """``tokens`` (B, T) (``dims=2``) or (B,) (one step) word ids of ``embedding``'s vocabulary
+    on its device, one row per image of ``feats``."""
+    check_token_ids("tokens", tokens, embedding.num_embeddings)
+    check_on_device("tokens", tokens, embedding.weight.device)
     if tokens.dim() != dims or tokens.size(0) != feats.size(0) or (dims == 2 and tokens.size(1) == 0):
         want = "(B, T) with T >= 1" if dims == 2 else "(B,)"
-        raise ValueError(f"tokens must have shape {want} with B = {feats.size(0)} (the images), "
-                         f"got {describe(tokens)}")
+        raise ValueError(f"tokens must have shape {want} with B = {feats.size(0)} (the images, "
+                         f"feats {tuple(feats.shape)}), got {describe(tokens)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +270,7 @@ class AttentionLSTMDecoder(nn.Module):
         self.out = nn.Linear(hidden_dim + feat_dim + embed_dim, vocab_size)
 
     def init_state(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        _check_feats(feats, self.feat_dim)
+        _check_feats(feats, self.feat_dim, self.init_h.weight)
         mean = feats.mean(dim=1)  # (B, D)
         return {
             "h": torch.tanh(self.init_h(mean)),  # (B, Hd)
@@ -269,7 +281,7 @@ class AttentionLSTMDecoder(nn.Module):
 
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
         h, c, feats = state["h"], state["c"], state["feats"]
-        _check_words(tokens, self.vocab_size, feats, dims=1)
+        _check_words(tokens, self.embed, feats, dims=1)
         context, alpha = self.attention(h, feats, projected_keys=state["keys"])  # (B, D), (B, N)
         if self.f_beta is not None:
             context = torch.sigmoid(self.f_beta(h)) * context  # the gating scalar β
@@ -282,7 +294,7 @@ class AttentionLSTMDecoder(nn.Module):
         """Teacher forcing: ``tokens (B, T)`` are the inputs; returns logits ``(B, T, V)`` and
         the attention maps ``(B, T, N)`` (map ``t`` is the one used to predict word ``t``)."""
         state = self.init_state(feats)
-        _check_words(tokens, self.vocab_size, feats)
+        _check_words(tokens, self.embed, feats)
         h, c, keys = state["h"], state["c"], state["keys"]
         emb = self.embed(tokens)  # (B, T, E): all the inputs are known, embed them at once
         hs, contexts, alphas = [], [], []
@@ -352,7 +364,7 @@ class PooledLSTMDecoder(nn.Module):
         self.out = nn.Linear(hidden_dim + img_dim + embed_dim, vocab_size)
 
     def init_state(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        _check_feats(feats, self.feat_dim)
+        _check_feats(feats, self.feat_dim, self.out.weight)
         if self.pool == "flat" and feats.size(1) != self.grid_cells:
             raise ValueError(f"expected {self.grid_cells} grid cells, got features {tuple(feats.shape)}")
         pooled = feats.mean(dim=1) if self.pool == "mean" else feats.flatten(1)  # (B, D | N*D)
@@ -361,7 +373,7 @@ class PooledLSTMDecoder(nn.Module):
         return {"h": h, "c": c, "v": v}
 
     def step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]):
-        _check_words(tokens, self.vocab_size, state["v"], dims=1)
+        _check_words(tokens, self.embed, state["v"], dims=1)
         hc = (state["h"][None].contiguous(), state["c"][None].contiguous())  # (1, B, Hd)
         emb = self.embed(tokens)  # (B, E)
         x = torch.cat([emb, state["v"]], dim=-1)[:, None]  # (B, 1, E + I)
@@ -371,7 +383,7 @@ class PooledLSTMDecoder(nn.Module):
 
     def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
         state = self.init_state(feats)
-        _check_words(tokens, self.vocab_size, feats)
+        _check_words(tokens, self.embed, feats)
         hc = (state["h"][None].contiguous(), state["c"][None].contiguous())
         emb = self.embed(tokens)  # (B, T, E)
         v = state["v"][:, None].expand(-1, emb.size(1), -1)  # (B, T, I): the same at every step
@@ -408,7 +420,9 @@ class TransformerCaptionDecoder(nn.Module):
         memory_pos_std: float = 0.5,
     ) -> None:
         super().__init__()
-        _check_sizes(vocab_size=vocab_size, feat_dim=feat_dim, max_len=max_len, grid_cells=grid_cells)
+        _check_sizes(vocab_size=vocab_size, feat_dim=feat_dim, d_model=d_model, nhead=nhead,
+                     num_layers=num_layers, dim_feedforward=dim_feedforward, max_len=max_len,
+                     grid_cells=grid_cells)
         check_real("memory_pos_std", memory_pos_std, 0.0)
         self.vocab_size, self.max_len = vocab_size, max_len
         self.embed = nn.Embedding(vocab_size, d_model)
@@ -443,6 +457,7 @@ class TransformerCaptionDecoder(nn.Module):
     def memory(self, feats: torch.Tensor) -> torch.Tensor:
         """The keys and values of the cross-attention: ``feats (B, N, D) -> (B, N, d_model)``."""
         check_float_tensor("feats", feats)
+        check_like_module("feats", feats, self.memory_pos)
         if feats.dim() != 3 or feats.shape[1:] != self.memory_pos.shape:
             raise ValueError(
                 f"feats must have shape (B, {self.memory_pos.size(0)}, {self.memory_pos.size(1)}), "
@@ -452,7 +467,7 @@ class TransformerCaptionDecoder(nn.Module):
 
     def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         memory = self.memory(feats)  # (B, N, d)
-        _check_words(tokens, self.vocab_size, feats)
+        _check_words(tokens, self.embed, feats)
         if tokens.size(1) > self.max_len:
             raise ValueError(f"tokens must be at most max_len={self.max_len} long, got {tokens.size(1)}")
         x = self.pos(self.embed(tokens))  # (B, T, d): no √d_model, see __init__
@@ -506,9 +521,12 @@ def doubly_stochastic_penalty(alphas: torch.Tensor, mask: torch.Tensor | None = 
     if alphas.dim() != 3:
         raise ValueError(f"alphas must have shape (B, T, N), got {tuple(alphas.shape)}")
     if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != alphas.shape[:2]:
-            raise ValueError(f"mask must be a bool tensor of shape (B, T) = {tuple(alphas.shape[:2])} "
-                             f"(True for real words), got {describe(mask)}")
+        if (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
+                or mask.shape != alphas.shape[:2]):
+            raise ValueError(f"mask must be a bool tensor of shape (B, T) = "
+                             f"{tuple(alphas.shape[:2])} of alphas (True for real words), got "
+                             f"{describe(mask)}")
+        check_on_device("mask", mask, alphas.device, of="alphas")
         alphas = alphas * mask[..., None].to(alphas.dtype)
     return ((1.0 - alphas.sum(dim=1)) ** 2).sum(dim=1).mean()
 
@@ -524,6 +542,8 @@ def caption_loss(
     with the cross-entropy averaged over the real (non-``pad``) target words and the penalty
     over the maps of those words only.
     """
+    check_instance("model", model, nn.Module)
+    check_non_negative_int("pad", pad)
     check_real("ds_weight", ds_weight, 0.0)
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.size(1) < 2:
         raise ValueError(f"tokens must have shape (B, T) with T >= 2 (<bos> and at least one word), "
@@ -560,11 +580,16 @@ def train_captioner(
     before) and the losses are read back every ``log_every`` steps (default 25), averaged
     over them (:class:`SyncEvery`), instead of synchronising the GPU at every step.
     """
+    check_instance("model", model, nn.Module)
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
     check_real("lr", lr, 0.0, low_open=True)
     check_real("ds_weight", ds_weight, 0.0)
     check_int("seed", seed, low=0)
+    if progress is not None:
+        check_bool("progress", progress)
+    if log_every is not None:
+        check_positive_int("log_every", log_every)
     check_real("clip", clip, 0.0, low_open=True)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0 or warmup >= steps:
         raise ValueError(f"warmup must be in [0, steps), got warmup={warmup!r} for steps={steps}")
@@ -654,16 +679,16 @@ class CaptionJob:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"job.name must be a non-empty str, got {describe(self.name)}")
-        check_one_of("job.decoder", self.decoder, DECODERS)
-        check_positive_int("job.steps", self.steps)
-        check_real("job.lr", self.lr, 0.0, low_open=True)
-        check_real("job.ds_weight", self.ds_weight, 0.0)
-        check_int("job.warmup", self.warmup, low=0, high=self.steps - 1)
-        check_positive_int("job.dim", self.dim)
-        check_int("job.seed", self.seed, low=0)
+            raise ValueError(f"name must be a non-empty str, got {describe(self.name)}")
+        check_one_of("decoder", self.decoder, DECODERS)
+        check_positive_int("steps", self.steps)
+        check_real("lr", self.lr, 0.0, low_open=True)
+        check_real("ds_weight", self.ds_weight, 0.0)
+        check_int("warmup", self.warmup, low=0, high=self.steps - 1)
+        check_positive_int("dim", self.dim)
+        check_int("seed", self.seed, low=0)
         if not isinstance(self.decoder_kwargs, dict):
-            raise TypeError(f"job.decoder_kwargs must be a dict, got {describe(self.decoder_kwargs)}")
+            raise TypeError(f"decoder_kwargs must be a dict, got {describe(self.decoder_kwargs)}")
 
 
 DECODERS = ("attention", "mean", "flat", "transformer")
@@ -674,6 +699,8 @@ def build_captioner(job: CaptionJob, vocab_size: int, grid: int = 4, image_size:
     if not isinstance(job, CaptionJob):
         raise TypeError(f"job must be a CaptionJob, got {describe(job)}")
     check_one_of("job.decoder", job.decoder, DECODERS)
+    check_positive_int("grid", grid)
+    check_positive_int("image_size", image_size)
     torch.manual_seed(job.seed)
     kw = dict(job.decoder_kwargs)
     if job.decoder == "attention":
@@ -778,9 +805,12 @@ class Decoded:
     attention: torch.Tensor | None
 
 
-def _check_decode(model: Captioner, vocab: Vocab, max_len: int) -> None:
+def _check_decode(model: Captioner, images: torch.Tensor, vocab: Vocab, max_len: int) -> None:
+    """What decoding needs; NaN or inf pixels would only surface steps later, as logits."""
     if not isinstance(model, Captioner):
         raise TypeError(f"model must be a Captioner, got {describe(model)}")
+    check_float_tensor("images", images)
+    check_finite("images", images)
     if not isinstance(vocab, Vocab):
         raise TypeError(f"vocab must be a course_utils.datasets.vocab.Vocab, got {describe(vocab)}")
     check_positive_int("max_len", max_len)
@@ -823,7 +853,7 @@ def greedy_decode(model: Captioner, images: torch.Tensor, vocab: Vocab, max_len:
     >>> out.tokens.shape, out.attention.shape
     (torch.Size([3, 6]), torch.Size([3, 6, 16]))
     """
-    _check_decode(model, vocab, max_len)
+    _check_decode(model, images, vocab, max_len)
     tokens, state = _start(model, images, vocab)
     out = decoding.greedy(_stepper(model, vocab.eos), tokens, state, max_new_tokens=max_len,
                           eos=vocab.eos, pad=vocab.pad)
@@ -853,7 +883,7 @@ def beam_search(
     >>> out.tokens.shape, out.attention.shape
     (torch.Size([2, 6]), torch.Size([2, 6, 16]))
     """
-    _check_decode(model, vocab, max_len)
+    _check_decode(model, images, vocab, max_len)
     check_positive_int("beam_size", beam_size)
     check_real("length_penalty", length_penalty, 0.0)
     tokens, state = _start(model, images, vocab)
@@ -970,11 +1000,19 @@ def grounding_hits(
     check_one_of("criterion", criterion, ("peak", "mass"))
     check_sequence_of_str("words", words, allow_empty=True)
     check_float_tensor("attention", attention, dims=(2, 3))
+    check_finite("attention", attention)
+    if isinstance(objects, str) or not isinstance(objects, Sequence):
+        raise TypeError(f"objects must be a list of (size, colour, shape), got {describe(objects)}")
     if not isinstance(cells, torch.Tensor) or cells.dtype != torch.bool or cells.dim() not in (2, 3):
         raise TypeError(f"cells must be a bool tensor (K, gh, gw) or (K, N), got {describe(cells)}")
     if cells.size(0) != len(objects):
-        raise ValueError(f"cells must have one mask per object: {len(objects)} objects, got {describe(cells)}")
-    att = attention.reshape(attention.size(0), -1)  # (T, N)
+        raise ValueError(f"cells must have one mask per object: {len(objects)} objects, got "
+                         f"{describe(cells)}")
+    check_on_device("cells", cells, attention.device, of="attention")
+    if attention.size(0) < len(words):
+        raise ValueError(f"attention must hold a map per word ({len(words)}), got "
+                         f"{describe(attention)}")
+    att = attention.flatten(1)  # (T, N)
     cell = cells.reshape(cells.size(0), -1)  # (K, N)
     if att.size(1) != cell.size(1):
         raise ValueError(f"attention has {att.size(1)} cells but the object masks have {cell.size(1)}")
@@ -1012,6 +1050,9 @@ def grounding_score(
     if isinstance(captions, str) or not isinstance(captions, Sequence):
         raise TypeError(f"captions must be a list of word lists, got {describe(captions)}")
     check_float_tensor("attention", attention, dims=3)
+    check_finite("attention", attention)
+    if not isinstance(data, SceneDataset):
+        raise TypeError(f"data must be a SceneDataset, got {describe(data)}")
     if not len(captions) == attention.size(0) <= len(data):
         raise ValueError(f"captions ({len(captions)}), attention ({describe(attention)}) and data "
                          f"({len(data)} scenes) must describe the same scenes")
@@ -1038,6 +1079,7 @@ def evaluate(
     a decoder without attention maps. For a transformer the maps are the last layer's, averaged
     over heads (:func:`transformer_grounding` gives every layer and head).
     """
+    check_instance("model", model, Captioner)
     if not isinstance(data, SceneDataset):
         raise TypeError(f"data must be a SceneDataset, got {describe(data)}")
     check_positive_int("beam_size", beam_size)

@@ -321,7 +321,7 @@ def test_train_jobs_in_two_processes_equals_one_after_the_other(data):
 
 
 def test_caption_jobs_reject_bad_input(data):
-    with pytest.raises(ValueError, match="job.decoder must be one of"):
+    with pytest.raises(ValueError, match="decoder must be one of"):
         build_captioner(CaptionJob("x", "gru", 1, 1e-3), V)
     job = CaptionJob("x", "flat", 1, 1e-3, dim=16)
     with pytest.raises(ValueError, match="unique"):
@@ -495,16 +495,99 @@ def test_train_captioner_logs_the_loss_it_optimises(data):
          TypeError, "attention must be a floating-point"),
         (lambda: grounding_hits(["a"], torch.zeros(1, 16), [], torch.zeros(0, 16, dtype=torch.bool), criterion="max"),
          ValueError, "criterion must be one of 'peak', 'mass'"),
-        (lambda: CaptionJob("x", "flat", steps=0, lr=1e-3), ValueError, "job.steps must be a positive int"),
-        (lambda: CaptionJob("x", "flat", steps=10, lr=0.0), ValueError, "job.lr"),
-        (lambda: CaptionJob("x", "flat", steps=10, lr=1e-3, warmup=10), ValueError, "job.warmup"),
-        (lambda: CaptionJob("", "flat", steps=10, lr=1e-3), ValueError, "job.name"),
+        (lambda: CaptionJob("x", "flat", steps=0, lr=1e-3), ValueError,
+         "steps must be a positive int"),
+        (lambda: CaptionJob("x", "flat", steps=10, lr=0.0), ValueError, "lr must be a real number"),
+        (lambda: CaptionJob("x", "flat", steps=10, lr=1e-3, warmup=10), ValueError,
+         "warmup must be an int"),
+        (lambda: CaptionJob("", "flat", steps=10, lr=1e-3), ValueError,
+         "name must be a non-empty str"),
         (lambda: train_jobs("flat", None), TypeError, "jobs must be a non-empty list of CaptionJob"),
     ],
 )
 def test_bad_input_gets_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def _meta(t):
+    return t.to("meta")
+
+
+_IMAGES = torch.rand(2, 3, 32, 32)
+_FEATS = torch.randn(2, 16, 16)
+_TOKENS = torch.ones(2, 3, dtype=torch.long)
+
+
+# One case per kind of mistake, each message naming its argument: inputs of another dtype or
+# device than the layer that reads them (float64, the meta device), an empty batch whose
+# mismatch is reported against the right input, NaN/inf that would surface steps later (as
+# logits or as a finite grounding score), the wrong kind of object, settings that hid behind a
+# default (log_every=0, progress="no"), the fields of a job named as the caller wrote them.
+@pytest.mark.parametrize("decoder", ["attention", "flat", "transformer"])
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda m: m.encoder(_IMAGES.double()), TypeError, "images must have the module's dtype"),
+    (lambda m: m.encoder(_meta(_IMAGES)), ValueError, "images must be on the module's device"),
+    (lambda m: m.decoder(_FEATS.double(), _TOKENS), TypeError,
+     "feats must have the module's dtype"),
+    (lambda m: m.decoder(_meta(_FEATS), _TOKENS), ValueError,
+     "feats must be on the module's device"),
+    (lambda m: m.decoder(_FEATS, _meta(_TOKENS)), ValueError, "tokens must be on cpu"),
+    (lambda m: m.decoder(_FEATS[:0], _TOKENS), ValueError,
+     r"B = 0 \(the images, feats \(0, 16, 16\)\)"),
+    (lambda m: m(_IMAGES, _meta(_TOKENS)), ValueError, "tokens must be on cpu"),
+    (lambda m: greedy_decode(m, _IMAGES.masked_fill(_IMAGES > 0.5, math.nan), caption_vocab()),
+     ValueError, "images contains NaN or infinite values"),
+    (lambda m: beam_search(m, _IMAGES + math.inf, caption_vocab()), ValueError,
+     "images contains NaN or infinite values"),
+])
+def test_inputs_of_another_dtype_device_or_batch_name_themselves(decoder, call, error, message):
+    with pytest.raises(error, match=message):
+        call(_models(16)[decoder])
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda d: caption_loss("model", _IMAGES, _TOKENS), TypeError,
+     "model must be a torch.nn.Module"),
+    (lambda d: caption_loss(_fixed_captioner(), _IMAGES, _TOKENS, pad=None), ValueError,
+     "pad must be a non-negative int"),
+    (lambda d: train_captioner(None, d, 2), TypeError, "model must be a torch.nn.Module"),
+    (lambda d: train_captioner(_models(16)["flat"], d, 2, log_every=0), ValueError,
+     "log_every must be a positive int, got 0"),
+    (lambda d: train_captioner(_models(16)["flat"], d, 2, progress="no"), TypeError,
+     "progress must be True or False"),
+    (lambda d: evaluate("model", d), TypeError,
+     "model must be a course_utils.captioning.Captioner"),
+    (lambda d: build_captioner(CaptionJob("x", "flat", 1, 1e-3, dim=16), V, grid=None), ValueError,
+     "grid must be a positive int, got None"),
+    (lambda d: TransformerCaptionDecoder(V, 16, d_model=0), ValueError,
+     "d_model must be a positive int, got 0"),
+    (lambda d: CaptionJob("x", "flat", 1, 1e-3, dim=0), ValueError, "^dim must be a positive int"),
+    (lambda d: CaptionJob("x", "flat", 1, 1e-3, seed=-1), ValueError, "^seed must be an int"),
+    (lambda d: doubly_stochastic_penalty(torch.ones(0, 3, 4), torch.ones(2, 3, dtype=torch.bool)),
+     ValueError, r"mask must be a bool tensor of shape \(B, T\) = \(0, 3\) of alphas"),
+    (lambda d: doubly_stochastic_penalty(torch.ones(2, 3, 4), _meta(torch.ones(2, 3).bool())),
+     ValueError, "mask must be on cpu .*device of alphas"),
+    (lambda d: grounding_hits(["a", "red"], torch.full((2, 16), math.nan),
+                              [("small", "red", "circle")], torch.ones(1, 16, dtype=torch.bool)),
+     ValueError,
+     "attention contains NaN or infinite values"),
+    (lambda d: grounding_hits(["a", "red"], torch.zeros(0, 16), [("small", "red", "circle")],
+                              torch.ones(1, 16, dtype=torch.bool)), ValueError,
+     r"attention must hold a map per word \(2\)"),
+    (lambda d: grounding_hits(["a"], torch.zeros(1, 16), None, torch.ones(1, 16, dtype=torch.bool)),
+     TypeError, "objects must be a list of"),
+    (lambda d: grounding_hits(["a"], _meta(torch.zeros(1, 16)), [("small", "red", "circle")],
+                              torch.ones(1, 16, dtype=torch.bool)), ValueError,
+     "cells must be on meta .*device of attention"),
+    (lambda d: grounding_score([["a"]], torch.zeros(1, 2, 16), None), TypeError,
+     "data must be a SceneDataset"),
+    (lambda d: grounding_score([["a"]], torch.full((1, 2, 16), math.inf), d), ValueError,
+     "attention contains NaN or infinite values"),
+])
+def test_wrong_objects_settings_and_values_name_themselves(data, call, error, message):
+    with pytest.raises(error, match=message):
+        call(data)
 
 
 @pytest.mark.parametrize(
