@@ -19,18 +19,35 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from course_utils.checks import check_bool, check_positive_int, check_real, describe
 
-def _to_numpy(x: Any) -> np.ndarray:
+
+def _to_numpy(name: str, x: Any) -> np.ndarray:
+    """``x`` (a tensor, an array or a list of numbers) as a float array; ``name`` for errors."""
     if isinstance(x, torch.Tensor):
         if x.device.type == "meta":
-            raise ValueError(f"cannot plot a tensor on the meta device (it has no values), got shape {tuple(x.shape)}")
+            raise ValueError(f"{name} must hold values to plot, got a tensor on the meta device "
+                             f"(no values) of shape {tuple(x.shape)}")
         if x.is_complex():
-            raise TypeError(f"cannot plot complex numbers, got a tensor of dtype {x.dtype}")
+            raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {x.dtype}")
         return x.detach().float().cpu().numpy()
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be numbers (a tensor, an array or a list of floats), got "
+                        f"{describe(x)}")
     try:
         return np.asarray(x, dtype=float)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"expected numbers (a tensor, an array or a list of floats), got {type(x).__name__} {x!r:.60}") from exc
+        raise TypeError(f"{name} must be numbers (a tensor, an array or a list of floats), got "
+                        f"{describe(x)}") from exc
+
+
+def _check_layout(ncols: Any, **reals: Any) -> None:
+    """``ncols`` None (automatic) or a positive int; each of ``reals`` None or a finite real."""
+    if ncols is not None:
+        check_positive_int("ncols", ncols)
+    for name, x in reals.items():
+        if x is not None:
+            check_real(name, x)
 
 
 def plot_attention(
@@ -55,24 +72,31 @@ def plot_attention(
     for a grid with one row per layer.
 
     >>> fig = plot_attention(torch.softmax(torch.randn(2, 3, 4), -1),
-    ...                      x_labels=list("abcd"), y_labels=list("xyz"), titles=["head 0", "head 1"])
+    ...                      x_labels=list("abcd"), y_labels=list("xyz"),
+    ...                      titles=["head 0", "head 1"])
     >>> len(fig.axes)  # two panels and a colour bar
     3
     """
-    w = _to_numpy(weights)
+    _check_layout(ncols, vmin=vmin, vmax=vmax)
+    check_bool("annotate", annotate)
+    check_real("cell_size", cell_size, 0.0, low_open=True)
+    w = _to_numpy("weights", weights)
     if w.ndim == 2:
         w = w[None, None]
     elif w.ndim == 3:
         w = w[None]
     elif w.ndim != 4:
-        raise ValueError(f"weights must be (Lq, Lk), (n, Lq, Lk) or (layers, heads, Lq, Lk); got shape {w.shape}")
+        raise ValueError(f"weights must be (Lq, Lk), (n, Lq, Lk) or (layers, heads, Lq, Lk); got "
+                         f"shape {w.shape}")
     rows, cols, lq, lk = w.shape
     if w.size == 0:
         raise ValueError(f"weights must not be empty, got shape {w.shape}")
     if x_labels is not None and len(x_labels) != lk:
-        raise ValueError(f"x_labels has {len(x_labels)} labels but weights have {lk} keys (shape {w.shape})")
+        raise ValueError(f"x_labels has {len(x_labels)} labels but weights have {lk} keys "
+                         f"(shape {w.shape})")
     if y_labels is not None and len(y_labels) != lq:
-        raise ValueError(f"y_labels has {len(y_labels)} labels but weights have {lq} queries (shape {w.shape})")
+        raise ValueError(f"y_labels has {len(y_labels)} labels but weights have {lq} queries "
+                         f"(shape {w.shape})")
     panels = w.reshape(rows * cols, lq, lk)
     if rows == 1 and ncols is not None:
         cols = min(ncols, len(panels))
@@ -81,7 +105,8 @@ def plot_attention(
         raise ValueError(f"got {len(titles)} titles for {len(panels)} panels")
     panel_w = max(2.0, cell_size * lk + 1.0)
     panel_h = max(2.0, cell_size * lq + 0.8)
-    fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols + 1.0, panel_h * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols + 1.0, panel_h * rows + 0.6),
+                             squeeze=False)
     vmax = float(panels.max()) if vmax is None else vmax
     image = None
     for i, ax in enumerate(axes.flat):
@@ -128,14 +153,15 @@ def plot_attention_overlay(
     >>> len(fig.axes)  # the image, two overlays and a colour bar
     4
     """
-    img = _to_numpy(image)
+    _check_layout(ncols)
+    img = _to_numpy("image", image)
     if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
         img = np.moveaxis(img, 0, -1)
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
     if img.ndim not in (2, 3):
         raise ValueError(f"image must be (H, W), (H, W, 3) or (3, H, W); got shape {img.shape}")
-    att = _to_numpy(attention)
+    att = _to_numpy("attention", attention)
     if att.ndim == 2:
         att = att[None]
     if att.ndim != 3:
@@ -143,14 +169,16 @@ def plot_attention_overlay(
     if titles is not None and len(titles) != len(att):
         raise ValueError(f"got {len(titles)} titles for {len(att)} attention maps")
     if img.size == 0 or att.size == 0:
-        raise ValueError(f"image and attention must not be empty, got shapes {img.shape} and {att.shape}")
+        raise ValueError(f"image and attention must not be empty, got shapes {img.shape} and "
+                         f"{att.shape}")
     h, w = img.shape[:2]
     lo, hi = img.min(), img.max()
     img = (img - lo) / (hi - lo + 1e-12)
     n = len(att) + 1
     cols = min(ncols or n, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols + 0.8, 2.3 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols + 0.8, 2.3 * rows + 0.4),
+                             squeeze=False)
     grey = "gray" if img.ndim == 2 else None
     axes.flat[0].imshow(img, cmap=grey)
     axes.flat[0].set_title("input", fontsize=9)
@@ -207,22 +235,28 @@ def plot_learning_curves(
     >>> fig.axes[0].get_ylabel()
     'loss'
     """
-    if not curves:
-        raise ValueError("plot_learning_curves needs at least one curve, got an empty mapping")
+    _check_mapping("curves", curves)
+    check_bool("logy", logy)
+    check_positive_int("smooth", smooth)
+    if band is not None:
+        _check_mapping("band", band, allow_empty=True)
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     styles = ["-", "--", "-.", ":"]  # line styles keep curves apart in greyscale too
     for i, (name, data) in enumerate(curves.items()):
         if isinstance(data, tuple) and len(data) == 2:
-            x, y = np.asarray(data[0], dtype=float), _to_numpy(data[1])
+            x = _to_numpy(f"curves[{name!r}][0]", data[0])
+            y = _to_numpy(f"curves[{name!r}][1]", data[1])
         else:
-            y = _to_numpy(data)
+            y = _to_numpy(f"curves[{name!r}]", data)
             if y.ndim != 1:
-                raise ValueError(f"curve {name!r} must be a 1-D sequence of numbers, got shape {y.shape}")
+                raise ValueError(f"curve {name!r} must be a 1-D sequence of numbers, got shape "
+                                 f"{y.shape}")
             x = np.arange(len(y), dtype=float)
         ax.plot(x, _smooth(y, smooth), styles[i % len(styles)], label=name)
         if band is not None and name in band:
             low, high = band[name]
-            ax.fill_between(x, _to_numpy(low), _to_numpy(high), alpha=0.2)
+            low, high = _to_numpy(f"band[{name!r}][0]", low), _to_numpy(f"band[{name!r}][1]", high)
+            ax.fill_between(x, low, high, alpha=0.2)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -234,18 +268,32 @@ def plot_learning_curves(
     return fig
 
 
+def _check_mapping(name: str, m: Any, what: str = "curve", allow_empty: bool = False) -> None:
+    """A mapping ``{name: values}`` (at least one ``what`` unless ``allow_empty``)."""
+    if not isinstance(m, Mapping):
+        raise TypeError(f"{name} must be a mapping {{name: values}}, got {describe(m)}")
+    if not m and not allow_empty:
+        raise ValueError(f"{name} must hold at least one {what}, got an empty mapping")
+
+
 def plot_time_series(samples: Mapping[str, Sequence[float]], x: str = "time_s",
                      title: str = "Resource use", note: str | None = None):
-    """Stacked line plots of every series in ``samples`` against ``samples[x]`` (used by ``Monitor``).
+    """Stacked line plots of every series in ``samples`` against ``samples[x]`` (used by
+    ``Monitor``).
 
     >>> fig = plot_time_series({"time_s": [0, 1], "rss_mb": [10, 12]})
     >>> fig.axes[0].get_ylabel()
     'rss_mb'
     """
+    _check_mapping("samples", samples, what="series")
+    if x not in samples:
+        raise ValueError(f"x must be a key of samples (the series on the x axis), got {x!r}; "
+                         f"samples has {list(samples)}")
     keys = [k for k in samples if k != x and len(samples[k])]
     if not keys:
-        raise ValueError(f"no series to plot besides {x!r}; got keys {list(samples)}")
-    fig, axes = plt.subplots(len(keys), 1, figsize=(6.0, 1.6 * len(keys) + 0.6), sharex=True, squeeze=False)
+        raise ValueError(f"samples must hold a series besides x={x!r}; got keys {list(samples)}")
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6.0, 1.6 * len(keys) + 0.6), sharex=True,
+                             squeeze=False)
     for ax, key in zip(axes[:, 0], keys, strict=True):
         ax.plot(samples[x], samples[key])
         ax.set_ylabel(key)

@@ -2545,7 +2545,9 @@ def _():
                 annotate=True, cell_size=0.35, cbar_label="weight")
 
 
-@entry("course_utils.plotting.plot_attention_overlay", accept=PLOT_TEXT)
+@entry("course_utils.plotting.plot_attention_overlay", accept={
+    **PLOT_TEXT, "image:rank-": "the image (3, 16, 16) without its last dim is (3, 16): a valid "
+                                "grey (H, W) image, drawn as one"})
 def _():
     return Call(PLOT.plot_attention_overlay, torch.rand(3, 16, 16), softmax(2, 4, 4),
                 titles=["a", "b"], title="where", alpha=0.6, cmap="magma", ncols=2)

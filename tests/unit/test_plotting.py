@@ -3,7 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_utils.plotting import plot_attention, plot_attention_overlay, plot_learning_curves
+from course_utils.plotting import (
+    plot_attention,
+    plot_attention_overlay,
+    plot_learning_curves,
+    plot_time_series,
+)
 
 
 def test_heatmap_labels_and_grid():
@@ -44,3 +49,42 @@ def test_learning_curves_smoothing_and_pairs():
     assert ax.get_yscale() == "log" and ax.get_title() == "Learning curves"
     with pytest.raises(ValueError, match="at least one curve"):
         plot_learning_curves({})
+
+
+# One case per kind of mistake, each message naming its argument: a str or a meta tensor where
+# numbers are plotted, a layout setting that zero, a float or a negative would have bent
+# (ncols=0 read as "automatic"), NaN/inf colour limits, flags that are not bools (annotate=
+# "no" drew numbers), a str where a mapping of curves is expected, an x axis that is not a key.
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: plot_attention("x"), TypeError, "weights must be numbers .* got str 'x'"),
+    (lambda: plot_attention(torch.rand(3, 4, device="meta")), ValueError,
+     "weights must hold values to plot, got a tensor on the meta device"),
+    (lambda: plot_attention(torch.rand(2, 3, 4), ncols=0), ValueError,
+     "ncols must be a positive int, got 0"),
+    (lambda: plot_attention(torch.rand(3, 4), vmax=float("nan")), ValueError,
+     "vmax must be a real number"),
+    (lambda: plot_attention(torch.rand(3, 4), vmin="0"), TypeError, "vmin must be a real number"),
+    (lambda: plot_attention(torch.rand(3, 4), annotate="no"), TypeError,
+     "annotate must be True or False"),
+    (lambda: plot_attention(torch.rand(3, 4), cell_size=-0.3), ValueError,
+     r"cell_size must be a real number in \(0.0, inf\)"),
+    (lambda: plot_attention_overlay(torch.rand(16, 16), "x"), TypeError,
+     "attention must be numbers"),
+    (lambda: plot_attention_overlay(torch.rand(16, 16), torch.rand(2, 2), ncols=2.5), ValueError,
+     "ncols must be a positive int, got 2.5"),
+    (lambda: plot_learning_curves("loss"), TypeError, "curves must be a mapping"),
+    (lambda: plot_learning_curves({"a": [1.0, 2.0]}, smooth=0), ValueError,
+     "smooth must be a positive int, got 0"),
+    (lambda: plot_learning_curves({"a": [1.0, 2.0]}, logy=None), TypeError,
+     "logy must be True or False"),
+    (lambda: plot_learning_curves({"a": [1.0, 2.0]}, band="x"), TypeError,
+     "band must be a mapping"),
+    (lambda: plot_time_series(None), TypeError, "samples must be a mapping"),
+    (lambda: plot_time_series({"t": [0, 1], "y": [1, 2]}), ValueError,
+     "x must be a key of samples .* got 'time_s'"),
+    (lambda: plot_time_series({"time_s": [0, 1]}), ValueError,
+     "samples must hold a series besides x='time_s'"),
+])
+def test_bad_input_names_its_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
