@@ -6,9 +6,11 @@
   ``fn(maps (B, hops, N)) -> (hops,)`` in nats, with ``0 · log 0 = 0``.
 * ``13.3`` (debug) — a stacked-attention forward pass written out by hand, with three bugs:
   ``fn(model, images, tokens) -> logits`` equal to ``model(images, tokens)[0]``.
+* ``13.4`` (extend) — the grounding score per question kind and hop:
+  ``fn(maps (B, hops, N), focus (B, N), kinds (B,), n_kinds) -> (n_kinds, hops)``.
 
 >>> from course_utils.exercises import check, solution_answer
->>> all(check(i, *solution_answer(i)).passed for i in ("13.1", "13.2", "13.3"))
+>>> all(check(i, *solution_answer(i)).passed for i in ("13.1", "13.2", "13.3", "13.4"))
 True
 """
 
@@ -25,7 +27,8 @@ from course_utils.vqa import StackedAttentionVQA
 from . import CheckResult, Mistake, exercise, fail, ok
 from .nb01 import _as_number, _close, _first_difference, _gap, _same
 
-__all__ = ["check_blind_accuracy", "check_hop_entropy", "check_fixed_stacked_attention"]
+__all__ = ["check_blind_accuracy", "check_hop_entropy", "check_fixed_stacked_attention",
+           "check_grounding_by_kind"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,3 +267,106 @@ def check_fixed_stacked_attention(fn) -> CheckResult:
             return fail("values", f"logits differ from model(images, tokens) "
                                   f"{_first_difference(got, want, 'b, answer')}")
     return ok("Correct: your forward pass equals StackedAttentionVQA's.")
+
+
+# --------------------------------------------------------------------------------------------
+# 13.4 extend: grounding, kind by kind
+# --------------------------------------------------------------------------------------------
+
+
+def _solution_grounding_by_kind(maps: torch.Tensor, focus: torch.Tensor, kinds: torch.Tensor,
+                                n_kinds: int) -> torch.Tensor:
+    # maps (B, hops, N), focus (B, N) bool, kinds (B,) long
+    mass = (maps * focus[:, None, :]).sum(dim=-1)  # (B, hops): attention on the referred cells
+    refers = focus.any(dim=1)  # a count of zero refers to nothing: left out
+    out = torch.full((n_kinds, maps.size(1)), float("nan"))
+    for k in range(n_kinds):
+        rows = refers & (kinds == k)
+        if rows.any():
+            out[k] = mass[rows].mean(dim=0)
+    return out
+
+
+def _gbk_keep_empty(maps, focus, kinds, n_kinds):
+    mass = (maps * focus[:, None, :]).sum(dim=-1)
+    return torch.stack([mass[kinds == k].mean(0) if (kinds == k).any() else torch.full((maps.size(1),), float("nan"))
+                        for k in range(n_kinds)])
+
+
+def _gbk_peak(maps, focus, kinds, n_kinds):
+    hit = focus[:, None, :].expand_as(maps).gather(2, maps.argmax(-1, keepdim=True))[..., 0].float()
+    refers = focus.any(1)
+    return torch.stack([hit[refers & (kinds == k)].mean(0) if (refers & (kinds == k)).any()
+                        else torch.full((maps.size(1),), float("nan")) for k in range(n_kinds)])
+
+
+def _gbk_zero_for_missing(maps, focus, kinds, n_kinds):
+    return torch.nan_to_num(_solution_grounding_by_kind(maps, focus, kinds, n_kinds), nan=0.0)
+
+
+def _gbk_hops_averaged(maps, focus, kinds, n_kinds):
+    return _solution_grounding_by_kind(maps, focus, kinds, n_kinds).mean(dim=1)
+
+
+def _gbk_sum(maps, focus, kinds, n_kinds):
+    mass = (maps * focus[:, None, :]).sum(dim=-1)
+    refers = focus.any(1)
+    return torch.stack([mass[refers & (kinds == k)].sum(0) if (refers & (kinds == k)).any()
+                        else torch.full((maps.size(1),), float("nan")) for k in range(n_kinds)])
+
+
+def _gbk_case():
+    gen = torch.Generator().manual_seed(134)
+    maps = torch.softmax(2 * torch.randn(12, 2, 16, generator=gen), dim=-1)  # (B, hops, N)
+    focus = torch.rand(12, 16, generator=gen) < 0.2
+    focus[[2, 7]] = False  # two counts of zero: nothing referred to
+    focus[0, 3] = True
+    kinds = torch.tensor([0, 1, 1, 0, 2, 2, 1, 0, 1, 2, 0, 0])  # kind 3 never occurs
+    return maps, focus, kinds, 4
+
+
+@exercise(
+    "13.4",
+    title="Extend: grounding, kind by kind",
+    hint="Mass on the referred cells per question and hop: (maps * focus[:, None, :]).sum(-1). Leave "
+    "out the questions whose focus is empty, then average over the questions of each kind; a kind "
+    "with no question gets NaN (nothing measured is not zero).",
+    solution=_solution_grounding_by_kind,
+    kind="extend",
+    minutes=10,
+    difficulty=2,
+    mistakes=[
+        Mistake("keeps the questions that refer to nothing", (_gbk_keep_empty,), "refer to no object"),
+        Mistake("peak instead of mass", (_gbk_peak,), "most attended cell"),
+        Mistake("0 for a kind with no question", (_gbk_zero_for_missing,), "NaN"),
+        Mistake("averages the hops", (_gbk_hops_averaged,), "one value per hop"),
+        Mistake("sums over the questions", (_gbk_sum,), "average over the questions"),
+    ],
+)
+def check_grounding_by_kind(fn) -> CheckResult:
+    maps, focus, kinds, n_kinds = _gbk_case()
+    got = fn(maps.clone(), focus.clone(), kinds.clone(), n_kinds)
+    want = _solution_grounding_by_kind(maps, focus, kinds, n_kinds)
+    if not isinstance(got, torch.Tensor):
+        return fail("type", f"return a tensor of shape {tuple(want.shape)}, got {type(got).__name__}")
+    if got.shape == (n_kinds,) and _same(got, _gbk_hops_averaged(maps, focus, kinds, n_kinds)):
+        return fail("shape", "you averaged the hops: return one value per hop for each kind, shape "
+                             f"{tuple(want.shape)} — the hops look at different objects")
+    if got.shape != want.shape:
+        return fail("shape", f"return (n_kinds, hops) = {tuple(want.shape)}, got {tuple(got.shape)}")
+    known = [
+        (_gbk_keep_empty, "you kept the questions that refer to no object (a count of zero): their "
+                          "focus is empty, so their mass is 0 whatever the model does; leave them out"),
+        (_gbk_peak, "you scored whether the most attended cell is a referred one (the peak): this "
+                    "exercise asks for the attention mass on the referred cells"),
+        (_gbk_zero_for_missing, "a kind with no question gets 0 in your answer: nothing was measured, "
+                                "so it must be NaN, not a score of zero"),
+        (_gbk_sum, "you summed the masses over the questions: average over the questions of each kind"),
+    ]
+    for wrong, message in known:
+        if _same(got, wrong(maps, focus, kinds, n_kinds)):
+            return fail("values", message)
+    if not _same(got, want):
+        return fail("values", f"scores differ {_first_difference(got, want, 'kind, hop')}")
+    return ok("Correct. Apply it to the notebook's maps: which kinds does each hop ground, and "
+              "where is the model that fails on shape and exist questions looking?")

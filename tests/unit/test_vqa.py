@@ -267,3 +267,82 @@ def test_train_vqa_rejects_bad_settings(data, kwargs, message):
         train_vqa(_models()["blind"], data, **settings)
     with pytest.raises(TypeError, match="data must be a VQADataset"):
         train_vqa(_models()["blind"], [1, 2], steps=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The notebook's settings, shared with scripts/tune_vqa_baselines.py
+# ---------------------------------------------------------------------------------------------
+
+
+def _tuning_script():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("tune_vqa_baselines", REPO / "scripts" / "tune_vqa_baselines.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_settings_jobs_follow_the_settings():
+    from course_utils.vqa import SETTINGS, settings_job
+
+    for dataset, s in SETTINGS.items():
+        assert set(s["lr"]) == set(s["models"]), dataset  # every model has its tuned rate
+        for name, base in s["models"].items():
+            job = settings_job(dataset, name, seed=2)
+            assert (job.steps, job.batch_size, job.warmup, job.lr, job.seed, job.dataset) == (
+                s["steps"], s["batch_size"], s["warmup"], s["lr"][name], 2, dataset)
+            assert job.model == base["model"] and job.model_kwargs == base["kwargs"]
+    assert settings_job("relational", "concat", steps=10, lr=1e-2).steps == 10
+    with pytest.raises(ValueError, match="name must be one of"):
+        settings_job("relational", "mlp")
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        settings_job("clevr", "concat")
+
+
+def test_the_tuning_script_trains_what_the_notebook_trains():
+    """Only the learning rate and the seed differ between a tuning run and the notebook's job."""
+    import dataclasses
+
+    from course_utils.vqa import SETTINGS, settings_job
+
+    script = _tuning_script()
+    for dataset, s in SETTINGS.items():
+        jobs = script.jobs_for(dataset, list(s["models"]), list(script.LRS), [0])
+        assert len(jobs) == len(s["models"]) * len(script.LRS)
+        for job in jobs:
+            _, name, lr, seed = job.name.split("|")
+            mine = settings_job(dataset, name, seed=int(seed), lr=float(lr))
+            assert dataclasses.replace(job, name=mine.name) == mine
+        assert all(lr in script.LRS for lr in s["lr"].values()), "a rate outside the tuned grid"
+
+
+def test_the_notebooks_learning_rates_are_the_best_of_its_tuning_table():
+    """Notebook 13 shows the script's validation table (| model | lr ... |, the chosen rate in
+    bold); the rates in SETTINGS must be the bold ones, the best mean of each row."""
+    import json
+    import re
+
+    from conftest import REPO
+
+    from course_utils.vqa import SETTINGS
+
+    script = _tuning_script()
+    path = REPO / "notebooks" / "13_visual_question_answering.ipynb"
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    header = re.search(r"^\| dataset \| model \|(.*)\|$", markdown, re.M)
+    assert header, "notebook 13 shows no tuning table (| dataset | model | lr ... |)"
+    rates = [float(h.strip().replace("lr ", "")) for h in header.group(1).split("|")]
+    assert sorted(rates) == sorted(script.LRS)
+    for dataset, s in SETTINGS.items():
+        for name in s["models"]:
+            row = re.search(rf"^\| {re.escape(dataset)} \| {re.escape(name)} \|(.*)\|$", markdown, re.M)
+            assert row, f"the tuning table has no row for {dataset} {name}"
+            cells_ = [c.strip() for c in row.group(1).split("|")]
+            means = [float(c.strip("*").split("±")[0]) for c in cells_]
+            best = rates[max(range(len(rates)), key=means.__getitem__)]
+            assert s["lr"][name] == best, f"{dataset} {name}: SETTINGS has {s['lr'][name]}, the table's best is {best}"
+            assert cells_[rates.index(best)].startswith("**"), f"{dataset} {name}: the chosen rate is not in bold"
