@@ -899,6 +899,8 @@ def bleu_by_length(sources: Sequence[str], hypotheses: Sequence[str],
         raise ValueError(f"got {len(sources)} sources for {len(hypotheses)} hypotheses")
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(sources):
+        if not tokenize(s):
+            raise ValueError(f"sources[{i}] must hold at least one word, got {s!r}")
         groups.setdefault(length_bucket(len(tokenize(s)), edges), []).append(i)
     result = {}
     for label in sorted(groups, key=bucket_order):

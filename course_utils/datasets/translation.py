@@ -45,11 +45,14 @@ import torch
 
 from course_utils.checks import (
     check_bool,
+    check_instance,
     check_int,
     check_non_negative_int,
     check_one_of,
+    check_path,
     check_positive_int,
     check_real,
+    check_sequence_of_str,
     check_str,
     describe,
 )
@@ -620,7 +623,10 @@ def detokenize(tokens: Iterable[str], lang: str = "fr") -> str:
     """
     check_one_of("lang", lang, tuple(_NO_SPACE_BEFORE))
     if isinstance(tokens, str):
-        raise TypeError(f"tokens must be a list of str, got a single str {tokens!r}: tokenize it first")
+        raise TypeError(f"tokens must be a list of str, got a single str {tokens!r}: tokenize it "
+                        "first")
+    if not isinstance(tokens, Iterable):
+        raise TypeError(f"tokens must be a list of str, got {describe(tokens)}")
     no_space_before = _NO_SPACE_BEFORE[lang]
     pieces: list[str] = []
     prev, open_quotes = "", set()
@@ -659,6 +665,9 @@ def encode_batch(token_lists: Sequence[Sequence[str]], vocab: Vocab, add_bos: bo
     if isinstance(token_lists, str) or not isinstance(token_lists, Sequence) or not token_lists:
         raise TypeError(f"token_lists must be a non-empty list of token lists (one per sentence), "
                         f"got {describe(token_lists)}")
+    check_instance("vocab", vocab, Vocab)
+    check_bool("add_bos", add_bos)
+    check_bool("add_eos", add_eos)
     seqs = [vocab.encode(t, add_bos=add_bos, add_eos=add_eos) for t in token_lists]
     length = max(len(s) for s in seqs)
     if length == 0:
@@ -685,6 +694,8 @@ def train_bpe(sentences: Iterable[str], vocab_size: int = 1000, min_frequency: i
     if isinstance(sentences, str) or not isinstance(sentences, Iterable):
         raise TypeError(f"sentences must be a list (or iterable) of str, got {describe(sentences)}: "
                         "a single str would be read as its characters")
+    sentences = list(sentences)  # a generator too: its items are checked before training
+    check_sequence_of_str("sentences", sentences)
     check_positive_int("vocab_size", vocab_size)
     check_positive_int("min_frequency", min_frequency)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -718,6 +729,13 @@ class Corpus:
     test: list[tuple[str, str]]
     translations: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        for name in ("train", "valid", "test"):
+            _check_pairs(name, getattr(self, name))
+        if not self.train:
+            raise ValueError("train must hold at least one (english, french) pair, got none")
+        _check_translations(self.translations)
+
     def __repr__(self) -> str:
         return f"Corpus(train={len(self.train)}, valid={len(self.valid)}, test={len(self.test)})"
 
@@ -732,6 +750,16 @@ class Corpus:
         return [list(self.translations.get(en, (fr,))) for en, fr in getattr(self, split)]
 
 
+def _check_translations(translations: object) -> None:
+    """``{english: (french, ...)}``: every known translation of a source sentence."""
+    if not isinstance(translations, dict):
+        raise TypeError(f"translations must be a dict {{english: (french, ...)}}, got "
+                        f"{describe(translations)}")
+    for en, refs in translations.items():
+        check_str("a key of translations", en, allow_empty=False)
+        check_sequence_of_str(f"translations[{en!r}]", refs)
+
+
 def make_corpus(n_pairs: int, seed: int = 0, max_words: int = 45) -> list[tuple[str, str]]:
     """``n_pairs`` pairs drawn from the grammar (before deduplication), the same for the same seed.
 
@@ -743,7 +771,7 @@ def make_corpus(n_pairs: int, seed: int = 0, max_words: int = 45) -> list[tuple[
     True
     """
     check_positive_int("n_pairs", n_pairs)
-    check_int("seed", seed)
+    check_non_negative_int("seed", seed)
     check_int("max_words", max_words)
     if max_words < MIN_WORDS:
         raise ValueError(f"max_words must be at least {MIN_WORDS} (the grammar's shortest sentence, "
@@ -769,7 +797,7 @@ def length_bucket(n_words: int, edges: Sequence[int] = (10, 20, 30)) -> str:
     >>> [length_bucket(n) for n in (3, 10, 11, 30, 45)]
     ['1-10', '1-10', '11-20', '21-30', '31+']
     """
-    check_non_negative_int("n_words", n_words)
+    check_positive_int("n_words", n_words)  # a sentence has at least one word (or mark)
     _check_edges(edges)
     lo = 1
     for edge in edges:
@@ -789,8 +817,16 @@ def _check_edges(edges: Sequence[int]) -> None:
 
 
 def bucket_order(label: str) -> int:
-    """Sort key of a :func:`length_bucket` label: its first length (``"11-20"`` → 11)."""
-    return int(label.split("-")[0].rstrip("+"))
+    """Sort key of a :func:`length_bucket` label: its first length (``"11-20"`` → 11).
+
+    >>> sorted(["11-20", "31+", "1-10"], key=bucket_order)
+    ['1-10', '11-20', '31+']
+    """
+    check_str("label", label)
+    match = re.fullmatch(r"(\d+)(-\d+|\+)", label)
+    if match is None:
+        raise ValueError(f"label must be a length bucket such as '1-10' or '31+', got {label!r}")
+    return int(match.group(1))
 
 
 def _check_pairs(name: str, pairs: object) -> None:
@@ -822,6 +858,7 @@ def split_corpus(pairs: Sequence[tuple[str, str]], n_valid: int, n_test: int, se
     _check_pairs("pairs", pairs)
     check_non_negative_int("n_valid", n_valid)
     check_non_negative_int("n_test", n_test)
+    check_non_negative_int("seed", seed)
     _check_edges(edges)
     translations: dict[str, list[str]] = {}
     for en, fr in pairs:
@@ -952,7 +989,11 @@ def load_tatoeba(path: str | Path, sha256: str | None = None, cache_dir: str | P
     """
     if max_pairs is not None:
         check_positive_int("max_pairs", max_pairs)
-    path = Path(path)
+    path = check_path("path", path)
+    if sha256 is not None:
+        check_str("sha256", sha256, allow_empty=False)
+    if cache_dir is not None:
+        check_path("cache_dir", cache_dir)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist. While online, run course_utils.datasets.translation."

@@ -356,7 +356,8 @@ def test_there_is_one_checksum_function():
     (dict(n_pairs=0), ValueError, "n_pairs must be a positive int"),
     (dict(n_pairs=-4), ValueError, "n_pairs must be a positive int"),
     (dict(n_pairs=2.5), ValueError, "n_pairs must be a positive int"),
-    (dict(n_pairs=3, seed="a"), TypeError, "seed must be an int"),
+    (dict(n_pairs=3, seed="a"), ValueError, "seed must be a non-negative int"),
+    (dict(n_pairs=3, seed=-1), ValueError, "seed must be a non-negative int, got -1"),
 ])
 def test_make_corpus_bad_arguments_fail_at_once(kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -405,8 +406,9 @@ def test_split_corpus_fills_a_small_bucket_from_the_others():
 
 
 @pytest.mark.parametrize("n, edges, error, message", [
-    (-1, (10, 20), ValueError, "n_words must be a non-negative int"),
-    (3.5, (10, 20), ValueError, "n_words must be a non-negative int"),
+    (-1, (10, 20), ValueError, "n_words must be a positive int"),
+    (3.5, (10, 20), ValueError, "n_words must be a positive int"),
+    (0, (10, 20), ValueError, "n_words must be a positive int, got 0"),  # not "1-10"
     (3, (20, 10), ValueError, "strictly increasing"),
     (3, (10, 10), ValueError, "strictly increasing"),
     (3, (), ValueError, "non-empty"),
@@ -418,8 +420,17 @@ def test_length_bucket_bad_input(n, edges, error, message):
         tr.length_bucket(n, edges)
 
 
-def test_length_bucket_of_zero_words_is_the_first_bucket():
-    assert tr.length_bucket(0) == "1-10" and tr.bucket_order("31+") == 31
+def test_bucket_order_reads_the_labels_length_bucket_writes():
+    labels = [tr.length_bucket(n) for n in (45, 3, 11, 30)]
+    assert sorted(labels, key=tr.bucket_order) == ["1-10", "11-20", "21-30", "31+"]
+    assert tr.bucket_order("31+") == 31
+
+
+def test_an_empty_source_sentence_is_refused_by_name_not_put_in_the_first_bucket():
+    from course_utils.seq2seq import bleu_by_length
+
+    with pytest.raises(ValueError, match=r"sources\[1\] must hold at least one word, got ''"):
+        bleu_by_length(["a b", ""], ["x", "y"], ["x", "y"])
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -436,6 +447,24 @@ def test_length_bucket_of_zero_words_is_the_first_bucket():
     (lambda: generate_pair(random.Random(0), n_clauses=0), ValueError, "n_clauses must be an int in"),
     (lambda: generate_pair(random.Random(0), complexity=2.0), ValueError, "complexity must be a real"),
     (lambda: load_tatoeba(SAMPLE, max_pairs=0), ValueError, "max_pairs must be a positive int"),
+    # the wrong kind of object, flags that are not bools, empty text where a value is needed
+    (lambda: detokenize(None), TypeError, "tokens must be a list of str, got None"),
+    (lambda: encode_batch([["le"]], "vocab"), TypeError, "vocab must be a .*Vocab, got str"),
+    (lambda: encode_batch([["le"]], Vocab(["le"]), add_bos=1), TypeError,
+     "add_bos must be True or False, got int 1"),
+    (lambda: tr.train_bpe([]), ValueError, "sentences must not be empty"),
+    (lambda: tr.train_bpe(iter(["le chat", 3])), TypeError, r"sentences\[1\] must be a str"),
+    (lambda: tr.bucket_order("10-19x"), ValueError, "label must be a length bucket"),
+    (lambda: tr.bucket_order(None), TypeError, "label must be a str"),
+    (lambda: tr.split_corpus(tr.make_corpus(30, seed=1), 5, 5, seed=None), ValueError,
+     "seed must be a non-negative int, got None"),
+    (lambda: tr.Corpus("Hi.", [], []), TypeError, "train must be a list of"),
+    (lambda: tr.Corpus([], [], []), ValueError, "train must hold at least one"),
+    (lambda: tr.Corpus([("Hi.", "Salut.")], [], [], None), TypeError,
+     "translations must be a dict"),
+    (lambda: load_tatoeba(None), TypeError, "path must be a file path"),
+    (lambda: load_tatoeba(SAMPLE, sha256=""), ValueError, "sha256 must be a non-empty str"),
+    (lambda: load_tatoeba(SAMPLE, cache_dir=3), TypeError, "cache_dir must be a file path"),
 ])
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):
