@@ -55,20 +55,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_utils.checks import (
+    check_bool,
     check_bools,
+    check_device,
     check_divisible,
     check_float_tensor,
+    check_grouped_heads,
     check_instance,
     check_int,
     check_mask,
     check_module_input,
     check_one_of,
+    check_optional_padding_mask,
     check_optional_sizes,
     check_padding_mask,
     check_positive_int,
     check_probability,
     check_qkv,
-    check_same_size,
     check_sequences,
     check_sizes,
     check_tensor,
@@ -123,6 +126,7 @@ def causal_mask(
     """
     lk = lq if lk is None else lk
     check_sizes(0, lq=lq, lk=lk, offset=offset)
+    device = None if device is None else check_device("device", device)
     return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
@@ -156,7 +160,7 @@ def masked_softmax(
     check_float_tensor("scores", scores, min_dims=1)
     check_int("dim", dim, low=-scores.dim(), high=scores.dim() - 1)
     if mask is not None:
-        check_mask("mask", mask, shape=scores.shape, device=scores.device)
+        check_mask("mask", mask, shape=scores.shape, device=scores.device, of="scores")
         scores = _apply_mask(scores, mask)
     if scores.size(dim) == 0:  # nothing to normalise over: no weights at all
         return torch.zeros_like(scores)
@@ -340,8 +344,7 @@ class AdditiveAttention(nn.Module):
                         values=(values, self.value_dim), projected_keys=(pk, self.hidden_dim))
         shape = (keys.size(0), dq) if getattr(query, "ndim", 3) == 2 else (keys.size(0), None, dq)
         check_module_input("query", query, w, shape, f"(B, query_dim={dq}) or (B, Lq, query_dim)")
-        if key_padding_mask is not None:
-            check_padding_mask("key_padding_mask", key_padding_mask, *keys.shape[:2], keys.device)
+        check_optional_padding_mask("key_padding_mask", key_padding_mask, keys, "keys")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,6 +484,7 @@ class MultiHeadAttention(nn.Module):
         check_divisible("embed_dim", embed_dim, "num_heads", num_heads)
         check_optional_sizes(kdim=kdim, vdim=vdim)
         check_probability("dropout", dropout)
+        check_bools(bias=bias, batch_first=batch_first, use_sdpa=use_sdpa)
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
         self.kdim = embed_dim if kdim is None else kdim
@@ -540,7 +544,8 @@ class MultiHeadAttention(nn.Module):
         positions: torch.Tensor | None = None,
         projected_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        check_bools(is_causal=is_causal, need_weights=need_weights)
+        check_bools(is_causal=is_causal, need_weights=need_weights,
+                    average_attn_weights=average_attn_weights)
         check_one_of("key (a KV cache is for self-attention)", key if cache is not None else None,
                      (None,))
         key = query if key is None and projected_kv is None else key
@@ -755,9 +760,7 @@ def grouped_query_attention(
     check_qkv(q, k, v, 4, False, attn_mask, scale, causal=causal, return_weights=return_weights)
     b, h, lq, d = q.shape  # (B, H, Lq, D)
     hkv, lk = k.size(1), k.size(2)  # k: (B, Hkv, Lk, D)
-    check_divisible("the query heads q.size(1)", h, "the key/value heads k.size(1)", hkv)
-    check_same_size(0, "batch", q=q, k=k, v=v)
-    check_same_size(1, "key/value heads", k=k, v=v)
+    check_grouped_heads(q, k, v)
     g = h // hkv
     # Stack the G query heads of a group along the sequence axis: (B, Hkv, G·Lq, D) against
     # (B, Hkv, Lk, D) is one ordinary attention call in which each K/V head is read once for its
@@ -827,6 +830,7 @@ class GroupedQueryAttention(nn.Module):
         check_divisible("embed_dim", embed_dim, "num_heads", num_heads if head_dim is None else 1)
         check_positive_int("head_dim", embed_dim // num_heads if head_dim is None else head_dim)
         check_probability("dropout", dropout)
+        check_bool("bias", bias)
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads if head_dim is None else head_dim
         self.dropout, self.rope = dropout, rope
@@ -850,6 +854,9 @@ class GroupedQueryAttention(nn.Module):
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         check_sequences(self.q_proj.weight, x=(x, self.embed_dim), flags={"is_causal": is_causal})
+        if key_padding_mask is not None:  # (B, cached + T): every key, once the cache holds x
+            lk = x.size(1) + (0 if cache is None else cache.length(layer))
+            check_padding_mask("key_padding_mask", key_padding_mask, x.size(0), lk, source="x")
         q = split_heads(self.q_proj(x), self.num_heads)  # (B, H, T, D)
         k = split_heads(self.k_proj(x), self.num_kv_heads)  # (B, Hkv, T, D)
         v = split_heads(self.v_proj(x), self.num_kv_heads)  # (B, Hkv, T, D)

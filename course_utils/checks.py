@@ -41,6 +41,7 @@ __all__ = [
     "check_dtype",
     "check_finite",
     "check_float_tensor",
+    "check_grouped_heads",
     "check_instance",
     "check_instances",
     "check_int",
@@ -377,9 +378,10 @@ def _check_tensors_or_none(tensors: dict[str, Any]) -> None:
 
 
 def check_mask(name: str, mask: Any, shape: Sequence[int] | None = None,
-               device: torch.device | None = None) -> None:
+               device: torch.device | None = None, of: str = "the inputs") -> None:
     """A boolean mask (True = may attend) or a float mask (added to the scores), which
-    broadcasts to ``shape`` (the scores' shape) and is on ``device``, where those are given.
+    broadcasts to ``shape`` (the scores' shape) and is on ``device`` (the device of ``of``),
+    where those are given.
 
     >>> check_mask("attn_mask", torch.ones(4, 5, dtype=torch.bool), shape=(2, 5, 4))
     Traceback (most recent call last):
@@ -395,7 +397,7 @@ def check_mask(name: str, mask: Any, shape: Sequence[int] | None = None,
         )
     if shape is not None:
         check_broadcasts(name, mask, shape, what="the scores shape")
-    _check_device(name, mask, device)
+    _check_device(name, mask, device, of)
 
 
 def check_token_ids(name: str, ids: Any, vocab_size: int) -> None:
@@ -478,6 +480,24 @@ def check_qkv(q: Any, k: Any, v: Any, dims: int | None = None, broadcast: bool =
     if scale is not None:
         check_real("scale", scale)
     check_bools(**flags)
+
+
+def check_grouped_heads(q: Any, k: Any, v: Any) -> None:
+    """Grouped-query heads: ``q (B, H, Lq, D)``, ``k`` and ``v (B, Hkv, Lk, D)`` of one batch,
+    ``H`` a multiple of ``Hkv`` (each key/value head serves ``H / Hkv`` query heads).
+
+    >>> check_grouped_heads(torch.zeros(1, 4, 2, 8), torch.zeros(1, 3, 2, 8),
+    ...                     torch.zeros(1, 3, 2, 8))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the query heads q.size(1) must be divisible by the key/value heads k.size(1), ...
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, dims=4)
+    check_same_size(0, "batch", q=q, k=k, v=v)
+    check_same_size(1, "key/value heads", k=k, v=v)
+    check_divisible("the query heads q.size(1)", q.size(1), "the key/value heads k.size(1)",
+                    k.size(1))
 
 
 def check_like_module(name: str, t: torch.Tensor, weight: torch.Tensor) -> None:

@@ -507,12 +507,16 @@ def _():
                 torch.tensor([[False] * 5, [False, False, False, True, True]]))
 
 
-@entry("course_utils.attention.split_heads")
+@entry("course_utils.attention.split_heads", accept={
+    "x:rank+": "(..., T, E) with one more leading dim: documented, and merge_heads undoes it"})
 def _():
     return Call(A.split_heads, randn(2, 3, 8), 2)
 
 
-@entry("course_utils.attention.merge_heads", accept={"x:size": "any head dim D"})
+@entry("course_utils.attention.merge_heads", accept={
+    "x:size": "any head dim D",
+    "x:rank+,x:rank-": "(..., H, T, D) with any leading dims (none too): documented, the "
+                       "inverse of split_heads"})
 def _():
     return Call(A.merge_heads, randn(2, 2, 3, 4))
 
@@ -2665,6 +2669,10 @@ _check(CH.check_optional_sizes, values=(), kdim=4, vdim=None)
 _check(CH.check_dtype, "dtype", torch.float32, floating=True, values=("dtype",))
 _check(CH.check_instances, values=(), cache=(torch.zeros(2), torch.Tensor))
 _check(CH.check_callable, "fn", len, values=("fn",))
+_check(CH.check_grouped_heads, torch.zeros(1, 4, 2, 8), torch.zeros(1, 2, 3, 8),
+       torch.zeros(1, 2, 3, 8), values=("q", "k", "v"),
+       accept={"*:int dtype,*:float64,*:size,*:meta":
+               "the batch and head counts fit; dtype, device and sizes have their own checks"})
 _check(CH.check_on_device, "t", torch.zeros(2, 3), torch.device("cpu"), of="the model",
        values=("t",), accept={"t:int dtype,t:float64,t:empty,t:rank*,t:size":
                               "any tensor on the device; the rest is not its check"})

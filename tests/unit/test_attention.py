@@ -11,6 +11,7 @@ from torch import nn
 
 from course_utils.attention import (
     AdditiveAttention,
+    GroupedQueryAttention,
     MultiHeadAttention,
     causal_mask,
     masked_softmax,
@@ -446,9 +447,8 @@ def test_additive_attention_bad_input() -> None:
         ValueError, match=r"projected_keys must have shape .* E = 8, got \(2, 5, 7\)"
     ):
         attn(randn(2, 4), keys, values, projected_keys=randn(2, 5, 7))
-    with pytest.raises(
-        ValueError, match=r"key_padding_mask must have shape \(B, Lk\) = \(2, 5\), got \(2, 4\)"
-    ):
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(B, Lk\) = \(2, 5\) "
+                                         r"from keys, got \(2, 4\)"):
         attn(randn(2, 4), keys, values, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(
         ValueError, match=r"query must have shape \(B, query_dim=4\) .*, got \(3, 4\)"
@@ -630,6 +630,42 @@ def test_gqa_bad_input():
                                          r"\(1, 4, 2, 2\), got \(3, 2\)"):
         grouped_query_attention(randn(1, 4, 2, 8), randn(1, 2, 2, 8), randn(1, 2, 2, 8),
                                 attn_mask=torch.ones(3, 2, dtype=torch.bool))
+
+
+# One case per kind of mistake: a flag that is not a bool (bias=None built a module without
+# biases, batch_first="no" read as true), a device that does not exist, a mask on another device
+# than the scores, a padding mask that does not fit x (and the cache) named against x.
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: MultiHeadAttention(8, 2, bias=None), TypeError,
+     "bias must be True or False, got None"),
+    (lambda: MultiHeadAttention(8, 2, batch_first="no"), TypeError,
+     "batch_first must be True or False, got str 'no'"),
+    (lambda: MultiHeadAttention(8, 2, use_sdpa=1), TypeError, "use_sdpa must be True or False"),
+    (lambda: MultiHeadAttention(8, 2)(randn(2, 3, 8), need_weights=True, average_attn_weights=0),
+     TypeError, "average_attn_weights must be True or False"),
+    (lambda: GroupedQueryAttention(16, 4, 2,
+                                                                                 bias="yes"),
+     TypeError, "bias must be True or False"),
+    (lambda: causal_mask(3, device="gpu"), ValueError, "device must be a device such as 'cpu'"),
+    (lambda: causal_mask(3, device=""), ValueError, "device must be a device such as 'cpu'"),
+    (lambda: masked_softmax(randn(2, 3).to("meta"), torch.ones(2, 3, dtype=torch.bool)),
+     ValueError, "mask must be on meta .*device of scores.* got mask on cpu"),
+    (lambda: GroupedQueryAttention(16, 4, 2)(
+        randn(0, 3, 16), key_padding_mask=torch.zeros(2, 3, dtype=torch.bool)),
+     ValueError, r"key_padding_mask must have shape \(B, Lk\) = \(0, 3\) from x, got"),
+])
+def test_flags_devices_and_masks_name_their_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize("x_rank", [3, 4])
+def test_split_and_merge_heads_take_any_leading_dims(x_rank):
+    """(..., T, E) and (..., H, T, D): one leading dim more or less is the documented contract."""
+    x = randn(*(2, 3, 5, 8)[-x_rank:])
+    heads = split_heads(x, 2)
+    assert heads.shape == (*x.shape[:-2], 2, x.size(-2), 4)
+    assert torch.equal(merge_heads(heads), x)
 
 
 def test_project_kv_with_other_key_and_value_widths():
