@@ -2123,6 +2123,16 @@ def _():
 record("course_utils.vqa.TrainedJob", "a result record that train_jobs builds")
 
 
+@entry("course_utils.vqa.settings_job")
+def _():
+    return Call(VQA.settings_job, "relational", "attention-2", seed=1, lr=1e-3, steps=5)
+
+
+@entry("course_utils.vqa.load_datasets")
+def _():
+    return Call(VQA.load_datasets, "relational", n_train=8, n_valid=4, n_test=4, n_compositional=4)
+
+
 @entry("course_utils.vqa.per_kind_accuracy")
 def _():
     d = _questions()
