@@ -520,7 +520,7 @@ def train_jobs(jobs: Sequence[VQAJob], data: VQADataset | Mapping[str, VQADatase
 # The notebook's settings (shared with scripts/tune_vqa_baselines.py)
 # ---------------------------------------------------------------------------------------------
 
-_REL_ENCODER = {"channels": 16, "pos_init": "sincos"}  # 32×32 scenes, 8×8 cells
+_REL_ENCODER = {"channels": 128, "stem": 8, "pos_init": "sincos"}  # 32×32 scenes: one 8×8 conv per cell
 _EASY_ENCODER = {"channels": 16, "stem": 4, "context": 1}  # 64×64 images, shapes wider than a cell
 
 
@@ -546,10 +546,10 @@ def _models(encoder: dict, grid: dict, transformer: bool, hops: tuple[int, ...])
 #: chosen on the validation split by ``scripts/tune_vqa_baselines.py`` (best mean over its seeds).
 SETTINGS: dict[str, dict] = {
     "relational": {
-        "steps": 2000, "batch_size": 64, "warmup": 100,
+        "steps": 3000, "batch_size": 64, "warmup": 100,
         "sizes": {"n_train": 12000, "n_valid": 1000, "n_test": 2000, "n_compositional": 1000},
         "models": _models(_REL_ENCODER, {}, transformer=True, hops=(1, 2)),
-        "lr": {"blind": 3e-3, "concat": 3e-3, "product": 1e-3, "attention-1": 1e-3, "attention-2": 1e-3,
+        "lr": {"blind": 1e-3, "concat": 1e-3, "product": 1e-3, "attention-1": 1e-3, "attention-2": 1e-3,
                "transformer": 1e-3},
     },
     "easy-VQA": {
