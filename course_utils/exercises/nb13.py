@@ -287,17 +287,24 @@ def _solution_grounding_by_kind(maps: torch.Tensor, focus: torch.Tensor, kinds: 
     return out
 
 
+def _by_kind(values, keep, kinds, n_kinds, reduce=torch.mean):
+    """(n_kinds, hops): ``reduce`` over the kept questions of each kind; NaN for a kind with none."""
+    out = torch.full((n_kinds, values.size(1)), float("nan"))
+    for k in range(n_kinds):
+        rows = keep & (kinds == k)
+        if rows.any():
+            out[k] = reduce(values[rows], dim=0)
+    return out
+
+
 def _gbk_keep_empty(maps, focus, kinds, n_kinds):
     mass = (maps * focus[:, None, :]).sum(dim=-1)
-    return torch.stack([mass[kinds == k].mean(0) if (kinds == k).any() else torch.full((maps.size(1),), float("nan"))
-                        for k in range(n_kinds)])
+    return _by_kind(mass, torch.ones_like(kinds, dtype=torch.bool), kinds, n_kinds)
 
 
 def _gbk_peak(maps, focus, kinds, n_kinds):
     hit = focus[:, None, :].expand_as(maps).gather(2, maps.argmax(-1, keepdim=True))[..., 0].float()
-    refers = focus.any(1)
-    return torch.stack([hit[refers & (kinds == k)].mean(0) if (refers & (kinds == k)).any()
-                        else torch.full((maps.size(1),), float("nan")) for k in range(n_kinds)])
+    return _by_kind(hit, focus.any(1), kinds, n_kinds)
 
 
 def _gbk_zero_for_missing(maps, focus, kinds, n_kinds):
@@ -310,9 +317,7 @@ def _gbk_hops_averaged(maps, focus, kinds, n_kinds):
 
 def _gbk_sum(maps, focus, kinds, n_kinds):
     mass = (maps * focus[:, None, :]).sum(dim=-1)
-    refers = focus.any(1)
-    return torch.stack([mass[refers & (kinds == k)].sum(0) if (refers & (kinds == k)).any()
-                        else torch.full((maps.size(1),), float("nan")) for k in range(n_kinds)])
+    return _by_kind(mass, focus.any(1), kinds, n_kinds, reduce=torch.sum)
 
 
 def _gbk_case():
